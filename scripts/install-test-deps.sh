@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian machine:
+#   - the real validators haimg's outputs are checked with (cloud-init, shellcheck,
+#     keepalived, haproxy, nginx, the AWS CLI's botocore),
+#   - a real etcd for the member clean-up tests,
+#   - the moto AWS emulator, in a virtualenv so the system Python stays untouched.
+# Idempotent: a second run on a prepared machine does nothing but check.
+set -euo pipefail
+
+VENV="${HAIMG_VENV:-$HOME/.cache/haimg/venv}"
+APT_PACKAGES=(cloud-init shellcheck keepalived haproxy nginx-light etcd-server etcd-client iproute2 openssl python3-venv)
+# moto[server] is the AWS emulator; awscli brings botocore's ParamValidator, the
+# AWS CLI's own parameter validation that rendered JSON is checked with.
+PIP_PACKAGES=("moto[server]==5.1.*" "awscli==1.*")
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "install-test-deps: apt-get install ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # Services are not started inside the test machine: the tests run their own.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/aws" ]; then
+  echo "install-test-deps: creating $VENV" >&2
+  PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
+fi
+echo "install-test-deps: ok (venv $VENV)" >&2

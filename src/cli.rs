@@ -1,0 +1,36 @@
+//! The command line (DESIGN §3). Each subcommand owns its `Args` and `run()`.
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+
+#[derive(Debug, Parser)]
+#[command(name = "haimg", version, about = "Bake air-gapped Kubernetes node images and render self-joining HA kubeadm clusters for AWS", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Render cloud-init user-data, launch templates, Auto Scaling groups, the NLB and IAM
+    /// policies from a cluster spec (no AWS access needed).
+    Render(crate::render::cmd::Args),
+    /// Check a cluster spec and report every problem at once (exit 0 or 2).
+    Validate(crate::validate::Args),
+    /// Print the JSON Schema of cluster.yaml.
+    Schema,
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            Command::Render(a) => crate::render::cmd::run(a),
+            Command::Validate(a) => crate::validate::run(a),
+            Command::Schema => {
+                print!("{}", crate::spec::schema::schema_text());
+                Ok(())
+            }
+        }
+    }
+}

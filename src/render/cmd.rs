@@ -1,0 +1,134 @@
+//! `haimg render`: the command-line front of [`crate::render`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::ValueEnum;
+
+use super::templates::Templates;
+use super::{render, user_data, Group, Selection};
+use crate::error::{Error, Result};
+use crate::spec::ClusterSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Master,
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The `#cloud-config` text.
+    CloudConfig,
+    /// What a launch template's UserData field takes (gzipped first when over 16 KB).
+    Base64,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["role", "all"])))]
+pub struct Args {
+    /// Render one role: its user-data to stdout, or its artifacts with --out.
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
+    /// Render the whole tree (needs --out).
+    #[arg(long, requires = "out")]
+    pub all: bool,
+    /// Cluster spec (default: ./cluster.yaml, else the embedded example).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Worker pool (with --role worker; default: the only pool).
+    #[arg(long, value_name = "NAME")]
+    pub pool: Option<String>,
+    /// Write files under DIR instead of printing user-data.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Output format of the user-data printed to stdout.
+    #[arg(long, value_enum, default_value = "cloud-config")]
+    pub format: Format,
+    /// Use templates from DIR where present (same relative paths as the embedded ones).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let loaded = crate::spec::load(args.config.as_deref())?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let spec = &loaded.spec;
+    let t = match &args.templates {
+        Some(dir) => Templates::with_overrides(dir)?,
+        None => Templates::embedded(),
+    };
+    if args.pool.is_some() && args.role != Some(RoleArg::Worker) {
+        return Err(Error::Usage("--pool goes with --role worker".into()));
+    }
+    let pool = match (&args.pool, args.role) {
+        (Some(name), _) => Some(find_pool(spec, name)?),
+        (None, Some(RoleArg::Worker)) if args.out.is_none() => Some(only_pool(spec)?),
+        _ => None,
+    };
+
+    let Some(out) = &args.out else {
+        let group = match pool {
+            Some(p) => Group::Worker(p),
+            None => Group::Master,
+        };
+        let ud = user_data(spec, group, &t)?;
+        let mut stdout = std::io::stdout().lock();
+        let written = match args.format {
+            Format::CloudConfig => {
+                if ud.is_compressed() {
+                    eprintln!("note: this user-data is over 16 KB; launch templates carry it gzipped (--format base64)");
+                }
+                stdout.write_all(ud.text.as_bytes())
+            }
+            Format::Base64 => writeln!(stdout, "{}", ud.base64()),
+        };
+        return written.map_err(Error::io("<stdout>"));
+    };
+
+    let selection = match (args.all, args.role) {
+        (true, _) => Selection::All,
+        (false, Some(RoleArg::Master)) => Selection::Master,
+        (false, _) => Selection::Workers(pool.map(|p| &p.name)),
+    };
+    let artifacts = render(spec, selection, &t)?;
+    let mut stdout = std::io::stdout().lock();
+    for a in &artifacts {
+        let path = out.join(&a.path);
+        write_atomically(&path, a.contents.as_bytes())?;
+        writeln!(stdout, "{}", path.display()).map_err(Error::io("<stdout>"))?;
+    }
+    eprintln!("rendered {} files for cluster {} under {}", artifacts.len(), spec.name, out.display());
+    Ok(())
+}
+
+fn find_pool<'a>(spec: &'a ClusterSpec, name: &str) -> Result<&'a crate::spec::WorkerPool> {
+    spec.worker_pools.iter().find(|p| p.name.as_str() == name).ok_or_else(|| {
+        let names: Vec<String> = spec.worker_pools.iter().map(|p| p.name.to_string()).collect();
+        let hint = crate::spec::schema::did_you_mean(name, &names).map(|b| format!(", did you mean `{b}`?")).unwrap_or_default();
+        Error::Usage(format!("--pool {name}: no such worker pool in spec.workerPools (pools: {}){hint}", names.join(", ")))
+    })
+}
+
+fn only_pool(spec: &ClusterSpec) -> Result<&crate::spec::WorkerPool> {
+    match spec.worker_pools.as_slice() {
+        [one] => Ok(one),
+        [] => Err(Error::Usage("--role worker: spec.workerPools is empty".into())),
+        many => {
+            let names: Vec<&str> = many.iter().map(|p| p.name.as_str()).collect();
+            Err(Error::Usage(format!("--role worker: choose a pool with --pool ({})", names.join(", "))))
+        }
+    }
+}
+
+/// Writes through a temporary file in the same directory and renames it into place, so a
+/// reader never sees half a file.
+fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("haimg")));
+    std::fs::write(&tmp, data).map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path))
+}

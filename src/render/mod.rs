@@ -1,0 +1,407 @@
+//! `haimg render`: from a [`ClusterSpec`] to the files that make the cluster.
+//!
+//! Pure functions from spec (+ templates) to [`Artifact`]s; only [`cmd`] touches the
+//! file system. `haimg up` applies these same artifacts.
+//!
+//! The output tree (DESIGN §3):
+//! ```text
+//! cloud-init/master.yaml, cloud-init/worker-<pool>.yaml        #cloud-config user-data
+//! launch-templates/master.json, launch-templates/worker-<pool>.json
+//! autoscaling/master.json, autoscaling/worker-<pool>.json
+//! load-balancer/{load-balancer,target-group,target-group-attributes,listener}.json
+//! iam/master-policy.json, iam/worker-policy.json
+//! ```
+
+pub mod cmd;
+pub mod names;
+pub mod templates;
+mod userdata;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::node::config::{NodeAutoscaling, NodeConfig, NodeEndpoint, NodeKubernetes, NodeSsm, Role, NODE_CONFIG_KIND};
+use crate::spec::types::PoolName;
+use crate::spec::{ClusterSpec, Endpoint, ImageSource, WorkerPool};
+use templates::Templates;
+pub use userdata::{UserData, USER_DATA_LIMIT};
+
+/// One rendered file, by its path relative to the output directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub path: String,
+    pub contents: String,
+}
+
+/// A group of identical nodes: the control plane, or one worker pool.
+#[derive(Debug, Clone, Copy)]
+pub enum Group<'a> {
+    Master,
+    Worker(&'a WorkerPool),
+}
+
+impl Group<'_> {
+    pub fn role(&self) -> Role {
+        match self {
+            Group::Master => Role::Master,
+            Group::Worker(_) => Role::Worker,
+        }
+    }
+    /// `master` or `worker-<pool>`: the file stem of this group's artifacts.
+    pub fn stem(&self) -> String {
+        match self {
+            Group::Master => "master".into(),
+            Group::Worker(p) => format!("worker-{}", p.name),
+        }
+    }
+    pub fn asg_name(&self, spec: &ClusterSpec) -> String {
+        match self {
+            Group::Master => names::master_group(&spec.name),
+            Group::Worker(p) => names::worker_group(&spec.name, &p.name),
+        }
+    }
+    fn pool_tag(&self) -> &str {
+        match self {
+            Group::Master => "control-plane",
+            Group::Worker(p) => p.name.as_str(),
+        }
+    }
+}
+
+/// Every group of the cluster: the control plane first, then the pools in spec order.
+pub fn groups(spec: &ClusterSpec) -> Vec<Group<'_>> {
+    std::iter::once(Group::Master).chain(spec.worker_pools.iter().map(Group::Worker)).collect()
+}
+
+/// The node config cloud-init writes to `/etc/haimg/node.yaml` for a group.
+pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
+    let Endpoint::Nlb { .. } = spec.control_plane.endpoint;
+    let mut node_labels = std::collections::BTreeMap::new();
+    let pool = match group {
+        Group::Master => None,
+        Group::Worker(p) => {
+            node_labels.insert("haimg.dev/pool".to_string(), p.name.to_string());
+            node_labels.extend(p.labels.clone());
+            Some(p.name.clone())
+        }
+    };
+    NodeConfig {
+        api_version: crate::spec::wire::API_VERSION.into(),
+        kind: NODE_CONFIG_KIND.into(),
+        cluster: spec.name.clone(),
+        role: group.role(),
+        pool,
+        region: spec.region.clone(),
+        ssm: NodeSsm { prefix: spec.ssm.prefix.clone(), kms_key_id: spec.ssm.kms_key_id.clone() },
+        endpoint: NodeEndpoint::Nlb { load_balancer_name: names::load_balancer(&spec.name), port: names::API_PORT },
+        kubernetes: NodeKubernetes {
+            version: spec.kubernetes_version,
+            pod_subnet: spec.network.pod_subnet,
+            service_subnet: spec.network.service_subnet,
+            image_pull_policy: "IfNotPresent".into(),
+            node_labels,
+        },
+        autoscaling: NodeAutoscaling { group_name: group.asg_name(spec), lifecycle_hook_name: names::LIFECYCLE_HOOK.into() },
+    }
+}
+
+/// The user-data of a group.
+pub fn user_data(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<UserData> {
+    userdata::render(spec, group, t)
+}
+
+/// A resource tag, as EC2, ELB and IAM take it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Tag {
+    key: String,
+    value: String,
+}
+
+/// Tags on everything haimg creates for a group: identity first, then the user's.
+fn tags(spec: &ClusterSpec, name: &str, role: &str, pool: &str) -> Vec<Tag> {
+    let own = [
+        ("Name", name),
+        (&format!("kubernetes.io/cluster/{}", spec.name) as &str, "owned"),
+        ("haimg:cluster", spec.name.as_str()),
+        ("haimg:role", role),
+        ("haimg:pool", pool),
+    ];
+    own.iter()
+        .map(|(k, v)| Tag { key: k.to_string(), value: v.to_string() })
+        .chain(spec.tags.iter().map(|(k, v)| Tag { key: k.clone(), value: v.clone() }))
+        .collect()
+}
+
+/// Tags for the shared API load balancer resources.
+fn api_tags(spec: &ClusterSpec) -> Vec<Tag> {
+    tags(spec, &names::load_balancer(&spec.name), "control-plane-endpoint", "control-plane")
+}
+
+/// The AWS partition of a region (ARNs differ in GovCloud and China).
+fn partition(spec: &ClusterSpec) -> &'static str {
+    let r = spec.region.as_str();
+    if r.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else if r.starts_with("cn-") {
+        "aws-cn"
+    } else {
+        "aws"
+    }
+}
+
+/// Ubuntu's AMIs boot from /dev/sda1; the root volume mapping must name that device.
+const ROOT_DEVICE: &str = "/dev/sda1";
+/// Masters: long enough for a replacement to wait for the dead member's removal
+/// (reconcile runs every minute), join etcd and pass /readyz, before ELB health counts.
+const MASTER_HEALTH_GRACE_SECONDS: u32 = 900;
+/// Workers: EC2 status checks only; the kubelet's own readiness is Kubernetes' business.
+const WORKER_HEALTH_GRACE_SECONDS: u32 = 300;
+/// Time the watcher has to drain (bounded at 5 minutes) and leave etcd before EC2
+/// terminates the instance anyway.
+const LIFECYCLE_HEARTBEAT_SECONDS: u32 = 600;
+/// Target group deregistration delay (see target-group-attributes.json.tera).
+const DEREGISTRATION_DELAY_SECONDS: u32 = 30;
+
+#[derive(Serialize)]
+struct LaunchTemplateCtx<'a> {
+    name: String,
+    description: String,
+    image_id: String,
+    instance_type: &'a str,
+    instance_profile: &'a str,
+    security_group_ids: Vec<&'a str>,
+    root_device_name: &'static str,
+    root_volume_gib: u32,
+    tags: Vec<Tag>,
+    user_data: String,
+}
+
+fn launch_template(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Value> {
+    let name = group.asg_name(spec);
+    let (instance_type, instance_profile, root) = match group {
+        Group::Master => (&spec.control_plane.instance_type, &spec.control_plane.instance_profile, spec.control_plane.root_volume_gib),
+        Group::Worker(p) => (&p.instance_type, &p.instance_profile, p.root_volume_gib),
+    };
+    let ud = user_data(spec, group, t)?;
+    let ctx = LaunchTemplateCtx {
+        description: format!("haimg {}: {} {}", env!("CARGO_PKG_VERSION"), spec.name, group.stem()),
+        image_id: match &spec.image {
+            ImageSource::Ami(a) => a.to_string(),
+            ImageSource::SsmParameter(p) => format!("resolve:ssm:{p}"),
+        },
+        instance_type: instance_type.as_str(),
+        instance_profile: instance_profile.as_str(),
+        security_group_ids: spec.network.security_group_ids.iter().map(|s| s.as_str()).collect(),
+        root_device_name: ROOT_DEVICE,
+        root_volume_gib: root,
+        tags: tags(spec, &name, group.role().as_str(), group.pool_tag()),
+        user_data: ud.base64(),
+        name,
+    };
+    t.render_json("launch-templates/launch-template.json.tera", &ctx)
+}
+
+#[derive(Serialize)]
+struct AsgTag {
+    #[serde(rename = "ResourceId")]
+    resource_id: String,
+    #[serde(rename = "ResourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Value")]
+    value: String,
+    #[serde(rename = "PropagateAtLaunch")]
+    propagate_at_launch: bool,
+}
+
+#[derive(Serialize)]
+struct AsgCtx {
+    name: String,
+    launch_template: String,
+    min_size: u32,
+    max_size: u32,
+    desired_capacity: u32,
+    subnets: String,
+    health_check_type: &'static str,
+    health_check_grace_period: u32,
+    target_group_arns: Vec<String>,
+    lifecycle_hook: &'static str,
+    lifecycle_heartbeat_timeout: u32,
+    tags: Vec<AsgTag>,
+}
+
+fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Value> {
+    let name = group.asg_name(spec);
+    let (min, max, desired) = match group {
+        Group::Master => {
+            let n = u32::from(spec.control_plane.count);
+            (n, n, n)
+        }
+        Group::Worker(p) => (p.min_size, p.max_size, p.desired_capacity),
+    };
+    let ctx = AsgCtx {
+        launch_template: name.clone(),
+        min_size: min,
+        max_size: max,
+        desired_capacity: desired,
+        subnets: spec.network.subnet_ids.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+        health_check_type: if matches!(group, Group::Master) { "ELB" } else { "EC2" },
+        health_check_grace_period: if matches!(group, Group::Master) { MASTER_HEALTH_GRACE_SECONDS } else { WORKER_HEALTH_GRACE_SECONDS },
+        target_group_arns: match group {
+            Group::Master => vec![names::reference("target-group", &names::target_group(&spec.name))],
+            Group::Worker(_) => vec![],
+        },
+        lifecycle_hook: names::LIFECYCLE_HOOK,
+        lifecycle_heartbeat_timeout: LIFECYCLE_HEARTBEAT_SECONDS,
+        tags: tags(spec, &name, group.role().as_str(), group.pool_tag())
+            .into_iter()
+            .map(|tag| AsgTag {
+                resource_id: name.clone(),
+                resource_type: "auto-scaling-group",
+                key: tag.key,
+                value: tag.value,
+                // Instances and volumes get their tags from the launch template.
+                propagate_at_launch: false,
+            })
+            .collect(),
+        name,
+    };
+    t.render_json("launch-templates/auto-scaling-group.json.tera", &ctx)
+}
+
+/// One context for the four load balancer files.
+#[derive(Serialize)]
+struct LoadBalancerCtx {
+    load_balancer_name: String,
+    target_group_name: String,
+    subnets: Vec<String>,
+    scheme: &'static str,
+    vpc_id: String,
+    port: u16,
+    port_string: String,
+    load_balancer_arn: String,
+    target_group_arn: String,
+    deregistration_delay: String,
+    tags: Vec<Tag>,
+}
+
+fn load_balancer(spec: &ClusterSpec, t: &Templates) -> Result<Vec<(String, Value)>> {
+    let Endpoint::Nlb { internal } = spec.control_plane.endpoint;
+    let (lb, tg) = (names::load_balancer(&spec.name), names::target_group(&spec.name));
+    let ctx = LoadBalancerCtx {
+        subnets: spec.network.subnet_ids.iter().map(|s| s.to_string()).collect(),
+        scheme: if internal { "internal" } else { "internet-facing" },
+        vpc_id: spec.network.vpc_id.to_string(),
+        port: names::API_PORT,
+        port_string: names::API_PORT.to_string(),
+        load_balancer_arn: names::reference("load-balancer", &lb),
+        target_group_arn: names::reference("target-group", &tg),
+        deregistration_delay: DEREGISTRATION_DELAY_SECONDS.to_string(),
+        tags: api_tags(spec),
+        load_balancer_name: lb,
+        target_group_name: tg,
+    };
+    ["load-balancer", "target-group", "target-group-attributes", "listener"]
+        .iter()
+        .map(|f| Ok((format!("load-balancer/{f}.json"), t.render_json(&format!("launch-templates/{f}.json.tera"), &ctx)?)))
+        .collect()
+}
+
+#[derive(Serialize)]
+struct PolicyCtx {
+    prefix_arn: String,
+    prefix_children_arn: String,
+    worker_join_arn: String,
+    denied_arns: Vec<String>,
+    kms_resource: String,
+    kms_alias: Option<String>,
+    ssm_service: String,
+    group_arns: Vec<String>,
+}
+
+fn policies(spec: &ClusterSpec, t: &Templates) -> Result<(Value, Value)> {
+    let part = partition(spec);
+    let region = &spec.region;
+    let param = |path: &str| format!("arn:{part}:ssm:{region}:*:parameter{path}");
+    let prefix = spec.ssm.prefix.as_str();
+    let key = &spec.ssm.kms_key_id;
+    let kms_resource = if key.as_str().starts_with("arn:") && key.alias().is_none() {
+        key.to_string()
+    } else if key.alias().is_none() {
+        format!("arn:{part}:kms:{region}:*:key/{key}")
+    } else {
+        // An alias names a key we cannot resolve offline: allow keys that carry the alias.
+        format!("arn:{part}:kms:{region}:*:key/*")
+    };
+    let group_arn = |name: &str| format!("arn:{part}:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{name}");
+    let base = |group_arns: Vec<String>| PolicyCtx {
+        prefix_arn: param(prefix),
+        prefix_children_arn: param(&format!("{prefix}/*")),
+        worker_join_arn: param(&format!("{prefix}/join/worker")),
+        denied_arns: vec![param(&format!("{prefix}/join/control-plane")), param(prefix), param(&format!("{prefix}/join"))],
+        kms_resource: kms_resource.clone(),
+        kms_alias: key.alias().map(|a| format!("alias/{a}")),
+        ssm_service: format!("ssm.{region}.amazonaws.com"),
+        group_arns,
+    };
+    let master = t.render_json("launch-templates/master-policy.json.tera", &base(vec![group_arn(&names::master_group(&spec.name))]))?;
+    let workers: Vec<String> = spec.worker_pools.iter().map(|p| group_arn(&names::worker_group(&spec.name, &p.name))).collect();
+    let worker = t.render_json("launch-templates/worker-policy.json.tera", &base(workers))?;
+    Ok((master, worker))
+}
+
+fn json_artifact(path: String, v: &Value) -> Artifact {
+    let mut contents = serde_json::to_string_pretty(v).expect("JSON values serialize");
+    contents.push('\n');
+    Artifact { path, contents }
+}
+
+/// What to render.
+#[derive(Debug, Clone, Copy)]
+pub enum Selection<'a> {
+    All,
+    Master,
+    /// One pool, or every pool when `None`.
+    Workers(Option<&'a PoolName>),
+}
+
+/// Renders the selected artifacts, in a stable order.
+pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<Artifact>> {
+    let mut out = Vec::new();
+    let want_master = matches!(sel, Selection::All | Selection::Master);
+    let pools: Vec<&WorkerPool> = match sel {
+        Selection::All | Selection::Workers(None) => spec.worker_pools.iter().collect(),
+        Selection::Workers(Some(name)) => spec.worker_pools.iter().filter(|p| &p.name == name).collect(),
+        Selection::Master => vec![],
+    };
+    let mut selected: Vec<Group> = pools.into_iter().map(Group::Worker).collect();
+    if want_master {
+        selected.insert(0, Group::Master);
+    }
+    for g in &selected {
+        let ud = user_data(spec, *g, t)?;
+        out.push(Artifact { path: format!("cloud-init/{}.yaml", g.stem()), contents: ud.text });
+    }
+    for g in &selected {
+        out.push(json_artifact(format!("launch-templates/{}.json", g.stem()), &launch_template(spec, *g, t)?));
+    }
+    for g in &selected {
+        out.push(json_artifact(format!("autoscaling/{}.json", g.stem()), &auto_scaling_group(spec, *g, t)?));
+    }
+    if want_master {
+        for (path, v) in load_balancer(spec, t)? {
+            out.push(json_artifact(path, &v));
+        }
+    }
+    let (master_policy, worker_policy) = policies(spec, t)?;
+    if want_master {
+        out.push(json_artifact("iam/master-policy.json".into(), &master_policy));
+    }
+    if !matches!(sel, Selection::Master) {
+        out.push(json_artifact("iam/worker-policy.json".into(), &worker_policy));
+    }
+    Ok(out)
+}

@@ -1,0 +1,172 @@
+//! The template engine: tera, in strict mode, with templates embedded in the binary.
+//!
+//! * Every template is rendered from a typed context (a `Serialize` struct); an unknown
+//!   variable is an error, never an empty string.
+//! * Escaping is explicit and per format: in JSON templates every value goes through
+//!   `| json`; in YAML templates through `| yaml_str` (a double-quoted scalar) or
+//!   `| block(indent=N)` (the body of a literal block) or `| comment` (inside a `#`
+//!   line). A test checks that no template interpolates a value any other way.
+//! * `--templates DIR` replaces any embedded template with `DIR/<same relative path>`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Every embedded template, by its path in the repository.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("cloud-init/base.yaml.tera", include_str!("../../cloud-init/base.yaml.tera")),
+    ("cloud-init/master.yaml.tera", include_str!("../../cloud-init/master.yaml.tera")),
+    ("cloud-init/worker.yaml.tera", include_str!("../../cloud-init/worker.yaml.tera")),
+    ("launch-templates/launch-template.json.tera", include_str!("../../launch-templates/launch-template.json.tera")),
+    ("launch-templates/auto-scaling-group.json.tera", include_str!("../../launch-templates/auto-scaling-group.json.tera")),
+    ("launch-templates/load-balancer.json.tera", include_str!("../../launch-templates/load-balancer.json.tera")),
+    ("launch-templates/target-group.json.tera", include_str!("../../launch-templates/target-group.json.tera")),
+    ("launch-templates/target-group-attributes.json.tera", include_str!("../../launch-templates/target-group-attributes.json.tera")),
+    ("launch-templates/listener.json.tera", include_str!("../../launch-templates/listener.json.tera")),
+    ("launch-templates/master-policy.json.tera", include_str!("../../launch-templates/master-policy.json.tera")),
+    ("launch-templates/worker-policy.json.tera", include_str!("../../launch-templates/worker-policy.json.tera")),
+];
+
+pub struct Templates {
+    tera: tera::Tera,
+}
+
+impl Templates {
+    /// The embedded templates.
+    pub fn embedded() -> Self {
+        Self::build(EMBEDDED.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect())
+            .expect("embedded templates parse (checked by tests)")
+    }
+
+    /// The embedded templates, with any file present under `dir` taking precedence.
+    pub fn with_overrides(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Usage(format!("--templates {}: not a directory", dir.display())));
+        }
+        let mut sources = Vec::new();
+        for (name, text) in EMBEDDED {
+            let p = dir.join(name);
+            let text = if p.exists() { std::fs::read_to_string(&p).map_err(Error::io(&p))? } else { text.to_string() };
+            sources.push((name.to_string(), text));
+        }
+        Self::build(sources)
+    }
+
+    fn build(sources: Vec<(String, String)>) -> Result<Self> {
+        let mut tera = tera::Tera::default();
+        tera.autoescape_on(vec![]);
+        tera.add_raw_templates(sources).map_err(|e| Error::Template { name: "(parse)".into(), message: chain(&e) })?;
+        tera.register_filter("json", json_filter);
+        tera.register_filter("yaml_str", yaml_str_filter);
+        tera.register_filter("block", block_filter);
+        tera.register_filter("comment", comment_filter);
+        Ok(Self { tera })
+    }
+
+    pub fn render<C: Serialize>(&self, name: &str, ctx: &C) -> Result<String> {
+        let ctx = tera::Context::from_serialize(ctx).map_err(|e| Error::Template { name: name.into(), message: chain(&e) })?;
+        self.tera.render(name, &ctx).map_err(|e| Error::Template { name: name.into(), message: chain(&e) })
+    }
+
+    /// Renders a JSON template and returns it parsed (so a template that produces invalid
+    /// JSON fails here, not at the AWS CLI).
+    pub fn render_json<C: Serialize>(&self, name: &str, ctx: &C) -> Result<Value> {
+        let text = self.render(name, ctx)?;
+        serde_json::from_str(&text).map_err(|e| Error::Template { name: name.into(), message: format!("rendered invalid JSON: {e}") })
+    }
+}
+
+/// tera's errors keep the useful part in their source chain.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}
+
+fn json_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
+    Ok(Value::String(serde_json::to_string(v)?))
+}
+
+/// A string as a YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn yaml_str_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
+    let s = v.as_str().ok_or_else(|| tera::Error::msg("yaml_str takes a string"))?;
+    Ok(Value::String(serde_json::to_string(s)?))
+}
+
+/// Text for a `#` comment line: line breaks become spaces, so nothing escapes the comment.
+fn comment_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
+    let s = v.as_str().ok_or_else(|| tera::Error::msg("comment takes a string"))?;
+    Ok(Value::String(s.replace(['\n', '\r'], " ")))
+}
+
+/// The body of a YAML literal block: every line after the first indented by `indent`.
+fn block_filter(v: &Value, args: &HashMap<String, Value>) -> tera::Result<Value> {
+    let s = v.as_str().ok_or_else(|| tera::Error::msg("block takes a string"))?;
+    let n = args.get("indent").and_then(Value::as_u64).ok_or_else(|| tera::Error::msg("block needs indent=N"))? as usize;
+    let pad = " ".repeat(n);
+    let mut out = String::new();
+    for (i, line) in s.trim_end_matches('\n').split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+            if !line.is_empty() {
+                out.push_str(&pad);
+            }
+        }
+        out.push_str(line);
+    }
+    Ok(Value::String(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_templates_parse() {
+        let _ = Templates::embedded();
+    }
+
+    /// Every `{{ … }}` must end in the escaping filter of its format.
+    #[test]
+    fn every_interpolation_is_escaped_for_its_format() {
+        for (name, text) in EMBEDDED {
+            let allowed: &[&str] = if name.ends_with(".json.tera") { &["| json"] } else { &["| yaml_str", "| block(indent=", "| comment"] };
+            for expr in text.split("{{").skip(1) {
+                let expr = expr.split("}}").next().unwrap().trim();
+                assert!(allowed.iter().any(|f| expr.contains(f)), "{name}: `{{{{ {expr} }}}}` is not escaped with one of {allowed:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_variables_are_errors() {
+        let t = Templates::build(vec![("t".into(), "{{ nope | json }}".into())]).unwrap();
+        let err = t.render("t", &serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn filters_escape() {
+        let t = Templates::build(vec![("t".into(), "{{ s | yaml_str }}|{{ s | json }}|{{ b | block(indent=2) }}".into())]).unwrap();
+        let out = t.render("t", &serde_json::json!({"s": "a\"b: c", "b": "x\ny\n\nz\n"})).unwrap();
+        assert_eq!(out, "\"a\\\"b: c\"|\"a\\\"b: c\"|x\n  y\n\n  z");
+    }
+
+    #[test]
+    fn overrides_replace_embedded_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("launch-templates")).unwrap();
+        std::fs::write(dir.path().join("launch-templates/listener.json.tera"), "{\"x\": {{ port | json }}}").unwrap();
+        let t = Templates::with_overrides(dir.path()).unwrap();
+        assert_eq!(t.render_json("launch-templates/listener.json.tera", &serde_json::json!({"port": 1})).unwrap(), serde_json::json!({"x": 1}));
+    }
+}

@@ -1,0 +1,330 @@
+//! The one place haimg reads and writes YAML.
+//!
+//! Reading: `yaml-rust2`'s event parser builds a `serde_json::Value` together with the
+//! line/column of every key and value, so any later check (JSON Schema, typed rules) can
+//! point at the exact spot in the user's file. Plain scalars are resolved with the YAML 1.2
+//! core schema (`yes`/`no` are strings, as in serde_yaml). Duplicate keys are errors.
+//!
+//! Writing: serde_yaml (deprecated upstream; swapping it only touches this file).
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Number, Value};
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use crate::error::Pos;
+
+/// A parsed YAML document with positions, keyed by JSON pointer (`/spec/controlPlane/count`).
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub value: Value,
+    values: HashMap<String, Pos>,
+    keys: HashMap<String, Pos>,
+    /// The source text of plain scalars that resolved to a number or bool, for messages
+    /// like "`1.30` was read as the number 1.3".
+    raw: HashMap<String, String>,
+}
+
+impl Document {
+    /// Position of the value at `pointer`, or of its nearest ancestor that has one.
+    pub fn value_pos(&self, pointer: &str) -> Option<Pos> {
+        let mut p = pointer;
+        loop {
+            if let Some(pos) = self.values.get(p) {
+                return Some(*pos);
+            }
+            let cut = p.rfind('/')?;
+            p = &p[..cut];
+        }
+    }
+
+    /// Position of the key of the member at `pointer` (falls back to the value's position).
+    pub fn key_pos(&self, pointer: &str) -> Option<Pos> {
+        self.keys.get(pointer).copied().or_else(|| self.value_pos(pointer))
+    }
+
+    /// The source text of a plain scalar that YAML resolved to a number or a bool.
+    pub fn raw_scalar(&self, pointer: &str) -> Option<&str> {
+        self.raw.get(pointer).map(String::as_str)
+    }
+
+    /// Removes the object member at `pointer` (used to keep checking past unknown keys).
+    pub fn remove(&mut self, pointer: &str) {
+        let Some(cut) = pointer.rfind('/') else { return };
+        let (parent, key) = (&pointer[..cut], unescape(&pointer[cut + 1..]));
+        if let Some(Value::Object(map)) = self.value.pointer_mut(parent) {
+            map.shift_remove(&key);
+        }
+    }
+}
+
+/// A YAML syntax error.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub pos: Option<Pos>,
+    pub message: String,
+}
+
+/// Parses one YAML document (an empty input is `null`).
+pub fn parse(text: &str) -> Result<Document, SyntaxError> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    parser.load(&mut builder, false).map_err(|e| SyntaxError {
+        pos: Some(to_pos(e.marker())),
+        message: e.info().to_string(),
+    })?;
+    if let Some(err) = builder.error {
+        return Err(err);
+    }
+    Ok(Document {
+        value: builder.root.unwrap_or(Value::Null),
+        values: builder.values,
+        keys: builder.keys,
+        raw: builder.raw,
+    })
+}
+
+/// Serializes a value as YAML.
+pub fn to_string<T: serde::Serialize>(value: &T) -> String {
+    // Serializing plain data structs (no maps with non-string keys) cannot fail.
+    serde_yaml::to_string(value).expect("YAML serialization of plain data")
+}
+
+/// Escapes a JSON pointer segment (RFC 6901).
+pub fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+fn unescape(segment: &str) -> String {
+    segment.replace("~1", "/").replace("~0", "~")
+}
+
+fn to_pos(m: &Marker) -> Pos {
+    // yaml-rust2 markers: line is 1-based, col is 0-based.
+    Pos { line: m.line(), col: m.col() + 1 }
+}
+
+enum Frame {
+    Seq { pointer: String, items: Vec<Value> },
+    Map { pointer: String, map: Map<String, Value>, key: Option<String> },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Value>,
+    values: HashMap<String, Pos>,
+    keys: HashMap<String, Pos>,
+    raw: HashMap<String, String>,
+    anchors: HashMap<usize, Value>,
+    error: Option<SyntaxError>,
+}
+
+impl Builder {
+    /// The pointer the next value will have.
+    fn next_pointer(&self) -> String {
+        match self.stack.last() {
+            None => String::new(),
+            Some(Frame::Seq { pointer, items }) => format!("{pointer}/{}", items.len()),
+            Some(Frame::Map { pointer, key, .. }) => {
+                format!("{pointer}/{}", escape(key.as_deref().unwrap_or_default()))
+            }
+        }
+    }
+
+    fn expecting_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
+    }
+
+    fn fail(&mut self, mark: Marker, message: String) {
+        if self.error.is_none() {
+            self.error = Some(SyntaxError { pos: Some(to_pos(&mark)), message });
+        }
+    }
+
+    fn insert(&mut self, value: Value, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, value.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(value),
+            Some(Frame::Seq { items, .. }) => items.push(value),
+            Some(Frame::Map { map, key, .. }) => {
+                if let Some(k) = key.take() {
+                    map.insert(k, value);
+                }
+            }
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.expecting_key() {
+            let key = match ev {
+                Event::Scalar(s, ..) => s,
+                Event::MappingEnd => {
+                    self.close(mark);
+                    return;
+                }
+                _ => return self.fail(mark, "only plain string keys are supported".into()),
+            };
+            let Some(Frame::Map { pointer, map, key: slot }) = self.stack.last_mut() else {
+                unreachable!("expecting_key checked the top frame")
+            };
+            let child = format!("{pointer}/{}", escape(&key));
+            if map.contains_key(&key) {
+                let msg = format!("duplicate key `{key}`");
+                return self.fail(mark, msg);
+            }
+            *slot = Some(key);
+            self.keys.insert(child, to_pos(&mark));
+            return;
+        }
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                let pointer = self.next_pointer();
+                self.values.insert(pointer.clone(), to_pos(&mark));
+                let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let value = if style == TScalarStyle::Plain && !is_str_tag {
+                    let v = resolve_plain(&text);
+                    if matches!(v, Value::Number(_) | Value::Bool(_)) {
+                        self.raw.insert(pointer, text);
+                    }
+                    v
+                } else {
+                    Value::String(text)
+                };
+                self.insert(value, anchor);
+            }
+            Event::SequenceStart(_anchor, _) => {
+                let pointer = self.next_pointer();
+                self.values.insert(pointer.clone(), to_pos(&mark));
+                self.stack.push(Frame::Seq { pointer, items: Vec::new() });
+            }
+            Event::MappingStart(_anchor, _) => {
+                let pointer = self.next_pointer();
+                self.values.insert(pointer.clone(), to_pos(&mark));
+                self.stack.push(Frame::Map { pointer, map: Map::new(), key: None });
+            }
+            Event::SequenceEnd | Event::MappingEnd => self.close(mark),
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(v) => {
+                    let pointer = self.next_pointer();
+                    self.values.insert(pointer, to_pos(&mark));
+                    self.insert(v, 0);
+                }
+                None => self.fail(mark, "alias to an unknown anchor".into()),
+            },
+            Event::DocumentStart if self.root.is_some() => {
+                self.fail(mark, "expected one YAML document, found several".into())
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Builder {
+    fn close(&mut self, _mark: Marker) {
+        // Anchors on collections are not tracked (none of haimg's files need them).
+        let value = match self.stack.pop() {
+            Some(Frame::Seq { items, .. }) => Value::Array(items),
+            Some(Frame::Map { map, .. }) => Value::Object(map),
+            None => return,
+        };
+        self.insert(value, 0);
+    }
+}
+
+/// YAML 1.2 core schema resolution of a plain scalar.
+fn resolve_plain(s: &str) -> Value {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(i) = s.parse::<i64>() {
+            return Value::Number(i.into());
+        }
+    }
+    if let Some(hex) = s.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(hex, 16) {
+            return Value::Number(i.into());
+        }
+    }
+    if let Some(oct) = s.strip_prefix("0o") {
+        if let Ok(i) = i64::from_str_radix(oct, 8) {
+            return Value::Number(i.into());
+        }
+    }
+    let looks_float = digits
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && digits.bytes().any(|b| b.is_ascii_digit())
+        && digits.matches('.').count() <= 1;
+    if looks_float {
+        if let Some(n) = s.parse::<f64>().ok().and_then(Number::from_f64) {
+            return Value::Number(n);
+        }
+    }
+    Value::String(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_of_keys_and_values() {
+        let doc = parse("a:\n  b: 1\n  c: [x, \"y\"]\n").unwrap();
+        assert_eq!(doc.value, serde_json::json!({"a": {"b": 1, "c": ["x", "y"]}}));
+        assert_eq!(doc.key_pos("/a/b"), Some(Pos { line: 2, col: 3 }));
+        assert_eq!(doc.value_pos("/a/b"), Some(Pos { line: 2, col: 6 }));
+        assert_eq!(doc.value_pos("/a/c/1"), Some(Pos { line: 3, col: 10 }));
+        // Unknown pointers fall back to their nearest ancestor.
+        assert_eq!(doc.value_pos("/a/c/1/zzz"), Some(Pos { line: 3, col: 10 }));
+    }
+
+    #[test]
+    fn core_schema_scalars() {
+        let doc = parse("v: 1.30.4\nf: 1.30\nq: '1.30'\nyes: yes\nn: ~\nh: 0x1f\ns: !!str 12\nip: 10.0.0.1").unwrap();
+        assert_eq!(doc.value["v"], "1.30.4");
+        assert_eq!(doc.value["f"], serde_json::json!(1.3));
+        assert_eq!(doc.raw_scalar("/f"), Some("1.30"));
+        assert_eq!(doc.value["q"], "1.30");
+        assert_eq!(doc.value["yes"], "yes");
+        assert_eq!(doc.value["n"], Value::Null);
+        assert_eq!(doc.value["h"], 31);
+        assert_eq!(doc.value["s"], "12");
+        assert_eq!(doc.value["ip"], "10.0.0.1");
+    }
+
+    #[test]
+    fn duplicate_keys_and_syntax_errors_have_positions() {
+        let e = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!(e.pos.unwrap().line, 3);
+        assert!(e.message.contains("duplicate key `a`"), "{}", e.message);
+        let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(e.pos.is_some());
+    }
+
+    #[test]
+    fn anchors_and_aliases() {
+        let doc = parse("a: &x hello\nb: *x\n").unwrap();
+        assert_eq!(doc.value["b"], "hello");
+    }
+
+    #[test]
+    fn remove_member() {
+        let mut doc = parse("a:\n  b: 1\n  c: 2\n").unwrap();
+        doc.remove("/a/b");
+        assert_eq!(doc.value, serde_json::json!({"a": {"c": 2}}));
+    }
+}
