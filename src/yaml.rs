@@ -49,6 +49,20 @@ impl Document {
         self.raw.get(pointer).map(String::as_str)
     }
 
+    /// Moves the object member at `from` to the sibling key of `to` (used to keep checking
+    /// past a misspelt key as if it had been spelt right).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let (Some(a), Some(b)) = (from.rfind('/'), to.rfind('/')) else { return };
+        let (parent, key, new_key) = (&from[..a], unescape(&from[a + 1..]), unescape(&to[b + 1..]));
+        if let Some(Value::Object(map)) = self.value.pointer_mut(parent) {
+            if map.contains_key(&new_key) {
+                map.shift_remove(&key);
+            } else if let Some(v) = map.shift_remove(&key) {
+                map.insert(new_key, v);
+            }
+        }
+    }
+
     /// Removes the object member at `pointer` (used to keep checking past unknown keys).
     pub fn remove(&mut self, pointer: &str) {
         let Some(cut) = pointer.rfind('/') else { return };
@@ -70,7 +84,7 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Document, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, false).map_err(|e| SyntaxError {
+    parser.load(&mut builder, true).map_err(|e| SyntaxError {
         pos: Some(to_pos(e.marker())),
         message: e.info().to_string(),
     })?;
@@ -82,6 +96,26 @@ pub fn parse(text: &str) -> Result<Document, SyntaxError> {
         values: builder.values,
         keys: builder.keys,
         raw: builder.raw,
+    })
+}
+
+/// Deserializes a parsed document into `T`; on failure, the JSON pointer of the offending
+/// value (as far as serde tells) and the message.
+pub fn from_document<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, (String, String)> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(&doc.value, &mut track);
+    T::deserialize(de).map_err(|e| {
+        let path = track.path();
+        let pointer: String = path
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Seq { index } => Some(format!("/{index}")),
+                serde_path_to_error::Segment::Map { key } => Some(format!("/{}", escape(key))),
+                serde_path_to_error::Segment::Enum { variant } => Some(format!("/{}", escape(variant))),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        (pointer, e.to_string())
     })
 }
 
@@ -318,6 +352,7 @@ mod tests {
     #[test]
     fn anchors_and_aliases() {
         let doc = parse("a: &x hello\nb: *x\n").unwrap();
+        assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().message.contains("several"));
         assert_eq!(doc.value["b"], "hello");
     }
 

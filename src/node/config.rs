@@ -8,11 +8,36 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Diagnostic, Diagnostics, Error};
 use crate::spec::types::{Cidr, ClusterName, KmsKeyId, KubernetesVersion, PoolName, Region, SsmPath};
 
 pub const NODE_CONFIG_KIND: &str = "NodeConfig";
 /// Where cloud-init writes the node config.
 pub const NODE_CONFIG_PATH: &str = "/etc/haimg/node.yaml";
+
+impl NodeConfig {
+    /// Parses a node config; errors name the file, position and field.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Self, Error> {
+        let invalid = |pos, path: String, message: String| {
+            Error::Invalid(Diagnostics(vec![Diagnostic { file: file.into(), pos, path, message }]))
+        };
+        let doc = crate::yaml::parse(text).map_err(|e| invalid(e.pos, String::new(), format!("invalid YAML: {}", e.message)))?;
+        let cfg: NodeConfig = crate::yaml::from_document(&doc).map_err(|(pointer, msg)| {
+            invalid(doc.value_pos(&pointer), crate::spec::schema::dotted(&pointer), msg)
+        })?;
+        if cfg.api_version != crate::spec::wire::API_VERSION || cfg.kind != NODE_CONFIG_KIND {
+            return Err(invalid(
+                doc.value_pos("/apiVersion"),
+                "apiVersion".into(),
+                format!("expected apiVersion {} and kind {NODE_CONFIG_KIND}", crate::spec::wire::API_VERSION),
+            ));
+        }
+        if (cfg.role == Role::Worker) != cfg.pool.is_some() {
+            return Err(invalid(doc.value_pos("/pool"), "pool".into(), "workers name their pool; masters have none".into()));
+        }
+        Ok(cfg)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

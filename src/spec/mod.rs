@@ -136,17 +136,17 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, Error> {
         d.sort();
         return Err(Error::Invalid(d));
     }
-    for pointer in &structural.unknown {
-        doc.remove(pointer);
+    for (pointer, meant) in &structural.unknown {
+        match meant {
+            Some(target) => doc.rename(pointer, target),
+            None => doc.remove(pointer),
+        }
     }
-    let wire: wire::ClusterFile = serde_json::from_value(doc.value.clone()).map_err(|e| {
-        // The schema admitted it, so this is a defect in haimg: still an input error, named.
-        Error::Invalid(Diagnostics(vec![Diagnostic {
-            file: file.into(),
-            pos: None,
-            path: String::new(),
-            message: format!("cannot read the spec: {e}"),
-        }]))
+    let wire: wire::ClusterFile = crate::yaml::from_document(&doc).map_err(|(pointer, message)| {
+        let mut d = Diagnostics(structural.diagnostics.iter().map(|(_, d)| d.clone()).collect());
+        d.0.push(Diagnostic { file: file.into(), pos: doc.value_pos(&pointer), path: schema::dotted(&pointer), message });
+        d.sort();
+        Error::Invalid(d)
     })?;
     let outcome = resolve(&wire, &doc, file);
 

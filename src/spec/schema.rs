@@ -41,8 +41,9 @@ pub struct Structural {
     /// Whether the document still deserializes into the wire types once unknown keys are
     /// removed (only then can the typed rules run and add their own findings).
     pub blocking: bool,
-    /// Pointers of unknown keys, to be removed before deserializing.
-    pub unknown: Vec<String>,
+    /// Pointers of unknown keys, to be removed before deserializing, with the key they
+    /// most likely meant (the typed rules then check the value under that name).
+    pub unknown: Vec<(String, Option<String>)>,
 }
 
 pub fn check(doc: &Document, file: &str) -> Structural {
@@ -66,20 +67,22 @@ pub fn check(doc: &Document, file: &str) -> Structural {
                 for key in unexpected {
                     let pointer = format!("{at}/{}", yaml::escape(key));
                     let mut message = format!("unknown field `{key}`");
+                    let mut meant = None;
                     if let Some(best) = did_you_mean(key, &known) {
                         message.push_str(&format!(", did you mean `{best}`?"));
-                        suggested.push(format!("{at}/{}", yaml::escape(&best)));
+                        let target = format!("{at}/{}", yaml::escape(&best));
+                        suggested.push(target.clone());
+                        meant = Some(target);
                     } else if !known.is_empty() {
                         message.push_str(&format!(" (expected one of: {})", known.join(", ")));
                     }
                     out.diagnostics.push((pointer.clone(), diag(&pointer, doc.key_pos(&pointer), message)));
-                    out.unknown.push(pointer);
+                    out.unknown.push((pointer, meant));
                 }
             }
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or_default().to_string();
                 required.push((at, name));
-                out.blocking = true;
             }
             ValidationErrorKind::Type { kind } => {
                 let types: Vec<JsonType> = match kind {
@@ -116,6 +119,11 @@ pub fn check(doc: &Document, file: &str) -> Structural {
                 out.diagnostics.push((at.clone(), diag(&at, doc.value_pos(&at), message)));
                 out.blocking = true;
             }
+            ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
+                let found = describe(&err.instance, doc.raw_scalar(&at));
+                out.diagnostics.push((at.clone(), diag(&at, doc.value_pos(&at), format!("{found} matches none of the allowed forms"))));
+                out.blocking = true;
+            }
             _ => {
                 // Ranges and lengths: the typed rules re-check these with a better message,
                 // but keep the schema's word in case they do not.
@@ -125,10 +133,12 @@ pub fn check(doc: &Document, file: &str) -> Structural {
     }
     for (parent, name) in required {
         let pointer = format!("{parent}/{}", yaml::escape(&name));
-        // A misspelt key already says "did you mean `name`?": do not also say it is missing.
+        // A misspelt key already says "did you mean `name`?": do not also say it is missing
+        // (the value is checked under the name it was meant to have).
         if suggested.contains(&pointer) {
             continue;
         }
+        out.blocking = true;
         let where_ = if parent.is_empty() { "the document".to_string() } else { format!("`{}`", dotted(&parent)) };
         let message = format!("missing required field `{name}` in {where_}");
         out.diagnostics.push((

@@ -106,10 +106,10 @@ pub struct ControlPlaneFile {
     pub endpoint: EndpointFile,
 }
 
+/// How clients reach the API servers: `nlb`, an AWS Network Load Balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointType {
-    /// An AWS Network Load Balancer in front of the API servers.
     Nlb,
 }
 

@@ -1,0 +1,106 @@
+//! The bad-input corpus: every file under tests/bad-specs must make `haimg validate` and
+//! `haimg render` exit 2, name the field in its message (the `# expect:` header), point at
+//! the file, and never panic.
+
+mod common;
+
+use common::*;
+
+fn expectation(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("# expect:"))
+        .map(|s| s.trim().to_string())
+        .expect("every corpus file has an `# expect:` header")
+}
+
+#[test]
+fn every_bad_spec_exits_2_naming_the_field() {
+    let dir = repo().join("tests/bad-specs");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    entries.sort();
+    assert!(entries.len() >= 40, "the corpus has {} cases, at least 40 are required", entries.len());
+    let mut failures = Vec::new();
+    for path in &entries {
+        let text = std::fs::read_to_string(path).unwrap();
+        let expect = expectation(&text);
+        for args in [vec!["validate", "-c"], vec!["render", "--role", "master", "-c"]] {
+            let mut cmd = haimg();
+            cmd.args(&args).arg(path);
+            let o = run(cmd);
+            let err = stderr(&o);
+            let name = path.file_name().unwrap().to_string_lossy();
+            if o.status.code() != Some(2) {
+                failures.push(format!("{name} ({}): exit {:?}, expected 2\n{err}", args[0], o.status.code()));
+            } else if err.contains("panicked") {
+                failures.push(format!("{name}: panicked\n{err}"));
+            } else if !err.contains(&expect) {
+                failures.push(format!("{name}: message does not name `{expect}`:\n{err}"));
+            } else if !err.contains(&*path.to_string_lossy()) {
+                failures.push(format!("{name}: message does not name the file:\n{err}"));
+            } else if !o.stdout.is_empty() {
+                failures.push(format!("{name}: wrote to stdout on failure"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n---\n"));
+}
+
+/// All problems are reported at once, each with its line and column.
+#[test]
+fn several_problems_are_reported_together_with_positions() {
+    let spec = std::fs::read_to_string(repo().join("examples/cluster.yaml"))
+        .unwrap()
+        .replace("count: 3", "count: 4")
+        .replace("region: us-west-2", "region: mars-1")
+        .replace("desiredCapacity: 2", "desiredCapacity: 9")
+        .replace("instanceType: t3.large\n    instanceProfile", "instanceTyp: t3.large\n    instanceProfile");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("cluster.yaml");
+    std::fs::write(&f, &spec).unwrap();
+    let mut cmd = haimg();
+    cmd.args(["validate", "-c"]).arg(&f);
+    let o = run(cmd);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    let line_of = |needle: &str| spec.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (path, needle) in [
+        ("spec.controlPlane.instanceTyp: unknown field `instanceTyp`, did you mean `instanceType`?", "instanceTyp:"),
+        ("spec.region", "region: mars-1"),
+        ("spec.workerPools[0].desiredCapacity", "desiredCapacity: 9"),
+    ] {
+        let line = line_of(needle);
+        assert!(err.contains(&format!("cluster.yaml:{line}:")) && err.contains(path), "expected `{path}` at line {line}:\n{err}");
+    }
+    // The misspelt key is reported once, as a typo, not also as a missing field.
+    assert!(!err.contains("missing required field `instanceType`"), "{err}");
+    // Even count: the quorum is explained.
+    assert!(err.contains("quorum"), "{err}");
+}
+
+#[test]
+fn shipped_examples_and_fixtures_are_valid() {
+    for f in ["examples/cluster.yaml", "tests/fixtures/five-masters.yaml"] {
+        let mut cmd = haimg();
+        cmd.args(["validate", "-c"]).arg(repo().join(f));
+        let o = run(cmd);
+        assert!(o.status.success(), "{f}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_missing_spec_file_is_a_usage_error() {
+    let mut cmd = haimg();
+    cmd.args(["validate", "-c", "/nonexistent/cluster.yaml"]);
+    let o = run(cmd);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/cluster.yaml"));
+}
+
+#[test]
+fn unknown_pool_is_a_usage_error_with_suggestion() {
+    let mut cmd = haimg();
+    cmd.args(["render", "--role", "worker", "--pool", "generl", "-c"]).arg(repo().join("examples/cluster.yaml"));
+    let o = run(cmd);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("did you mean `general`"), "{}", stderr(&o));
+}
