@@ -20,6 +20,8 @@ enum Command {
     Validate(crate::validate::Args),
     /// Print the JSON Schema of cluster.yaml.
     Schema,
+    /// The node agent (runs on the nodes).
+    Node(crate::node::Args),
 }
 
 impl Cli {
@@ -27,6 +29,7 @@ impl Cli {
         match self.command {
             Command::Render(a) => crate::render::cmd::run(a),
             Command::Validate(a) => crate::validate::run(a),
+            Command::Node(a) => crate::node::run(a),
             Command::Schema => {
                 print!("{}", crate::spec::schema::schema_text());
                 Ok(())

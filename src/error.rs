@@ -106,6 +106,15 @@ pub enum Error {
     /// A template failed to render: a defect in haimg or in a `--templates` override (exit 1).
     #[error("template {name}: {message}")]
     Template { name: String, message: String },
+    /// An AWS call failed (after the SDK's retries for transient errors) (exit 1).
+    #[error("{what}: {message}")]
+    Aws { what: String, message: String },
+    /// Something on the node or in the cluster did not go as it must (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+    /// A bounded wait ran out (exit 1).
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// Rendered output breaks a hard limit (e.g. the 16 KB EC2 user-data limit) (exit 2:
     /// the spec asks for more than fits).
     #[error("{0}")]
@@ -116,8 +125,15 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid(_) | Error::Usage(_) | Error::Limit(_) => 2,
-            Error::Io { .. } | Error::Template { .. } => 1,
+            Error::Io { .. } | Error::Template { .. } | Error::Aws { .. } | Error::Runtime(_) | Error::Timeout(_) => 1,
         }
+    }
+
+    /// An AWS error, with the SDK's full cause chain, about `what` (an operation and the
+    /// resource it was about, never a secret).
+    pub fn aws<E: std::error::Error>(what: impl Into<String>) -> impl FnOnce(E) -> Error {
+        let what = what.into();
+        move |e| Error::Aws { what, message: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string() }
     }
 
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {

@@ -8,6 +8,7 @@
 //! * [`yaml`]: the one place YAML is read and written;
 //! * [`kubernetes`]: supported Kubernetes releases and their kubeadm APIs.
 
+pub mod aws;
 pub mod cli;
 pub mod error;
 pub mod kubernetes;

@@ -70,6 +70,91 @@ pub struct NodeConfig {
     pub endpoint: NodeEndpoint,
     pub kubernetes: NodeKubernetes,
     pub autoscaling: NodeAutoscaling,
+    /// Timings and local endpoints of the agent; defaults suit AWS, tests shorten them.
+    #[serde(default, skip_serializing_if = "AgentSettings::is_default")]
+    pub agent: AgentSettings,
+}
+
+/// Every timing constant of the agent, with why it has its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// How long an init lock holder has to publish join material before another master
+    /// takes over: `kubeadm init` with pre-pulled images takes 1-3 minutes; 15 leaves
+    /// room for a slow EBS volume without leaving a dead holder in charge for long.
+    pub init_lease_seconds: u64,
+    /// Overall bound on a bootstrap's waiting: after an hour something needs a human,
+    /// and the instance failing its health check gets it replaced.
+    pub join_timeout_seconds: u64,
+    /// Polling backoff for join material: first delay and cap. With full jitter and a
+    /// 20 s cap, 300 waiting nodes average ~30 GetParameter calls/s, inside SSM's default
+    /// throughput, and the last of them sees new material within 20 s.
+    pub poll_initial_millis: u64,
+    pub poll_max_millis: u64,
+    /// Join material with less life left than this is never used (a join takes minutes;
+    /// the certificate key must still be valid when the node downloads the certs).
+    pub min_remaining_seconds: u64,
+    /// Lifetime of the bootstrap tokens haimg creates; rotated at half-life.
+    pub token_ttl_seconds: u64,
+    /// Lifetime of the uploaded certificates (kubeadm's `kubeadm-certs` Secret: fixed 2 h).
+    pub certificate_key_ttl_seconds: u64,
+    /// Bound on one kubeadm run.
+    pub kubeadm_timeout_seconds: u64,
+    /// Bound on draining a node on scale-in (the lifecycle hook allows 600 s in all).
+    pub drain_timeout_seconds: u64,
+    /// How often `watch` polls IMDS for the Auto Scaling lifecycle state.
+    pub watch_interval_seconds: u64,
+    /// A replacement master waits for a membership check newer than its boot, at most
+    /// this long, before joining (reconcile runs every minute on the live masters).
+    pub membership_wait_seconds: u64,
+    pub etcd: EtcdSettings,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            init_lease_seconds: 900,
+            join_timeout_seconds: 3600,
+            poll_initial_millis: 1000,
+            poll_max_millis: 20_000,
+            min_remaining_seconds: 900,
+            token_ttl_seconds: 4 * 3600,
+            certificate_key_ttl_seconds: 2 * 3600,
+            kubeadm_timeout_seconds: 900,
+            drain_timeout_seconds: 300,
+            watch_interval_seconds: 5,
+            membership_wait_seconds: 600,
+            etcd: EtcdSettings::default(),
+        }
+    }
+}
+
+impl AgentSettings {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The local etcd member, as kubeadm's stacked etcd serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EtcdSettings {
+    pub endpoint: String,
+    /// Client TLS material (paths on the node); unused for an `http://` endpoint.
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+impl Default for EtcdSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://127.0.0.1:2379".into(),
+            ca_file: "/etc/kubernetes/pki/etcd/ca.crt".into(),
+            cert_file: "/etc/kubernetes/pki/etcd/healthcheck-client.crt".into(),
+            key_file: "/etc/kubernetes/pki/etcd/healthcheck-client.key".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

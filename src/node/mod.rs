@@ -1,1 +1,64 @@
+//! The node agent (`haimg node …`, DESIGN §7): runs on the nodes, elects the first master,
+//! runs kubeadm, keeps join material in SSM, joins, rotates and cleans up.
+
+pub mod agent;
+pub mod backoff;
+pub mod bootstrap;
 pub mod config;
+pub mod etcd;
+pub mod join;
+pub mod kubeadm;
+pub mod pki;
+pub mod reconcile;
+pub mod refresh;
+pub mod secret;
+pub mod store;
+pub mod watch;
+
+use crate::error::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Elect, init or join (run once by cloud-init).
+    Bootstrap,
+    /// Rotate join material before it expires (systemd timer on masters).
+    Refresh,
+    /// Remove etcd members and Node objects of instances that are gone (timer on masters).
+    Reconcile,
+    /// Drain and leave on scale-in (service on every node).
+    Watch,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
+    rt.block_on(async {
+        let agent = agent::Agent::load().await?;
+        let span = tracing::info_span!("node", cluster = %agent.cfg.cluster, instance = %agent.id.instance_id, role = agent.cfg.role.as_str());
+        let _g = span.enter();
+        match args.command {
+            NodeCommand::Bootstrap => bootstrap::run(&agent).await,
+            NodeCommand::Refresh => refresh::run(&agent).await,
+            NodeCommand::Reconcile => reconcile::run(&agent).await,
+            NodeCommand::Watch => watch::run(&agent).await,
+        }
+    })
+}
+
+/// One logging facade: tracing to stderr (the journal under systemd). `HAIMG_LOG` sets
+/// the filter (default `info`); `NO_COLOR` turns colour off.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAIMG_LOG").unwrap_or_else(|_| "info,aws=warn,hyper=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

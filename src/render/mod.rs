@@ -103,6 +103,7 @@ pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
             node_labels,
         },
         autoscaling: NodeAutoscaling { group_name: group.asg_name(spec), lifecycle_hook_name: names::LIFECYCLE_HOOK.into() },
+        agent: Default::default(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! `scripts/install-test-deps.sh` (the README's test command does).
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

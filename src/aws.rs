@@ -1,0 +1,21 @@
+//! The edge to AWS: SDK configuration shared by every AWS-using command.
+//!
+//! The endpoint comes only from the SDK's standard environment (`AWS_ENDPOINT_URL`,
+//! `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_EC2_METADATA_SERVICE_ENDPOINT`): no custom endpoint
+//! code. Transient failures (throttling, 5xx, timeouts) are retried by the SDK's standard
+//! retry strategy; `AWS_MAX_ATTEMPTS` tunes it.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+/// Loads the SDK configuration: explicit region/profile first, then the environment,
+/// profile files and instance metadata.
+pub async fn load(region: Option<&str>, profile: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(r) = region {
+        loader = loader.region(Region::new(r.to_string()));
+    }
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    loader.load().await
+}

@@ -1,0 +1,243 @@
+//! `haimg node bootstrap`: elect, init or join.
+//!
+//! # Flow
+//! Master:
+//! 1. If `P/join/control-plane` holds material with enough life left, wait until the last
+//!    membership check (by `reconcile` on a live master) is newer than this boot and shows
+//!    no dead etcd member, then `kubeadm join --control-plane`.
+//! 2. Else take the init lock (`P/init/lock-<epoch>`, create-only). The winner generates a
+//!    token and a certificate key, runs `kubeadm init --upload-certs` (both in the 0600
+//!    config file), applies the image's CNI manifest, computes the CA hash and publishes
+//!    `P/join/control-plane` create-only, then `P/join/worker`, then `P/state` = ready.
+//! 3. Else (someone holds a live lock, or material exists but is too close to expiry) wait
+//!    with jittered backoff and go to 1.
+//!
+//! Worker: wait for usable `P/join/worker`, then `kubeadm join`.
+//!
+//! # Guarantees
+//! - At most one cluster is ever published: even if a lease expires while its holder is
+//!   merely slow, the first create of `P/join/control-plane` wins; a loser resets and joins.
+//! - Secrets exist on disk only in 0600 files while kubeadm runs, and are never logged.
+//! - A replacement master never joins while a dead member is still in etcd.
+//! - Every wait is bounded (`agent.joinTimeoutSeconds`); re-running on a joined node is a no-op.
+//!
+//! # Caveats
+//! - A holder that dies after `kubeadm init` but before publishing leaves an orphan
+//!   control plane on its (dying) instance; the next holder starts a fresh cluster.
+//! - The NLB's DNS name is looked up by name, so the load balancer must exist first.
+
+use std::time::{Duration, SystemTime};
+
+use super::agent::{paths, write_secret_file, Agent, SecretFile};
+use super::backoff::Backoff;
+use super::config::{NodeEndpoint, Role};
+use super::join::{JoinMaterial, Phase, State};
+use super::store::{Acquired, Created, Election};
+use super::{kubeadm, pki, secret};
+use crate::error::{Error, Result};
+
+pub async fn run(agent: &Agent) -> Result<()> {
+    if agent.has_joined() {
+        tracing::info!("already part of the cluster (kubelet.conf exists): nothing to do");
+        return Ok(());
+    }
+    let boot = SystemTime::now();
+    let s = &agent.cfg.agent;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(s.poll_initial_millis),
+        Duration::from_millis(s.poll_max_millis),
+        Duration::from_secs(s.join_timeout_seconds),
+    );
+    let margin = Duration::from_secs(s.min_remaining_seconds);
+    loop {
+        let step = match agent.cfg.role {
+            Role::Master => master_step(agent, margin, boot).await?,
+            Role::Worker => worker_step(agent, margin).await?,
+        };
+        match step {
+            Step::Done => return Ok(()),
+            Step::Wait(why) => {
+                tracing::info!(reason = %why, "waiting");
+                if !backoff.wait().await {
+                    return Err(Error::Timeout(format!("bootstrap: still waiting after {}s: {why}", s.join_timeout_seconds)));
+                }
+            }
+        }
+    }
+}
+
+enum Step {
+    Done,
+    Wait(String),
+}
+
+async fn worker_step(agent: &Agent, margin: Duration) -> Result<Step> {
+    match agent.store.get::<JoinMaterial>("join/worker").await? {
+        Some(m) if m.usable(SystemTime::now(), margin) => {
+            join(agent, &m, None).await?;
+            Ok(Step::Done)
+        }
+        Some(_) => Ok(Step::Wait("worker join material is too close to expiry; waiting for its rotation".into())),
+        None => Ok(Step::Wait("no worker join material yet".into())),
+    }
+}
+
+async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Result<Step> {
+    let now = SystemTime::now();
+    if let Some(m) = agent.store.get::<JoinMaterial>("join/control-plane").await? {
+        if !m.usable(now, margin) {
+            return Ok(Step::Wait("control-plane join material is too close to expiry; waiting for its rotation".into()));
+        }
+        if let Some(why) = membership_blocks_join(agent, boot).await? {
+            return Ok(Step::Wait(why));
+        }
+        let key = m.certificate_key.clone().ok_or_else(|| Error::Runtime("P/join/control-plane has no certificate key".into()))?;
+        join(agent, &m, Some(&key)).await?;
+        return Ok(Step::Done);
+    }
+    if let Some(state) = agent.store.get::<State>("state").await? {
+        if state.phase == Phase::Ready {
+            return Ok(Step::Wait("the cluster is ready but publishes no control-plane join material; waiting for `haimg node refresh`".into()));
+        }
+    }
+    let lease = Duration::from_secs(agent.cfg.agent.init_lease_seconds);
+    let election = Election { store: &agent.store, dir: "init".into(), lease };
+    match election.try_acquire(&agent.id.instance_id, now).await? {
+        Acquired::Held { by, epoch } => Ok(Step::Wait(format!("init lock epoch {epoch} is held by {by}"))),
+        Acquired::Won(epoch) => {
+            tracing::info!(epoch, "won the init lock: initializing the cluster");
+            init(agent).await
+        }
+    }
+}
+
+/// Whether a replacement master must still wait: the last membership check must be newer
+/// than this boot and show no dead member.
+async fn membership_blocks_join(agent: &Agent, boot: SystemTime) -> Result<Option<String>> {
+    let Some(state) = agent.store.get::<State>("state").await? else { return Ok(None) };
+    let Some(health) = state.etcd else {
+        // No reconcile has run yet: only the init master exists, nothing can be dead.
+        return Ok(None);
+    };
+    if !health.dead.is_empty() {
+        return Ok(Some(format!("etcd still lists dead member(s) {:?}; waiting for `haimg node reconcile` to remove them", health.dead)));
+    }
+    let waited = SystemTime::now().duration_since(boot).unwrap_or_default();
+    if health.checked_at < boot && waited < Duration::from_secs(agent.cfg.agent.membership_wait_seconds) {
+        return Ok(Some("waiting for a membership check newer than this boot".into()));
+    }
+    Ok(None)
+}
+
+pub async fn resolve_endpoint(agent: &Agent) -> Result<String> {
+    match &agent.cfg.endpoint {
+        NodeEndpoint::Nlb { load_balancer_name, port } => {
+            let elb = aws_sdk_elasticloadbalancingv2::Client::new(&agent.aws);
+            let out = elb
+                .describe_load_balancers()
+                .names(load_balancer_name)
+                .send()
+                .await
+                .map_err(Error::aws(format!("elbv2 DescribeLoadBalancers {load_balancer_name}")))?;
+            let dns = out
+                .load_balancers()
+                .first()
+                .and_then(|lb| lb.dns_name())
+                .ok_or_else(|| Error::Runtime(format!("load balancer {load_balancer_name} has no DNS name")))?;
+            Ok(format!("{dns}:{port}"))
+        }
+    }
+}
+
+async fn init(agent: &Agent) -> Result<Step> {
+    let s = &agent.cfg.agent;
+    let endpoint = resolve_endpoint(agent).await?;
+    let now = SystemTime::now();
+    let state = State { phase: Phase::Initializing, initialized_by: agent.id.instance_id.clone(), initialized_at: now, etcd: None };
+    agent.store.put("state", &state, false, true).await?;
+
+    let token = secret::bootstrap_token();
+    let key = secret::certificate_key();
+    let token_ttl = Duration::from_secs(s.token_ttl_seconds);
+    let config_path = agent.path(paths::INIT_CONFIG);
+    {
+        let _cleanup = SecretFile(config_path.clone());
+        write_secret_file(&config_path, &kubeadm::init_config(&agent.cfg, &agent.id, &endpoint, Some(&token), token_ttl, &key))?;
+        let cfg = config_path.to_string_lossy();
+        if let Err(e) = agent.kubeadm(&["init", "--config", &cfg, "--upload-certs"], Duration::from_secs(s.kubeadm_timeout_seconds)).await {
+            reset(agent).await;
+            return Err(e);
+        }
+    }
+    let manifest = agent.path(paths::CNI_MANIFEST);
+    agent
+        .kubectl(&["apply", "-f", &manifest.to_string_lossy()], Duration::from_secs(300))
+        .await
+        .map_err(|e| Error::Runtime(format!("applying the CNI manifest: {e}")))?;
+    let material = material(agent, &endpoint, token, key, 1)?;
+    match agent.store.put("join/control-plane", &material, true, false).await? {
+        Created::Yes => {}
+        Created::AlreadyExists => {
+            // A takeover raced a slow holder and the other published first: theirs is the
+            // cluster. Undo ours and join theirs.
+            tracing::warn!("another master published join material first: resetting and joining its cluster");
+            reset(agent).await;
+            return Ok(Step::Wait("joining the cluster published by another master".into()));
+        }
+    }
+    publish_worker(agent, &material).await?;
+    let ready = State { phase: Phase::Ready, ..state };
+    agent.store.put("state", &ready, false, true).await?;
+    tracing::info!(endpoint = %endpoint, "cluster initialized; join material published");
+    Ok(Step::Done)
+}
+
+/// Builds fresh join material from a token and key that kubeadm has just accepted.
+pub fn material(agent: &Agent, endpoint: &str, token: secret::Secret, key: secret::Secret, generation: u64) -> Result<JoinMaterial> {
+    let s = &agent.cfg.agent;
+    let ca_path = agent.path(paths::CA_CERT);
+    let ca = std::fs::read_to_string(&ca_path).map_err(Error::io(&ca_path))?;
+    let hash = pki::ca_cert_hash(&ca).map_err(|e| Error::Runtime(format!("{}: {e}", ca_path.display())))?;
+    let now = SystemTime::now();
+    let lifetime = Duration::from_secs(s.certificate_key_ttl_seconds.min(s.token_ttl_seconds));
+    Ok(JoinMaterial {
+        endpoint: endpoint.to_string(),
+        token,
+        ca_cert_hashes: vec![hash],
+        certificate_key: Some(key),
+        kubernetes_version: agent.cfg.kubernetes.version.to_string(),
+        issued_at: now,
+        expires_at: now + lifetime,
+        generation,
+    })
+}
+
+/// Publishes the worker's copy (no certificate key; the token's own lifetime).
+pub async fn publish_worker(agent: &Agent, m: &JoinMaterial) -> Result<()> {
+    let worker = m.for_workers(m.issued_at + Duration::from_secs(agent.cfg.agent.token_ttl_seconds));
+    agent.store.put("join/worker", &worker, true, true).await?;
+    Ok(())
+}
+
+async fn join(agent: &Agent, m: &JoinMaterial, key: Option<&secret::Secret>) -> Result<()> {
+    let path = agent.path(paths::JOIN_CONFIG);
+    let _cleanup = SecretFile(path.clone());
+    write_secret_file(&path, &kubeadm::join_config(&agent.cfg, &agent.id, &m.endpoint, &m.token, &m.ca_cert_hashes, key))?;
+    let role = if key.is_some() { "control-plane node" } else { "worker" };
+    tracing::info!(endpoint = %m.endpoint, generation = m.generation, "joining as {role}");
+    let cfg = path.to_string_lossy();
+    let timeout = Duration::from_secs(agent.cfg.agent.kubeadm_timeout_seconds);
+    if let Err(e) = agent.kubeadm(&["join", "--config", &cfg], timeout).await {
+        reset(agent).await;
+        return Err(e);
+    }
+    tracing::info!("joined");
+    Ok(())
+}
+
+/// Best-effort `kubeadm reset -f`, so the next attempt (or the next holder) starts clean.
+async fn reset(agent: &Agent) {
+    if let Err(e) = agent.kubeadm(&["reset", "--force"], Duration::from_secs(300)).await {
+        tracing::warn!(error = %e, "kubeadm reset failed");
+    }
+}

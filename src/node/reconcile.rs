@@ -1,0 +1,270 @@
+//! `haimg node reconcile` (systemd timer on masters): clean up after instances that are gone.
+//!
+//! # Flow
+//! 1. Not an initialized control-plane node: nothing to do.
+//! 2. List etcd members, the cluster's EC2 instances (any state) and the masters' Auto
+//!    Scaling group.
+//! 3. Plan ([`plan_members`], pure): a member is dead when no instance matches it (by
+//!    name = private DNS name, else by peer IP), or its instance is terminated, stopped or
+//!    no longer in the masters' group. Never the local member. Remove dead members one at
+//!    a time, and only while a majority of the remaining members stays alive.
+//! 4. Remove them (etcd refuses changes for a few seconds after startup: retried, bounded).
+//! 5. Delete Node objects whose instance is terminated, or unknown and NotReady.
+//! 6. Publish the membership health in `P/state` (`etcd.dead`, `checkedAt`), which a
+//!    replacement master waits on before it joins.
+//!
+//! # Guarantees
+//! - Never removes the local member, never a member whose instance is alive and in the
+//!   group, and never so many that the remaining members lose quorum.
+//! - A healthy Node that haimg cannot match to an instance is never deleted.
+//!
+//! # Caveats
+//! - Several masters may run it at once; removals are idempotent ("member not found" is
+//!   success), and the last writer of `P/state` wins with the same facts.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use super::agent::Agent;
+use super::etcd::{removal_keeps_quorum, Etcd, Member};
+use super::join::{EtcdHealth, State};
+use crate::error::{Error, Result};
+
+/// An EC2 instance of this cluster, as reconcile sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub private_dns: String,
+    pub private_ip: String,
+    /// EC2 state name: pending, running, shutting-down, terminated, stopping, stopped.
+    pub state: String,
+    /// Whether it is in the masters' Auto Scaling group.
+    pub in_master_group: bool,
+}
+
+impl Instance {
+    fn is_gone(&self) -> bool {
+        matches!(self.state.as_str(), "shutting-down" | "terminated" | "stopping" | "stopped")
+    }
+}
+
+/// What reconcile will do to etcd.
+#[derive(Debug, Default, PartialEq)]
+pub struct MemberPlan {
+    pub remove: Vec<Member>,
+    /// Dead members left in place because removing them would break quorum.
+    pub kept: Vec<Member>,
+}
+
+/// Why a member counts as dead, or `None` when it is alive.
+fn dead_reason(m: &Member, instances: &[Instance]) -> Option<String> {
+    let by_name = (!m.name.is_empty()).then(|| instances.iter().find(|i| i.private_dns == m.name)).flatten();
+    let found = by_name.or_else(|| m.peer_host().and_then(|h| instances.iter().find(|i| i.private_ip == h && !i.is_gone())));
+    match found {
+        None => Some("no instance of this cluster matches it".into()),
+        Some(i) if i.is_gone() => Some(format!("instance {} is {}", i.id, i.state)),
+        Some(i) if !i.in_master_group => Some(format!("instance {} is no longer in the masters' Auto Scaling group", i.id)),
+        Some(_) => None,
+    }
+}
+
+/// Pure planning: which members to remove, in order, keeping quorum and the local member.
+pub fn plan_members(members: &[Member], local_name: &str, instances: &[Instance]) -> MemberPlan {
+    let mut plan = MemberPlan::default();
+    let dead: Vec<&Member> = members.iter().filter(|m| m.name != local_name && dead_reason(m, instances).is_some()).collect();
+    let mut total = members.len();
+    let alive = total - dead.len();
+    for m in dead {
+        if removal_keeps_quorum(total, alive) {
+            plan.remove.push(m.clone());
+            total -= 1;
+        } else {
+            plan.kept.push(m.clone());
+        }
+    }
+    plan
+}
+
+/// A Node object as reconcile sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeObject {
+    pub name: String,
+    pub ready: bool,
+}
+
+/// Pure planning: Node objects to delete.
+pub fn plan_nodes(nodes: &[NodeObject], local_name: &str, instances: &[Instance]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| n.name != local_name)
+        .filter(|n| match instances.iter().find(|i| i.private_dns == n.name) {
+            Some(i) => i.is_gone(),
+            None => !n.ready,
+        })
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+pub async fn run(agent: &Agent) -> Result<()> {
+    if !agent.is_control_plane_ready() {
+        tracing::info!("not an initialized control-plane node: nothing to reconcile");
+        return Ok(());
+    }
+    let etcd = Etcd::new(&agent.cfg.agent.etcd, &agent.seams.root)?;
+    let members = etcd.members().await?;
+    let instances = instances(agent).await?;
+    let plan = plan_members(&members, &agent.id.hostname, &instances);
+    for m in &plan.remove {
+        let why = dead_reason(m, &instances).unwrap_or_default();
+        tracing::warn!(member = %m.name, id = format!("{:x}", m.id), reason = %why, "removing dead etcd member");
+        etcd.remove(m.id, Duration::from_secs(60)).await?;
+    }
+    for m in &plan.kept {
+        tracing::error!(member = %m.name, "dead etcd member kept: removing it would leave no majority alive; needs a human");
+    }
+
+    let nodes = node_objects(agent).await?;
+    for name in plan_nodes(&nodes, &agent.id.hostname, &instances) {
+        tracing::warn!(node = %name, "deleting the Node object of a gone instance");
+        agent.kubectl(&["delete", "node", &name, "--ignore-not-found"], Duration::from_secs(60)).await?;
+    }
+
+    let after = etcd.members().await?;
+    let dead: Vec<String> = after.iter().filter(|m| m.name != agent.id.hostname && dead_reason(m, &instances).is_some()).map(|m| display_name(m)).collect();
+    if let Some(mut state) = agent.store.get::<State>("state").await? {
+        state.etcd = Some(EtcdHealth { members: after.len(), dead, checked_at: SystemTime::now(), checked_by: agent.id.instance_id.clone() });
+        agent.store.put("state", &state, false, true).await?;
+    }
+    Ok(())
+}
+
+fn display_name(m: &Member) -> String {
+    if m.name.is_empty() {
+        format!("{:x}", m.id)
+    } else {
+        m.name.clone()
+    }
+}
+
+/// The cluster's instances in every state, and which are in the masters' group.
+async fn instances(agent: &Agent) -> Result<Vec<Instance>> {
+    let ec2 = aws_sdk_ec2::Client::new(&agent.aws);
+    let asg = aws_sdk_autoscaling::Client::new(&agent.aws);
+    let group = &agent.cfg.autoscaling.group_name;
+    let groups = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .map_err(Error::aws(format!("autoscaling DescribeAutoScalingGroups {group}")))?;
+    let in_group: HashSet<String> = groups
+        .auto_scaling_groups()
+        .iter()
+        .flat_map(|g| g.instances())
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
+    let filter = aws_sdk_ec2::types::Filter::builder().name("tag:haimg:cluster").values(agent.cfg.cluster.as_str()).build();
+    let mut pages = ec2.describe_instances().filters(filter).into_paginator().send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(Error::aws(format!("ec2 DescribeInstances tag:haimg:cluster={}", agent.cfg.cluster)))?;
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            let id = i.instance_id().unwrap_or_default().to_string();
+            out.push(Instance {
+                in_master_group: in_group.contains(&id),
+                private_dns: i.private_dns_name().unwrap_or_default().to_string(),
+                private_ip: i.private_ip_address().unwrap_or_default().to_string(),
+                state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                id,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn node_objects(agent: &Agent) -> Result<Vec<NodeObject>> {
+    let out = agent.kubectl(&["get", "nodes", "-o", "json"], Duration::from_secs(60)).await?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Runtime(format!("kubectl get nodes: {e}")))?;
+    Ok(v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| NodeObject {
+            name: n["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            ready: n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, name: &str, ip: &str) -> Member {
+        Member { id, name: name.into(), peer_urls: vec![format!("https://{ip}:2380")], client_urls: vec![], is_learner: false }
+    }
+    fn inst(id: &str, name: &str, ip: &str, state: &str, in_group: bool) -> Instance {
+        Instance { id: id.into(), private_dns: name.into(), private_ip: ip.into(), state: state.into(), in_master_group: in_group }
+    }
+
+    #[test]
+    fn removes_the_dead_member_of_three() {
+        let members = [member(1, "a", "10.0.0.1"), member(2, "b", "10.0.0.2"), member(3, "c", "10.0.0.3")];
+        let instances = [inst("i-a", "a", "10.0.0.1", "running", true), inst("i-b", "b", "10.0.0.2", "running", true), inst("i-c", "c", "10.0.0.3", "terminated", true)];
+        let plan = plan_members(&members, "a", &instances);
+        assert_eq!(plan.remove.iter().map(|m| m.id).collect::<Vec<_>>(), [3]);
+        assert!(plan.kept.is_empty());
+    }
+
+    #[test]
+    fn never_the_local_member_and_never_below_quorum() {
+        let members = [member(1, "a", "10.0.0.1"), member(2, "b", "10.0.0.2"), member(3, "c", "10.0.0.3")];
+        // b and c gone: removing either leaves 2 members with 1 alive: keep both.
+        let instances = [inst("i-a", "a", "10.0.0.1", "running", true)];
+        let plan = plan_members(&members, "a", &instances);
+        assert!(plan.remove.is_empty());
+        assert_eq!(plan.kept.len(), 2);
+        // The local member is never planned, even if EC2 says nothing about it.
+        let plan = plan_members(&members, "a", &[]);
+        assert!(plan.remove.iter().chain(&plan.kept).all(|m| m.name != "a"));
+    }
+
+    #[test]
+    fn five_members_two_dead_both_removed() {
+        let members: Vec<Member> = (1..=5).map(|i| member(i, &format!("m{i}"), &format!("10.0.0.{i}"))).collect();
+        let instances: Vec<Instance> = (1..=3).map(|i| inst(&format!("i-{i}"), &format!("m{i}"), &format!("10.0.0.{i}"), "running", true)).collect();
+        let plan = plan_members(&members, "m1", &instances);
+        assert_eq!(plan.remove.len(), 2);
+    }
+
+    #[test]
+    fn detached_instance_and_unstarted_member() {
+        let members = [member(1, "a", "10.0.0.1"), member(2, "b", "10.0.0.2"), member(3, "", "10.0.0.9"), member(4, "", "10.0.0.4")];
+        let instances = [
+            inst("i-a", "a", "10.0.0.1", "running", true),
+            inst("i-b", "b", "10.0.0.2", "running", false),
+            inst("i-d", "d", "10.0.0.4", "running", true),
+        ];
+        let plan = plan_members(&members, "a", &instances);
+        let removed: Vec<u64> = plan.remove.iter().map(|m| m.id).collect();
+        // b: detached from the group; 3: never started, its IP matches nothing. 4 is a
+        // replacement that is joining right now: keep it.
+        assert!(removed.contains(&2) && removed.contains(&3) && !removed.contains(&4), "{removed:?}");
+    }
+
+    #[test]
+    fn nodes_of_gone_instances_are_deleted_healthy_unknown_ones_kept() {
+        let nodes = [
+            NodeObject { name: "a".into(), ready: true },
+            NodeObject { name: "gone".into(), ready: false },
+            NodeObject { name: "unknown-ready".into(), ready: true },
+            NodeObject { name: "unknown-notready".into(), ready: false },
+        ];
+        let instances = [inst("i-a", "a", "10.0.0.1", "running", true), inst("i-g", "gone", "10.0.0.2", "terminated", false)];
+        assert_eq!(plan_nodes(&nodes, "a", &instances), ["gone", "unknown-notready"]);
+    }
+}

@@ -1,0 +1,289 @@
+//! The fleet simulation harness: a moto server on loopback, one small IMDSv2 server per
+//! node, the strict kubeadm/kubectl doubles, and real `haimg node …` processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ssm::config::Credentials;
+
+use super::{repo, venv};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A moto server on 127.0.0.1, killed on drop.
+pub struct Moto {
+    pub port: u16,
+    child: Child,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new(venv().join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts (scripts/install-test-deps.sh installs it)");
+        wait_for_port(port, "moto");
+        Moto { port, child }
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub async fn sdk(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(self.url())
+            .region(Region::new("us-west-2"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one node's IMDS answers.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub instance_id: String,
+    pub hostname: String,
+    pub private_ip: String,
+    pub az: String,
+}
+
+/// A minimal IMDSv2: PUT /latest/api/token, then GETs that carry the token.
+pub struct Imds {
+    pub port: u16,
+    pub lifecycle: Arc<Mutex<Option<String>>>,
+}
+
+impl Imds {
+    pub fn start(id: Identity) -> Imds {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let lifecycle = Arc::new(Mutex::new(None::<String>));
+        let lc = lifecycle.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let id = id.clone();
+                let lc = lc.clone();
+                std::thread::spawn(move || serve(conn, &id, &lc));
+            }
+        });
+        Imds { port, lifecycle }
+    }
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+    pub fn set_lifecycle(&self, state: &str) {
+        *self.lifecycle.lock().unwrap() = Some(state.to_string());
+    }
+}
+
+const IMDS_TOKEN: &str = "imds-session-token";
+
+fn serve(mut conn: TcpStream, id: &Identity, lifecycle: &Mutex<Option<String>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let mut token_ok = false;
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if lower.starts_with("x-aws-ec2-metadata-token:") && h.contains(IMDS_TOKEN) {
+            token_ok = true;
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    let _ = reader.read_exact(&mut body);
+    let (status, text) = if method == "PUT" && path == "/latest/api/token" {
+        ("200 OK", IMDS_TOKEN.to_string())
+    } else if !token_ok {
+        ("401 Unauthorized", String::new())
+    } else {
+        match path.trim_start_matches("/latest/meta-data/") {
+            "instance-id" => ("200 OK", id.instance_id.clone()),
+            "local-hostname" => ("200 OK", id.hostname.clone()),
+            "local-ipv4" => ("200 OK", id.private_ip.clone()),
+            "placement/availability-zone" => ("200 OK", id.az.clone()),
+            "autoscaling/target-lifecycle-state" => match lifecycle.lock().unwrap().clone() {
+                Some(s) => ("200 OK", s),
+                None => ("404 Not Found", String::new()),
+            },
+            _ => ("404 Not Found", String::new()),
+        }
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+}
+
+/// Writes an executable wrapper that runs a Python double with the test virtualenv.
+pub fn double(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let script = format!(
+        "#!/bin/sh\nexec {} {} \"$@\"\n",
+        venv().join("bin/python").display(),
+        repo().join(format!("tests/doubles/{name}.py")).display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// One simulated node: its root directory, IMDS and node config.
+pub struct Node {
+    pub name: String,
+    pub id: Identity,
+    pub root: PathBuf,
+    pub imds: Imds,
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// A fleet's shared parts.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub moto: Moto,
+    pub kubeadm: PathBuf,
+    pub kubectl: PathBuf,
+    pub cluster_dir: PathBuf,
+    pub kubernetes_version: String,
+}
+
+impl Fleet {
+    pub fn new(moto: Moto) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeadm = double(dir.path(), "kubeadm");
+        let kubectl = double(dir.path(), "kubectl");
+        let cluster_dir = dir.path().join("cluster");
+        std::fs::create_dir_all(&cluster_dir).unwrap();
+        Fleet { dir, moto, kubeadm, kubectl, cluster_dir, kubernetes_version: "1.30.4".into() }
+    }
+
+    /// A node with `config` (YAML) as its node.yaml and the image's CNI manifest.
+    pub fn node(&self, name: &str, id: Identity, config: &str) -> Node {
+        let root = self.dir.path().join("nodes").join(name);
+        std::fs::create_dir_all(root.join("etc/haimg")).unwrap();
+        std::fs::write(root.join("etc/haimg/node.yaml"), config).unwrap();
+        std::fs::create_dir_all(root.join("usr/share/haimg/cni")).unwrap();
+        std::fs::write(root.join("usr/share/haimg/cni/manifest.yaml"), "# baked CNI manifest\n").unwrap();
+        let imds = Imds::start(id.clone());
+        Node { name: name.into(), id, root, imds, extra_env: vec![] }
+    }
+
+    /// Starts `haimg node <sub>` for a node, in its own process group, logging to a file.
+    pub fn spawn(&self, node: &Node, sub: &str) -> Child {
+        let log = std::fs::File::create(self.log_path(node, sub)).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_haimg"));
+        cmd.args(["node", sub])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("HAIMG_ROOT", &node.root)
+            .env("HAIMG_NODE_CONFIG", node.root.join("etc/haimg/node.yaml"))
+            .env("HAIMG_KUBEADM", &self.kubeadm)
+            .env("HAIMG_KUBECTL", &self.kubectl)
+            .env("HAIMG_LOG", "info")
+            .env("FAKE_CLUSTER_DIR", &self.cluster_dir)
+            .env("FAKE_NODE_NAME", &node.name)
+            .env("FAKE_KUBERNETES_VERSION", &self.kubernetes_version)
+            .env("AWS_ENDPOINT_URL", self.moto.url())
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", node.imds.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_MAX_ATTEMPTS", "2")
+            .envs(node.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        cmd.spawn().unwrap()
+    }
+
+    pub fn log_path(&self, node: &Node, sub: &str) -> PathBuf {
+        self.dir.path().join(format!("{}-{sub}.log", node.name))
+    }
+
+    pub fn log(&self, node: &Node, sub: &str) -> String {
+        std::fs::read_to_string(self.log_path(node, sub)).unwrap_or_default()
+    }
+
+    /// Every double invocation so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.cluster_dir.join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn events_of(&self, cmd: &str) -> Vec<serde_json::Value> {
+        self.events().into_iter().filter(|e| e["cmd"] == cmd).collect()
+    }
+}
+
+/// Waits for a child, bounded; kills it (and its process group) on timeout.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            kill_group(child);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
+    let _ = child.wait();
+}
+
+/// Polls `f` until it returns true, bounded.
+pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

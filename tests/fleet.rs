@@ -1,0 +1,286 @@
+//! Fleet simulation: real `haimg node` processes against moto on 127.0.0.1, one IMDS per
+//! node, strict kubeadm/kubectl doubles. See tests/common/fleet.rs.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::fleet::*;
+use haimg::node::config::{AgentSettings, NodeConfig};
+use haimg::render::Group;
+
+const BOUND: Duration = Duration::from_secs(120);
+
+struct Cluster {
+    fleet: Fleet,
+    masters: Vec<Identity>,
+    workers: Vec<Identity>,
+    sdk: aws_config::SdkConfig,
+}
+
+/// Test timings: short leases and polls so scenarios run in seconds.
+fn settings() -> AgentSettings {
+    AgentSettings {
+        init_lease_seconds: 3,
+        join_timeout_seconds: 90,
+        poll_initial_millis: 200,
+        poll_max_millis: 1000,
+        min_remaining_seconds: 60,
+        kubeadm_timeout_seconds: 60,
+        membership_wait_seconds: 5,
+        watch_interval_seconds: 1,
+        drain_timeout_seconds: 10,
+        ..AgentSettings::default()
+    }
+}
+
+/// The node.yaml `haimg render` writes for the example's masters or its worker pool,
+/// with test timings.
+fn node_yaml(master: bool, tweak: impl FnOnce(&mut NodeConfig)) -> String {
+    let spec = haimg::spec::load_str(haimg::spec::EXAMPLE, "example").unwrap().spec;
+    let group = if master { Group::Master } else { Group::Worker(&spec.worker_pools[0]) };
+    let mut cfg = haimg::render::node_config(&spec, group);
+    cfg.agent = settings();
+    tweak(&mut cfg);
+    haimg::yaml::to_string(&cfg)
+}
+
+async fn identities(sdk: &aws_config::SdkConfig, group: &str) -> Vec<Identity> {
+    let asg = aws_sdk_autoscaling::Client::new(sdk);
+    let ec2 = aws_sdk_ec2::Client::new(sdk);
+    let g = asg.describe_auto_scaling_groups().auto_scaling_group_names(group).send().await.unwrap();
+    let ids: Vec<String> = g.auto_scaling_groups()[0].instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect();
+    let out = ec2.describe_instances().set_instance_ids(Some(ids)).send().await.unwrap();
+    let mut v: Vec<Identity> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| Identity {
+            instance_id: i.instance_id().unwrap().into(),
+            hostname: i.private_dns_name().unwrap().into(),
+            private_ip: i.private_ip_address().unwrap().into(),
+            az: i.placement().and_then(|p| p.availability_zone()).unwrap().into(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    v
+}
+
+/// moto with what `haimg up` would have created: the NLB and the two Auto Scaling groups.
+async fn cluster(masters: i32, workers: i32) -> Cluster {
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap();
+    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let subnet = ec2.create_subnet().vpc_id(&vpc_id).cidr_block("10.0.1.0/24").availability_zone("us-west-2a").send().await.unwrap();
+    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    aws_sdk_elasticloadbalancingv2::Client::new(&sdk)
+        .create_load_balancer()
+        .name("demo-api")
+        .subnets(&subnet_id)
+        .r#type(aws_sdk_elasticloadbalancingv2::types::LoadBalancerTypeEnum::Network)
+        .scheme(aws_sdk_elasticloadbalancingv2::types::LoadBalancerSchemeEnum::Internal)
+        .send()
+        .await
+        .unwrap();
+    let image = ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
+    ec2.create_launch_template()
+        .launch_template_name("demo-test")
+        .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(image).instance_type(aws_sdk_ec2::types::InstanceType::T3Large).build())
+        .send()
+        .await
+        .unwrap();
+    let asg = aws_sdk_autoscaling::Client::new(&sdk);
+    for (name, n) in [("demo-master", masters), ("demo-worker-general", workers)] {
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_template(aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder().launch_template_name("demo-test").version("$Default").build())
+            .min_size(n)
+            .max_size(n + 2)
+            .desired_capacity(n)
+            .vpc_zone_identifier(&subnet_id)
+            .tags(aws_sdk_autoscaling::types::Tag::builder().key("haimg:cluster").value("demo").propagate_at_launch(true).resource_id(name).resource_type("auto-scaling-group").build())
+            .send()
+            .await
+            .unwrap();
+    }
+    let m = identities(&sdk, "demo-master").await;
+    let w = identities(&sdk, "demo-worker-general").await;
+    let all: Vec<String> = m.iter().chain(&w).map(|i| i.instance_id.clone()).collect();
+    ec2.create_tags().set_resources(Some(all)).tags(aws_sdk_ec2::types::Tag::builder().key("haimg:cluster").value("demo").build()).send().await.unwrap();
+    Cluster { fleet: Fleet::new(moto), masters: m, workers: w, sdk }
+}
+
+async fn parameter(sdk: &aws_config::SdkConfig, name: &str) -> Option<serde_json::Value> {
+    let out = aws_sdk_ssm::Client::new(sdk).get_parameter().name(name).with_decryption(true).send().await.ok()?;
+    serde_json::from_str(out.parameter()?.value()?).ok()
+}
+
+fn joins(fleet: &Fleet, control_plane: bool) -> Vec<serde_json::Value> {
+    fleet.events_of("join").into_iter().filter(|e| e["controlPlane"] == control_plane).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_masters_and_three_workers_form_one_cluster() {
+    let c = cluster(3, 3).await;
+    let f = &c.fleet;
+    let nodes: Vec<Node> = c
+        .masters
+        .iter()
+        .enumerate()
+        .map(|(i, id)| f.node(&format!("m{i}"), id.clone(), &node_yaml(true, |_| {})))
+        .chain(c.workers.iter().enumerate().map(|(i, id)| f.node(&format!("w{i}"), id.clone(), &node_yaml(false, |_| {}))))
+        .collect();
+    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
+    for (n, child) in nodes.iter().zip(children.iter_mut()) {
+        let status = wait_child(child, BOUND);
+        assert!(status.is_some_and(|s| s.success()), "{} failed:\n{}", n.name, f.log(n, "bootstrap"));
+    }
+    assert_eq!(f.events_of("init").len(), 1, "exactly one kubeadm init: {:?}", f.events());
+    let cp = joins(f, true);
+    assert_eq!(cp.len(), 2, "two control-plane joins");
+    assert!(cp.iter().all(|e| e["withCertificateKey"] == true), "control-plane joins carry the certificate key");
+    assert_eq!(joins(f, false).len(), 3, "three worker joins");
+    assert!(joins(f, false).iter().all(|e| e["withCertificateKey"] == false));
+    assert_eq!(f.events_of("kubectl-apply").len(), 1, "the CNI manifest is applied once, by the first master");
+
+    let worker = parameter(&c.sdk, "/haimg/demo/join/worker").await.unwrap();
+    assert!(worker.get("certificateKey").is_none(), "P/join/worker never holds the certificate key: {worker}");
+    let control = parameter(&c.sdk, "/haimg/demo/join/control-plane").await.unwrap();
+    assert!(control["certificateKey"].as_str().is_some_and(|k| k.len() == 64));
+    assert_eq!(control["endpoint"].as_str().unwrap().rsplit(':').next(), Some("6443"));
+    assert_eq!(parameter(&c.sdk, "/haimg/demo/state").await.unwrap()["phase"], "ready");
+
+    // Secrets hygiene: no config file with secrets remains; no log line shows a secret.
+    let token = control["token"].as_str().unwrap();
+    let key = control["certificateKey"].as_str().unwrap();
+    for n in &nodes {
+        for f_ in ["kubeadm-init.yaml", "kubeadm-join.yaml"] {
+            assert!(!n.root.join("etc/haimg").join(f_).exists(), "{}: {f_} was left behind", n.name);
+        }
+        let log = f.log(n, "bootstrap");
+        assert!(!log.contains(token) && !log.contains(key), "{}: a secret reached the log", n.name);
+    }
+    // Re-running bootstrap on a joined node does nothing.
+    let mut again = f.spawn(&nodes[0], "bootstrap");
+    assert!(wait_child(&mut again, BOUND).unwrap().success());
+    assert_eq!(f.events_of("init").len() + f.events_of("join").len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_takes_over_when_the_init_holder_dies_before_publishing() {
+    let c = cluster(3, 1).await;
+    let f = &c.fleet;
+    let mut holder_node = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
+    // The first holder's kubeadm init hangs; it is killed while it runs.
+    holder_node.extra_env.push(("FAKE_KUBEADM_INIT_SECONDS".into(), "60".into()));
+    let mut holder = f.spawn(&holder_node, "bootstrap");
+    eventually("the first master starts kubeadm init", BOUND, || !f.events_of("init-start").is_empty());
+    kill_group(&mut holder);
+
+    let others: Vec<Node> = vec![
+        f.node("m1", c.masters[1].clone(), &node_yaml(true, |_| {})),
+        f.node("m2", c.masters[2].clone(), &node_yaml(true, |_| {})),
+        f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {})),
+    ];
+    let mut children: Vec<_> = others.iter().map(|n| f.spawn(n, "bootstrap")).collect();
+    for (n, child) in others.iter().zip(children.iter_mut()) {
+        let status = wait_child(child, BOUND);
+        assert!(status.is_some_and(|s| s.success()), "{} failed:\n{}", n.name, f.log(n, "bootstrap"));
+    }
+    let inits = f.events_of("init");
+    assert_eq!(inits.len(), 1, "one init completed: {inits:?}");
+    assert_ne!(inits[0]["node"], "m0", "the dead holder never published");
+    assert_eq!(joins(f, true).len(), 1);
+    assert_eq!(joins(f, false).len(), 1);
+    // The takeover created the next epoch.
+    assert!(parameter(&c.sdk, "/haimg/demo/init/lock-2").await.is_some(), "lock epoch 2 exists");
+    let state = parameter(&c.sdk, "/haimg/demo/state").await.unwrap();
+    assert_ne!(state["initializedBy"], c.masters[0].instance_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_material_is_never_used_until_refresh_rotates_it() {
+    let c = cluster(1, 2).await;
+    let f = &c.fleet;
+    let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
+    let mut first = f.spawn(&m0, "bootstrap");
+    assert!(wait_child(&mut first, BOUND).unwrap().success(), "{}", f.log(&m0, "bootstrap"));
+
+    // Days later: the published material has expired (refresh was not running).
+    let ssm = aws_sdk_ssm::Client::new(&c.sdk);
+    let past = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(86_400)).to_string();
+    let long_ago = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3 * 86_400)).to_string();
+    for name in ["control-plane", "worker"] {
+        let mut v = parameter(&c.sdk, &format!("/haimg/demo/join/{name}")).await.unwrap();
+        v["expiresAt"] = past.clone().into();
+        v["issuedAt"] = long_ago.clone().into();
+        ssm.put_parameter().name(format!("/haimg/demo/join/{name}")).value(v.to_string()).r#type(aws_sdk_ssm::types::ParameterType::SecureString).overwrite(true).send().await.unwrap();
+    }
+    let w0 = f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {}));
+    let mut waiting = f.spawn(&w0, "bootstrap");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(waiting.try_wait().unwrap().is_none(), "the worker must wait, not fail:\n{}", f.log(&w0, "bootstrap"));
+    assert!(f.events_of("join-start").is_empty(), "nobody joins with expired material");
+
+    let mut refresh = f.spawn(&m0, "refresh");
+    assert!(wait_child(&mut refresh, BOUND).unwrap().success(), "{}", f.log(&m0, "refresh"));
+    assert_eq!(f.events_of("token-create").len(), 1);
+    assert_eq!(f.events_of("upload-certs").len(), 1);
+    assert!(wait_child(&mut waiting, BOUND).unwrap().success(), "{}", f.log(&w0, "bootstrap"));
+    let rotated_at = f.events_of("token-create")[0]["t"].as_f64().unwrap();
+    let joined_at = f.events_of("join-start")[0]["t"].as_f64().unwrap();
+    assert!(joined_at > rotated_at, "the worker joined only after the rotation");
+    let control = parameter(&c.sdk, "/haimg/demo/join/control-plane").await.unwrap();
+    assert_eq!(control["generation"], 2);
+
+    // A second refresh right away finds fresh material and rotates nothing.
+    let mut again = f.spawn(&m0, "refresh");
+    assert!(wait_child(&mut again, BOUND).unwrap().success());
+    assert_eq!(f.events_of("token-create").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_refreshes_rotate_once() {
+    let c = cluster(3, 0).await;
+    let f = &c.fleet;
+    let nodes: Vec<Node> = c.masters.iter().enumerate().map(|(i, id)| f.node(&format!("m{i}"), id.clone(), &node_yaml(true, |_| {}))).collect();
+    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
+    for (n, child) in nodes.iter().zip(children.iter_mut()) {
+        assert!(wait_child(child, BOUND).unwrap().success(), "{}", f.log(n, "bootstrap"));
+    }
+    // Make the material look past half-life, then fire every master's timer at once.
+    let ssm = aws_sdk_ssm::Client::new(&c.sdk);
+    let mut v = parameter(&c.sdk, "/haimg/demo/join/control-plane").await.unwrap();
+    v["issuedAt"] = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(8000)).to_string().into();
+    ssm.put_parameter().name("/haimg/demo/join/control-plane").value(v.to_string()).r#type(aws_sdk_ssm::types::ParameterType::SecureString).overwrite(true).send().await.unwrap();
+    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "refresh")).collect();
+    for (n, child) in nodes.iter().zip(children.iter_mut()) {
+        assert!(wait_child(child, BOUND).unwrap().success(), "{}", f.log(n, "refresh"));
+    }
+    assert_eq!(f.events_of("token-create").len(), 1, "one rotation per period");
+    assert_eq!(f.events_of("upload-certs").len(), 1);
+}
+
+#[test]
+fn a_bad_node_config_exits_2_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.yaml");
+    std::fs::write(&cfg, node_yaml(true, |_| {}).replace("role: master", "role: mastr")).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_haimg"))
+        .args(["node", "bootstrap"])
+        .env("HAIMG_NODE_CONFIG", &cfg)
+        .env("HAIMG_ROOT", dir.path())
+        // Nothing may be contacted: point IMDS and AWS at a closed port.
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9/")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("node.yaml") && err.contains("role"), "{err}");
+    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["node.yaml"], "no half-done state");
+}
