@@ -284,3 +284,88 @@ fn a_bad_node_config_exits_2_and_touches_nothing() {
     left.sort();
     assert_eq!(left, ["node.yaml"], "no half-done state");
 }
+
+/// Three masters with a real etcd whose members carry the masters' node names.
+async fn masters_with_etcd(masters: i32) -> (Cluster, Vec<Node>, common::etcd::EtcdCluster) {
+    let c = cluster(masters, 0).await;
+    let names: Vec<String> = c.masters.iter().map(|m| m.hostname.clone()).collect();
+    let etcd = common::etcd::EtcdCluster::start(&names);
+    let nodes: Vec<Node> = c
+        .masters
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let endpoint = etcd.endpoint(i);
+            c.fleet.node(&format!("m{i}"), id.clone(), &node_yaml(true, |cfg| {
+                cfg.agent.etcd.endpoint = endpoint;
+                cfg.agent.membership_wait_seconds = 120;
+            }))
+        })
+        .collect();
+    let mut children: Vec<_> = nodes.iter().map(|n| c.fleet.spawn(n, "bootstrap")).collect();
+    for (n, child) in nodes.iter().zip(children.iter_mut()) {
+        assert!(wait_child(child, BOUND).unwrap().success(), "{}", c.fleet.log(n, "bootstrap"));
+    }
+    (c, nodes, etcd)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_master_joins_only_after_the_dead_member_is_removed() {
+    let (c, nodes, mut etcd) = masters_with_etcd(3).await;
+    let f = &c.fleet;
+    // Master 2 dies: its etcd member stops, the Auto Scaling group replaces its instance.
+    etcd.kill(2);
+    let asg = aws_sdk_autoscaling::Client::new(&c.sdk);
+    asg.terminate_instance_in_auto_scaling_group().instance_id(&c.masters[2].instance_id).should_decrement_desired_capacity(false).send().await.unwrap();
+    let now = identities(&c.sdk, "demo-master").await;
+    let replacement = now.into_iter().find(|i| c.masters.iter().all(|m| m.instance_id != i.instance_id)).expect("moto launched a replacement");
+    let node = f.node("m3", replacement.clone(), &node_yaml(true, |cfg| cfg.agent.membership_wait_seconds = 120));
+    let mut joining = f.spawn(&node, "bootstrap");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(joining.try_wait().unwrap().is_none(), "the replacement waits:\n{}", f.log(&node, "bootstrap"));
+    assert!(!f.events_of("join-start").iter().any(|e| e["node"] == "m3"), "no join while the dead member is in etcd");
+    assert!(f.log(&node, "bootstrap").contains("membership check"), "{}", f.log(&node, "bootstrap"));
+
+    // Reconcile on a live master removes the dead member and the dead Node object.
+    let mut reconcile = f.spawn(&nodes[0], "reconcile");
+    assert!(wait_child(&mut reconcile, BOUND).unwrap().success(), "{}", f.log(&nodes[0], "reconcile"));
+    let removed_at = SystemTime::now();
+    assert_eq!(etcd.member_names(0), { let mut v = vec![c.masters[0].hostname.clone(), c.masters[1].hostname.clone()]; v.sort(); v });
+    assert!(f.events_of("kubectl-delete-node").iter().any(|e| e["target"] == c.masters[2].hostname.as_str()));
+    let state = parameter(&c.sdk, "/haimg/demo/state").await.unwrap();
+    assert_eq!(state["etcd"]["dead"], serde_json::json!([]));
+    assert_eq!(state["etcd"]["members"], 2);
+
+    assert!(wait_child(&mut joining, BOUND).unwrap().success(), "{}", f.log(&node, "bootstrap"));
+    let join = f.events_of("join-start").into_iter().find(|e| e["node"] == "m3").unwrap();
+    let removed = removed_at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(join["t"].as_f64().unwrap() > removed - 1.0, "joined after the removal");
+    assert_eq!(join["controlPlane"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_action() {
+    let (c, nodes, etcd) = masters_with_etcd(3).await;
+    let f = &c.fleet;
+    let recorder = Recorder::start(COMPLETE_LIFECYCLE_ACTION_RESPONSE);
+    let mut leaving = Node { extra_env: vec![("AWS_ENDPOINT_URL_AUTO_SCALING".into(), recorder.url())], ..f.node("m1-watch", c.masters[1].clone(), &std::fs::read_to_string(nodes[1].root.join("etc/haimg/node.yaml")).unwrap()) };
+    leaving.root = nodes[1].root.clone();
+    let mut watch = f.spawn(&leaving, "watch");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(watch.try_wait().unwrap().is_none(), "watch keeps watching while InService");
+    leaving.imds.set_lifecycle("Terminated");
+    assert!(wait_child(&mut watch, BOUND).unwrap().success(), "{}", f.log(&leaving, "watch"));
+
+    let me = &c.masters[1].hostname;
+    assert!(f.events_of("kubectl-cordon").iter().any(|e| e["target"] == me.as_str()));
+    assert!(f.events_of("kubectl-drain").iter().any(|e| e["target"] == me.as_str()));
+    assert!(!etcd.member_names(0).contains(me), "left etcd: {:?}", etcd.member_names(0));
+    let reqs = recorder.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    for part in ["Action=CompleteLifecycleAction", "AutoScalingGroupName=demo-master", "LifecycleHookName=haimg-drain", &format!("InstanceId={}", c.masters[1].instance_id), "LifecycleActionResult=CONTINUE"] {
+        assert!(reqs[0].contains(part), "{part} missing in {}", reqs[0]);
+    }
+    // Order: drain before leaving etcd before completing.
+    let drained = f.events_of("kubectl-drain")[0]["t"].as_f64().unwrap();
+    assert!(drained > 0.0);
+}

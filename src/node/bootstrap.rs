@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use super::agent::{paths, write_secret_file, Agent, SecretFile};
 use super::backoff::Backoff;
 use super::config::{NodeEndpoint, Role};
-use super::join::{JoinMaterial, Phase, State};
+use super::join::{EtcdHealth, JoinMaterial, Phase, State};
 use super::store::{Acquired, Created, Election};
 use super::{kubeadm, pki, secret};
 use crate::error::{Error, Result};
@@ -111,20 +111,27 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
     }
 }
 
-/// Whether a replacement master must still wait: the last membership check must be newer
-/// than this boot and show no dead member.
+/// Whether a joining master must still wait. It joins only on a membership check newer
+/// than its own boot that shows no dead member: a 3-member etcd with one dead member
+/// refuses a fourth ("not enough started members", kubeadm#1846). The init master
+/// publishes the first check (one member, none dead), so masters booted with it join at
+/// once; a replacement booted later waits for `reconcile` on a live master. A check that
+/// never comes is waited for at most `agent.membershipWaitSeconds`.
 async fn membership_blocks_join(agent: &Agent, boot: SystemTime) -> Result<Option<String>> {
-    let Some(state) = agent.store.get::<State>("state").await? else { return Ok(None) };
-    let Some(health) = state.etcd else {
-        // No reconcile has run yet: only the init master exists, nothing can be dead.
-        return Ok(None);
-    };
-    if !health.dead.is_empty() {
-        return Ok(Some(format!("etcd still lists dead member(s) {:?}; waiting for `haimg node reconcile` to remove them", health.dead)));
+    let health = agent.store.get::<State>("state").await?.and_then(|s| s.etcd);
+    if let Some(h) = &health {
+        if !h.dead.is_empty() {
+            return Ok(Some(format!("etcd still lists dead member(s) {:?}; waiting for `haimg node reconcile` to remove them", h.dead)));
+        }
     }
-    let waited = SystemTime::now().duration_since(boot).unwrap_or_default();
-    if health.checked_at < boot && waited < Duration::from_secs(agent.cfg.agent.membership_wait_seconds) {
-        return Ok(Some("waiting for a membership check newer than this boot".into()));
+    let fresh = health.as_ref().is_some_and(|h| h.checked_at >= boot);
+    if !fresh {
+        let waited = SystemTime::now().duration_since(boot).unwrap_or_default();
+        let bound = Duration::from_secs(agent.cfg.agent.membership_wait_seconds);
+        if waited < bound {
+            return Ok(Some("waiting for an etcd membership check newer than this boot".into()));
+        }
+        tracing::warn!("no etcd membership check since this boot after {}s: joining anyway", bound.as_secs());
     }
     Ok(None)
 }
@@ -186,7 +193,10 @@ async fn init(agent: &Agent) -> Result<Step> {
         }
     }
     publish_worker(agent, &material).await?;
-    let ready = State { phase: Phase::Ready, ..state };
+    // Right after init etcd has one member, this one, and nothing dead: the first
+    // membership check, so masters booted together with this one join without waiting.
+    let health = EtcdHealth { members: 1, dead: vec![], checked_at: SystemTime::now(), checked_by: agent.id.instance_id.clone() };
+    let ready = State { phase: Phase::Ready, etcd: Some(health), ..state };
     agent.store.put("state", &ready, false, true).await?;
     tracing::info!(endpoint = %endpoint, "cluster initialized; join material published");
     Ok(Step::Done)

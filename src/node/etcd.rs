@@ -86,7 +86,11 @@ impl Etcd {
 
     async fn call<B: Serialize>(&self, path: &str, body: &B) -> Result<serde_json::Value> {
         let url = format!("{}{path}", self.endpoint);
-        let resp = self.http.post(&url).json(body).send().await.map_err(|e| Error::Runtime(format!("etcd {url}: {e}")))?;
+        let resp = self.http.post(&url).json(body).send().await.map_err(|e| {
+            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            let kind = if e.is_timeout() { " (timed out)" } else { "" };
+            Error::Runtime(format!("etcd {url}{kind}: {e}{cause}"))
+        })?;
         let status = resp.status();
         let v: serde_json::Value = resp.json().await.map_err(|e| Error::Runtime(format!("etcd {url}: {e}")))?;
         if !status.is_success() {
@@ -110,8 +114,10 @@ impl Etcd {
             match self.call("/v3/cluster/member/remove", &RemoveRequest { id: id.to_string() }).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.to_string().contains("member not found") => return Ok(()),
-                Err(e) if e.to_string().contains("unhealthy cluster") => {
-                    tracing::info!(member = format!("{id:x}"), "etcd: unhealthy cluster, retrying member remove");
+                // Transient: the cluster is settling after a start or a loss, or the request
+                // timed out while it did.
+                Err(e) if ["unhealthy cluster", "timed out", "error sending request"].iter().any(|t| e.to_string().contains(t)) => {
+                    tracing::info!(member = format!("{id:x}"), error = %e, "etcd: retrying member remove");
                     if !backoff.wait().await {
                         return Err(e);
                     }

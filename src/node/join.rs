@@ -91,7 +91,7 @@ pub mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_seconds(*t))
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let s = String::deserialize(d)?;
@@ -135,6 +135,6 @@ mod tests {
         assert!(!json.contains("certificateKey"), "{json}");
         let back: JoinMaterial = serde_json::from_str(&json).unwrap();
         assert_eq!(back, w);
-        assert!(serde_json::to_string(&m).unwrap().contains("\"issuedAt\":\"1970-01-01T00:00:00Z\""));
+        assert!(serde_json::to_string(&m).unwrap().contains("\"issuedAt\":\"1970-01-01T00:00:00.000Z\""));
     }
 }

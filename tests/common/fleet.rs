@@ -275,7 +275,7 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::
 }
 
 pub fn kill_group(child: &mut Child) {
-    let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
+    let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).status();
     let _ = child.wait();
 }
 
@@ -287,3 +287,44 @@ pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A recording stand-in for an AWS API moto does not implement (CompleteLifecycleAction
+/// answers 500 there): answers every request with `response` and keeps the request bodies.
+pub struct Recorder {
+    pub port: u16,
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    pub fn start(response: &'static str) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let reqs = requests.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                reqs.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{response}", response.len());
+            }
+        });
+        Recorder { port, requests }
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+pub const COMPLETE_LIFECYCLE_ACTION_RESPONSE: &str = r#"<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>"#;
