@@ -6,116 +6,8 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::fleet::*;
-use haimg::node::config::{AgentSettings, NodeConfig};
-use haimg::render::Group;
 
 const BOUND: Duration = Duration::from_secs(120);
-
-struct Cluster {
-    fleet: Fleet,
-    masters: Vec<Identity>,
-    workers: Vec<Identity>,
-    sdk: aws_config::SdkConfig,
-}
-
-/// Test timings: short leases and polls so scenarios run in seconds.
-fn settings() -> AgentSettings {
-    AgentSettings {
-        init_lease_seconds: 3,
-        join_timeout_seconds: 90,
-        poll_initial_millis: 200,
-        poll_max_millis: 1000,
-        min_remaining_seconds: 60,
-        kubeadm_timeout_seconds: 60,
-        membership_wait_seconds: 5,
-        watch_interval_seconds: 1,
-        drain_timeout_seconds: 10,
-        ..AgentSettings::default()
-    }
-}
-
-/// The node.yaml `haimg render` writes for the example's masters or its worker pool,
-/// with test timings.
-fn node_yaml(master: bool, tweak: impl FnOnce(&mut NodeConfig)) -> String {
-    let spec = haimg::spec::load_str(haimg::spec::EXAMPLE, "example").unwrap().spec;
-    let group = if master { Group::Master } else { Group::Worker(&spec.worker_pools[0]) };
-    let mut cfg = haimg::render::node_config(&spec, group);
-    cfg.agent = settings();
-    tweak(&mut cfg);
-    haimg::yaml::to_string(&cfg)
-}
-
-async fn identities(sdk: &aws_config::SdkConfig, group: &str) -> Vec<Identity> {
-    let asg = aws_sdk_autoscaling::Client::new(sdk);
-    let ec2 = aws_sdk_ec2::Client::new(sdk);
-    let g = asg.describe_auto_scaling_groups().auto_scaling_group_names(group).send().await.unwrap();
-    let ids: Vec<String> = g.auto_scaling_groups()[0].instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect();
-    let out = ec2.describe_instances().set_instance_ids(Some(ids)).send().await.unwrap();
-    let mut v: Vec<Identity> = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| Identity {
-            instance_id: i.instance_id().unwrap().into(),
-            hostname: i.private_dns_name().unwrap().into(),
-            private_ip: i.private_ip_address().unwrap().into(),
-            az: i.placement().and_then(|p| p.availability_zone()).unwrap().into(),
-        })
-        .collect();
-    v.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-    v
-}
-
-/// moto with what `haimg up` would have created: the NLB and the two Auto Scaling groups.
-async fn cluster(masters: i32, workers: i32) -> Cluster {
-    let moto = Moto::start();
-    let sdk = moto.sdk().await;
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
-    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap();
-    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
-    let subnet = ec2.create_subnet().vpc_id(&vpc_id).cidr_block("10.0.1.0/24").availability_zone("us-west-2a").send().await.unwrap();
-    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
-    aws_sdk_elasticloadbalancingv2::Client::new(&sdk)
-        .create_load_balancer()
-        .name("demo-api")
-        .subnets(&subnet_id)
-        .r#type(aws_sdk_elasticloadbalancingv2::types::LoadBalancerTypeEnum::Network)
-        .scheme(aws_sdk_elasticloadbalancingv2::types::LoadBalancerSchemeEnum::Internal)
-        .send()
-        .await
-        .unwrap();
-    let image = ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
-    ec2.create_launch_template()
-        .launch_template_name("demo-test")
-        .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(image).instance_type(aws_sdk_ec2::types::InstanceType::T3Large).build())
-        .send()
-        .await
-        .unwrap();
-    let asg = aws_sdk_autoscaling::Client::new(&sdk);
-    for (name, n) in [("demo-master", masters), ("demo-worker-general", workers)] {
-        asg.create_auto_scaling_group()
-            .auto_scaling_group_name(name)
-            .launch_template(aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder().launch_template_name("demo-test").version("$Default").build())
-            .min_size(n)
-            .max_size(n + 2)
-            .desired_capacity(n)
-            .vpc_zone_identifier(&subnet_id)
-            .tags(aws_sdk_autoscaling::types::Tag::builder().key("haimg:cluster").value("demo").propagate_at_launch(true).resource_id(name).resource_type("auto-scaling-group").build())
-            .send()
-            .await
-            .unwrap();
-    }
-    let m = identities(&sdk, "demo-master").await;
-    let w = identities(&sdk, "demo-worker-general").await;
-    let all: Vec<String> = m.iter().chain(&w).map(|i| i.instance_id.clone()).collect();
-    ec2.create_tags().set_resources(Some(all)).tags(aws_sdk_ec2::types::Tag::builder().key("haimg:cluster").value("demo").build()).send().await.unwrap();
-    Cluster { fleet: Fleet::new(moto), masters: m, workers: w, sdk }
-}
-
-async fn parameter(sdk: &aws_config::SdkConfig, name: &str) -> Option<serde_json::Value> {
-    let out = aws_sdk_ssm::Client::new(sdk).get_parameter().name(name).with_decryption(true).send().await.ok()?;
-    serde_json::from_str(out.parameter()?.value()?).ok()
-}
 
 fn joins(fleet: &Fleet, control_plane: bool) -> Vec<serde_json::Value> {
     fleet.events_of("join").into_iter().filter(|e| e["controlPlane"] == control_plane).collect()
@@ -368,4 +260,21 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
     // Order: drain before leaving etcd before completing.
     let drained = f.events_of("kubectl-drain")[0]["t"].as_f64().unwrap();
     assert!(drained > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_join_resets_the_node_and_leaves_no_secret_behind() {
+    let c = cluster(1, 1).await;
+    let f = &c.fleet;
+    let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
+    let mut first = f.spawn(&m0, "bootstrap");
+    assert!(wait_child(&mut first, BOUND).unwrap().success(), "{}", f.log(&m0, "bootstrap"));
+    let mut w0 = f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {}));
+    w0.extra_env.push(("FAKE_KUBEADM_FAIL".into(), "join".into()));
+    let mut child = f.spawn(&w0, "bootstrap");
+    let status = wait_child(&mut child, BOUND).unwrap();
+    assert_eq!(status.code(), Some(1), "{}", f.log(&w0, "bootstrap"));
+    assert!(f.events_of("reset").iter().any(|e| e["node"] == "w0"), "kubeadm reset after the failed join");
+    assert!(!w0.root.join("etc/haimg/kubeadm-join.yaml").exists(), "the join config is removed on failure too");
+    assert!(f.log(&w0, "bootstrap").contains("simulated failure"), "the error names kubeadm's complaint");
 }
