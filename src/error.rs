@@ -63,14 +63,12 @@ impl Diagnostics {
     /// Sorts by file and position; diagnostics without a position keep their order at the end.
     pub fn sort(&mut self) {
         self.0.sort_by(|a, b| {
-            a.file
-                .cmp(&b.file)
-                .then_with(|| match (a.pos, b.pos) {
-                    (Some(x), Some(y)) => x.cmp(&y),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => std::cmp::Ordering::Equal,
-                })
+            a.file.cmp(&b.file).then_with(|| match (a.pos, b.pos) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            })
         });
         self.0.dedup();
     }
@@ -125,7 +123,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid(_) | Error::Usage(_) | Error::Limit(_) => 2,
-            Error::Io { .. } | Error::Template { .. } | Error::Aws { .. } | Error::Runtime(_) | Error::Timeout(_) => 1,
+            Error::Io { .. }
+            | Error::Template { .. }
+            | Error::Aws { .. }
+            | Error::Runtime(_)
+            | Error::Timeout(_) => 1,
         }
     }
 
@@ -133,7 +135,10 @@ impl Error {
     /// resource it was about, never a secret).
     pub fn aws<E: std::error::Error>(what: impl Into<String>) -> impl FnOnce(E) -> Error {
         let what = what.into();
-        move |e| Error::Aws { what, message: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string() }
+        move |e| Error::Aws {
+            what,
+            message: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {

@@ -41,7 +41,10 @@ impl Document {
 
     /// Position of the key of the member at `pointer` (falls back to the value's position).
     pub fn key_pos(&self, pointer: &str) -> Option<Pos> {
-        self.keys.get(pointer).copied().or_else(|| self.value_pos(pointer))
+        self.keys
+            .get(pointer)
+            .copied()
+            .or_else(|| self.value_pos(pointer))
     }
 
     /// The source text of a plain scalar that YAML resolved to a number or a bool.
@@ -52,7 +55,9 @@ impl Document {
     /// Moves the object member at `from` to the sibling key of `to` (used to keep checking
     /// past a misspelt key as if it had been spelt right).
     pub fn rename(&mut self, from: &str, to: &str) {
-        let (Some(a), Some(b)) = (from.rfind('/'), to.rfind('/')) else { return };
+        let (Some(a), Some(b)) = (from.rfind('/'), to.rfind('/')) else {
+            return;
+        };
         let (parent, key, new_key) = (&from[..a], unescape(&from[a + 1..]), unescape(&to[b + 1..]));
         if let Some(Value::Object(map)) = self.value.pointer_mut(parent) {
             if map.contains_key(&new_key) {
@@ -65,7 +70,9 @@ impl Document {
 
     /// Removes the object member at `pointer` (used to keep checking past unknown keys).
     pub fn remove(&mut self, pointer: &str) {
-        let Some(cut) = pointer.rfind('/') else { return };
+        let Some(cut) = pointer.rfind('/') else {
+            return;
+        };
         let (parent, key) = (&pointer[..cut], unescape(&pointer[cut + 1..]));
         if let Some(Value::Object(map)) = self.value.pointer_mut(parent) {
             map.shift_remove(&key);
@@ -101,7 +108,9 @@ pub fn parse(text: &str) -> Result<Document, SyntaxError> {
 
 /// Deserializes a parsed document into `T`; on failure, the JSON pointer of the offending
 /// value (as far as serde tells) and the message.
-pub fn from_document<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, (String, String)> {
+pub fn from_document<T: serde::de::DeserializeOwned>(
+    doc: &Document,
+) -> Result<T, (String, String)> {
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(&doc.value, &mut track);
     T::deserialize(de).map_err(|e| {
@@ -111,7 +120,9 @@ pub fn from_document<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T
             .filter_map(|seg| match seg {
                 serde_path_to_error::Segment::Seq { index } => Some(format!("/{index}")),
                 serde_path_to_error::Segment::Map { key } => Some(format!("/{}", escape(key))),
-                serde_path_to_error::Segment::Enum { variant } => Some(format!("/{}", escape(variant))),
+                serde_path_to_error::Segment::Enum { variant } => {
+                    Some(format!("/{}", escape(variant)))
+                }
                 serde_path_to_error::Segment::Unknown => None,
             })
             .collect();
@@ -136,12 +147,22 @@ fn unescape(segment: &str) -> String {
 
 fn to_pos(m: &Marker) -> Pos {
     // yaml-rust2 markers: line is 1-based, col is 0-based.
-    Pos { line: m.line(), col: m.col() + 1 }
+    Pos {
+        line: m.line(),
+        col: m.col() + 1,
+    }
 }
 
 enum Frame {
-    Seq { pointer: String, items: Vec<Value> },
-    Map { pointer: String, map: Map<String, Value>, key: Option<String> },
+    Seq {
+        pointer: String,
+        items: Vec<Value>,
+    },
+    Map {
+        pointer: String,
+        map: Map<String, Value>,
+        key: Option<String>,
+    },
 }
 
 #[derive(Default)]
@@ -173,7 +194,10 @@ impl Builder {
 
     fn fail(&mut self, mark: Marker, message: String) {
         if self.error.is_none() {
-            self.error = Some(SyntaxError { pos: Some(to_pos(&mark)), message });
+            self.error = Some(SyntaxError {
+                pos: Some(to_pos(&mark)),
+                message,
+            });
         }
     }
 
@@ -207,7 +231,12 @@ impl MarkedEventReceiver for Builder {
                 }
                 _ => return self.fail(mark, "only plain string keys are supported".into()),
             };
-            let Some(Frame::Map { pointer, map, key: slot }) = self.stack.last_mut() else {
+            let Some(Frame::Map {
+                pointer,
+                map,
+                key: slot,
+            }) = self.stack.last_mut()
+            else {
                 unreachable!("expecting_key checked the top frame")
             };
             let child = format!("{pointer}/{}", escape(&key));
@@ -238,12 +267,19 @@ impl MarkedEventReceiver for Builder {
             Event::SequenceStart(_anchor, _) => {
                 let pointer = self.next_pointer();
                 self.values.insert(pointer.clone(), to_pos(&mark));
-                self.stack.push(Frame::Seq { pointer, items: Vec::new() });
+                self.stack.push(Frame::Seq {
+                    pointer,
+                    items: Vec::new(),
+                });
             }
             Event::MappingStart(_anchor, _) => {
                 let pointer = self.next_pointer();
                 self.values.insert(pointer.clone(), to_pos(&mark));
-                self.stack.push(Frame::Map { pointer, map: Map::new(), key: None });
+                self.stack.push(Frame::Map {
+                    pointer,
+                    map: Map::new(),
+                    key: None,
+                });
             }
             Event::SequenceEnd | Event::MappingEnd => self.close(mark),
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
@@ -318,7 +354,10 @@ mod tests {
     #[test]
     fn positions_of_keys_and_values() {
         let doc = parse("a:\n  b: 1\n  c: [x, \"y\"]\n").unwrap();
-        assert_eq!(doc.value, serde_json::json!({"a": {"b": 1, "c": ["x", "y"]}}));
+        assert_eq!(
+            doc.value,
+            serde_json::json!({"a": {"b": 1, "c": ["x", "y"]}})
+        );
         assert_eq!(doc.key_pos("/a/b"), Some(Pos { line: 2, col: 3 }));
         assert_eq!(doc.value_pos("/a/b"), Some(Pos { line: 2, col: 6 }));
         assert_eq!(doc.value_pos("/a/c/1"), Some(Pos { line: 3, col: 10 }));
@@ -328,7 +367,10 @@ mod tests {
 
     #[test]
     fn core_schema_scalars() {
-        let doc = parse("v: 1.30.4\nf: 1.30\nq: '1.30'\nyes: yes\nn: ~\nh: 0x1f\ns: !!str 12\nip: 10.0.0.1").unwrap();
+        let doc = parse(
+            "v: 1.30.4\nf: 1.30\nq: '1.30'\nyes: yes\nn: ~\nh: 0x1f\ns: !!str 12\nip: 10.0.0.1",
+        )
+        .unwrap();
         assert_eq!(doc.value["v"], "1.30.4");
         assert_eq!(doc.value["f"], serde_json::json!(1.3));
         assert_eq!(doc.raw_scalar("/f"), Some("1.30"));
@@ -352,7 +394,10 @@ mod tests {
     #[test]
     fn anchors_and_aliases() {
         let doc = parse("a: &x hello\nb: *x\n").unwrap();
-        assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().message.contains("several"));
+        assert!(parse("a: 1\n---\nb: 2\n")
+            .unwrap_err()
+            .message
+            .contains("several"));
         assert_eq!(doc.value["b"], "hello");
     }
 

@@ -16,21 +16,36 @@ fn expectation(text: &str) -> String {
 #[test]
 fn every_bad_spec_exits_2_naming_the_field() {
     let dir = repo().join("tests/bad-specs");
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
-    assert!(entries.len() >= 40, "the corpus has {} cases, at least 40 are required", entries.len());
+    assert!(
+        entries.len() >= 40,
+        "the corpus has {} cases, at least 40 are required",
+        entries.len()
+    );
     let mut failures = Vec::new();
     for path in &entries {
         let text = std::fs::read_to_string(path).unwrap();
         let expect = expectation(&text);
-        for args in [vec!["validate", "-c"], vec!["render", "--role", "master", "-c"]] {
+        for args in [
+            vec!["validate", "-c"],
+            vec!["render", "--role", "master", "-c"],
+        ] {
             let mut cmd = haimg();
             cmd.args(&args).arg(path);
             let o = run(cmd);
             let err = stderr(&o);
             let name = path.file_name().unwrap().to_string_lossy();
             if o.status.code() != Some(2) {
-                failures.push(format!("{name} ({}): exit {:?}, expected 2\n{err}", args[0], o.status.code()));
+                failures.push(format!(
+                    "{name} ({}): exit {:?}, expected 2\n{err}",
+                    args[0],
+                    o.status.code()
+                ));
             } else if err.contains("panicked") {
                 failures.push(format!("{name}: panicked\n{err}"));
             } else if !err.contains(&expect) {
@@ -42,7 +57,12 @@ fn every_bad_spec_exits_2_naming_the_field() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n---\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n---\n")
+    );
 }
 
 /// All problems are reported at once, each with its line and column.
@@ -53,7 +73,10 @@ fn several_problems_are_reported_together_with_positions() {
         .replace("count: 3", "count: 4")
         .replace("region: us-west-2", "region: mars-1")
         .replace("desiredCapacity: 2", "desiredCapacity: 9")
-        .replace("instanceType: t3.large\n    instanceProfile", "instanceTyp: t3.large\n    instanceProfile");
+        .replace(
+            "instanceType: t3.large\n    instanceProfile",
+            "instanceTyp: t3.large\n    instanceProfile",
+        );
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("cluster.yaml");
     std::fs::write(&f, &spec).unwrap();
@@ -72,7 +95,10 @@ fn several_problems_are_reported_together_with_positions() {
         assert!(err.contains(&format!("cluster.yaml:{line}:")) && err.contains(path), "expected `{path}` at line {line}:\n{err}");
     }
     // The misspelt key is reported once, as a typo, not also as a missing field.
-    assert!(!err.contains("missing required field `instanceType`"), "{err}");
+    assert!(
+        !err.contains("missing required field `instanceType`"),
+        "{err}"
+    );
     // Even count: the quorum is explained.
     assert!(err.contains("quorum"), "{err}");
 }
@@ -99,8 +125,13 @@ fn a_missing_spec_file_is_a_usage_error() {
 #[test]
 fn unknown_pool_is_a_usage_error_with_suggestion() {
     let mut cmd = haimg();
-    cmd.args(["render", "--role", "worker", "--pool", "generl", "-c"]).arg(repo().join("examples/cluster.yaml"));
+    cmd.args(["render", "--role", "worker", "--pool", "generl", "-c"])
+        .arg(repo().join("examples/cluster.yaml"));
     let o = run(cmd);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("did you mean `general`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("did you mean `general`"),
+        "{}",
+        stderr(&o)
+    );
 }

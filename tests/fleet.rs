@@ -10,7 +10,11 @@ use common::fleet::*;
 const BOUND: Duration = Duration::from_secs(120);
 
 fn joins(fleet: &Fleet, control_plane: bool) -> Vec<serde_json::Value> {
-    fleet.events_of("join").into_iter().filter(|e| e["controlPlane"] == control_plane).collect()
+    fleet
+        .events_of("join")
+        .into_iter()
+        .filter(|e| e["controlPlane"] == control_plane)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,37 +26,82 @@ async fn three_masters_and_three_workers_form_one_cluster() {
         .iter()
         .enumerate()
         .map(|(i, id)| f.node(&format!("m{i}"), id.clone(), &node_yaml(true, |_| {})))
-        .chain(c.workers.iter().enumerate().map(|(i, id)| f.node(&format!("w{i}"), id.clone(), &node_yaml(false, |_| {}))))
+        .chain(
+            c.workers
+                .iter()
+                .enumerate()
+                .map(|(i, id)| f.node(&format!("w{i}"), id.clone(), &node_yaml(false, |_| {}))),
+        )
         .collect();
     let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
     for (n, child) in nodes.iter().zip(children.iter_mut()) {
         let status = wait_child(child, BOUND);
-        assert!(status.is_some_and(|s| s.success()), "{} failed:\n{}", n.name, f.log(n, "bootstrap"));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} failed:\n{}",
+            n.name,
+            f.log(n, "bootstrap")
+        );
     }
-    assert_eq!(f.events_of("init").len(), 1, "exactly one kubeadm init: {:?}", f.events());
+    assert_eq!(
+        f.events_of("init").len(),
+        1,
+        "exactly one kubeadm init: {:?}",
+        f.events()
+    );
     let cp = joins(f, true);
     assert_eq!(cp.len(), 2, "two control-plane joins");
-    assert!(cp.iter().all(|e| e["withCertificateKey"] == true), "control-plane joins carry the certificate key");
+    assert!(
+        cp.iter().all(|e| e["withCertificateKey"] == true),
+        "control-plane joins carry the certificate key"
+    );
     assert_eq!(joins(f, false).len(), 3, "three worker joins");
-    assert!(joins(f, false).iter().all(|e| e["withCertificateKey"] == false));
-    assert_eq!(f.events_of("kubectl-apply").len(), 1, "the CNI manifest is applied once, by the first master");
+    assert!(joins(f, false)
+        .iter()
+        .all(|e| e["withCertificateKey"] == false));
+    assert_eq!(
+        f.events_of("kubectl-apply").len(),
+        1,
+        "the CNI manifest is applied once, by the first master"
+    );
 
     let worker = parameter(&c.sdk, "/haimg/demo/join/worker").await.unwrap();
-    assert!(worker.get("certificateKey").is_none(), "P/join/worker never holds the certificate key: {worker}");
-    let control = parameter(&c.sdk, "/haimg/demo/join/control-plane").await.unwrap();
-    assert!(control["certificateKey"].as_str().is_some_and(|k| k.len() == 64));
-    assert_eq!(control["endpoint"].as_str().unwrap().rsplit(':').next(), Some("6443"));
-    assert_eq!(parameter(&c.sdk, "/haimg/demo/state").await.unwrap()["phase"], "ready");
+    assert!(
+        worker.get("certificateKey").is_none(),
+        "P/join/worker never holds the certificate key: {worker}"
+    );
+    let control = parameter(&c.sdk, "/haimg/demo/join/control-plane")
+        .await
+        .unwrap();
+    assert!(control["certificateKey"]
+        .as_str()
+        .is_some_and(|k| k.len() == 64));
+    assert_eq!(
+        control["endpoint"].as_str().unwrap().rsplit(':').next(),
+        Some("6443")
+    );
+    assert_eq!(
+        parameter(&c.sdk, "/haimg/demo/state").await.unwrap()["phase"],
+        "ready"
+    );
 
     // Secrets hygiene: no config file with secrets remains; no log line shows a secret.
     let token = control["token"].as_str().unwrap();
     let key = control["certificateKey"].as_str().unwrap();
     for n in &nodes {
         for f_ in ["kubeadm-init.yaml", "kubeadm-join.yaml"] {
-            assert!(!n.root.join("etc/haimg").join(f_).exists(), "{}: {f_} was left behind", n.name);
+            assert!(
+                !n.root.join("etc/haimg").join(f_).exists(),
+                "{}: {f_} was left behind",
+                n.name
+            );
         }
         let log = f.log(n, "bootstrap");
-        assert!(!log.contains(token) && !log.contains(key), "{}: a secret reached the log", n.name);
+        assert!(
+            !log.contains(token) && !log.contains(key),
+            "{}: a secret reached the log",
+            n.name
+        );
     }
     // Re-running bootstrap on a joined node does nothing.
     let mut again = f.spawn(&nodes[0], "bootstrap");
@@ -66,9 +115,13 @@ async fn a_master_takes_over_when_the_init_holder_dies_before_publishing() {
     let f = &c.fleet;
     let mut holder_node = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
     // The first holder's kubeadm init hangs; it is killed while it runs.
-    holder_node.extra_env.push(("FAKE_KUBEADM_INIT_SECONDS".into(), "60".into()));
+    holder_node
+        .extra_env
+        .push(("FAKE_KUBEADM_INIT_SECONDS".into(), "60".into()));
     let mut holder = f.spawn(&holder_node, "bootstrap");
-    eventually("the first master starts kubeadm init", BOUND, || !f.events_of("init-start").is_empty());
+    eventually("the first master starts kubeadm init", BOUND, || {
+        !f.events_of("init-start").is_empty()
+    });
     kill_group(&mut holder);
 
     let others: Vec<Node> = vec![
@@ -79,7 +132,12 @@ async fn a_master_takes_over_when_the_init_holder_dies_before_publishing() {
     let mut children: Vec<_> = others.iter().map(|n| f.spawn(n, "bootstrap")).collect();
     for (n, child) in others.iter().zip(children.iter_mut()) {
         let status = wait_child(child, BOUND);
-        assert!(status.is_some_and(|s| s.success()), "{} failed:\n{}", n.name, f.log(n, "bootstrap"));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} failed:\n{}",
+            n.name,
+            f.log(n, "bootstrap")
+        );
     }
     let inits = f.events_of("init");
     assert_eq!(inits.len(), 1, "one init completed: {inits:?}");
@@ -87,7 +145,10 @@ async fn a_master_takes_over_when_the_init_holder_dies_before_publishing() {
     assert_eq!(joins(f, true).len(), 1);
     assert_eq!(joins(f, false).len(), 1);
     // The takeover created the next epoch.
-    assert!(parameter(&c.sdk, "/haimg/demo/init/lock-2").await.is_some(), "lock epoch 2 exists");
+    assert!(
+        parameter(&c.sdk, "/haimg/demo/init/lock-2").await.is_some(),
+        "lock epoch 2 exists"
+    );
     let state = parameter(&c.sdk, "/haimg/demo/state").await.unwrap();
     assert_ne!(state["initializedBy"], c.masters[0].instance_id.as_str());
 }
@@ -98,33 +159,69 @@ async fn expired_material_is_never_used_until_refresh_rotates_it() {
     let f = &c.fleet;
     let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
     let mut first = f.spawn(&m0, "bootstrap");
-    assert!(wait_child(&mut first, BOUND).unwrap().success(), "{}", f.log(&m0, "bootstrap"));
+    assert!(
+        wait_child(&mut first, BOUND).unwrap().success(),
+        "{}",
+        f.log(&m0, "bootstrap")
+    );
 
     // Days later: the published material has expired (refresh was not running).
     let ssm = aws_sdk_ssm::Client::new(&c.sdk);
-    let past = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(86_400)).to_string();
-    let long_ago = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3 * 86_400)).to_string();
+    let past = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(86_400))
+        .to_string();
+    let long_ago =
+        humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3 * 86_400))
+            .to_string();
     for name in ["control-plane", "worker"] {
-        let mut v = parameter(&c.sdk, &format!("/haimg/demo/join/{name}")).await.unwrap();
+        let mut v = parameter(&c.sdk, &format!("/haimg/demo/join/{name}"))
+            .await
+            .unwrap();
         v["expiresAt"] = past.clone().into();
         v["issuedAt"] = long_ago.clone().into();
-        ssm.put_parameter().name(format!("/haimg/demo/join/{name}")).value(v.to_string()).r#type(aws_sdk_ssm::types::ParameterType::SecureString).overwrite(true).send().await.unwrap();
+        ssm.put_parameter()
+            .name(format!("/haimg/demo/join/{name}"))
+            .value(v.to_string())
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap();
     }
     let w0 = f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {}));
     let mut waiting = f.spawn(&w0, "bootstrap");
     std::thread::sleep(Duration::from_secs(3));
-    assert!(waiting.try_wait().unwrap().is_none(), "the worker must wait, not fail:\n{}", f.log(&w0, "bootstrap"));
-    assert!(f.events_of("join-start").is_empty(), "nobody joins with expired material");
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "the worker must wait, not fail:\n{}",
+        f.log(&w0, "bootstrap")
+    );
+    assert!(
+        f.events_of("join-start").is_empty(),
+        "nobody joins with expired material"
+    );
 
     let mut refresh = f.spawn(&m0, "refresh");
-    assert!(wait_child(&mut refresh, BOUND).unwrap().success(), "{}", f.log(&m0, "refresh"));
+    assert!(
+        wait_child(&mut refresh, BOUND).unwrap().success(),
+        "{}",
+        f.log(&m0, "refresh")
+    );
     assert_eq!(f.events_of("token-create").len(), 1);
     assert_eq!(f.events_of("upload-certs").len(), 1);
-    assert!(wait_child(&mut waiting, BOUND).unwrap().success(), "{}", f.log(&w0, "bootstrap"));
+    assert!(
+        wait_child(&mut waiting, BOUND).unwrap().success(),
+        "{}",
+        f.log(&w0, "bootstrap")
+    );
     let rotated_at = f.events_of("token-create")[0]["t"].as_f64().unwrap();
     let joined_at = f.events_of("join-start")[0]["t"].as_f64().unwrap();
-    assert!(joined_at > rotated_at, "the worker joined only after the rotation");
-    let control = parameter(&c.sdk, "/haimg/demo/join/control-plane").await.unwrap();
+    assert!(
+        joined_at > rotated_at,
+        "the worker joined only after the rotation"
+    );
+    let control = parameter(&c.sdk, "/haimg/demo/join/control-plane")
+        .await
+        .unwrap();
     assert_eq!(control["generation"], 2);
 
     // A second refresh right away finds fresh material and rotates nothing.
@@ -137,21 +234,50 @@ async fn expired_material_is_never_used_until_refresh_rotates_it() {
 async fn concurrent_refreshes_rotate_once() {
     let c = cluster(3, 0).await;
     let f = &c.fleet;
-    let nodes: Vec<Node> = c.masters.iter().enumerate().map(|(i, id)| f.node(&format!("m{i}"), id.clone(), &node_yaml(true, |_| {}))).collect();
+    let nodes: Vec<Node> = c
+        .masters
+        .iter()
+        .enumerate()
+        .map(|(i, id)| f.node(&format!("m{i}"), id.clone(), &node_yaml(true, |_| {})))
+        .collect();
     let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
     for (n, child) in nodes.iter().zip(children.iter_mut()) {
-        assert!(wait_child(child, BOUND).unwrap().success(), "{}", f.log(n, "bootstrap"));
+        assert!(
+            wait_child(child, BOUND).unwrap().success(),
+            "{}",
+            f.log(n, "bootstrap")
+        );
     }
     // Make the material look past half-life, then fire every master's timer at once.
     let ssm = aws_sdk_ssm::Client::new(&c.sdk);
-    let mut v = parameter(&c.sdk, "/haimg/demo/join/control-plane").await.unwrap();
-    v["issuedAt"] = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(8000)).to_string().into();
-    ssm.put_parameter().name("/haimg/demo/join/control-plane").value(v.to_string()).r#type(aws_sdk_ssm::types::ParameterType::SecureString).overwrite(true).send().await.unwrap();
+    let mut v = parameter(&c.sdk, "/haimg/demo/join/control-plane")
+        .await
+        .unwrap();
+    v["issuedAt"] =
+        humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(8000))
+            .to_string()
+            .into();
+    ssm.put_parameter()
+        .name("/haimg/demo/join/control-plane")
+        .value(v.to_string())
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
     let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "refresh")).collect();
     for (n, child) in nodes.iter().zip(children.iter_mut()) {
-        assert!(wait_child(child, BOUND).unwrap().success(), "{}", f.log(n, "refresh"));
+        assert!(
+            wait_child(child, BOUND).unwrap().success(),
+            "{}",
+            f.log(n, "refresh")
+        );
     }
-    assert_eq!(f.events_of("token-create").len(), 1, "one rotation per period");
+    assert_eq!(
+        f.events_of("token-create").len(),
+        1,
+        "one rotation per period"
+    );
     assert_eq!(f.events_of("upload-certs").len(), 1);
 }
 
@@ -159,7 +285,11 @@ async fn concurrent_refreshes_rotate_once() {
 fn a_bad_node_config_exits_2_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.yaml");
-    std::fs::write(&cfg, node_yaml(true, |_| {}).replace("role: master", "role: mastr")).unwrap();
+    std::fs::write(
+        &cfg,
+        node_yaml(true, |_| {}).replace("role: master", "role: mastr"),
+    )
+    .unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_haimg"))
         .args(["node", "bootstrap"])
         .env("HAIMG_NODE_CONFIG", &cfg)
@@ -169,10 +299,19 @@ fn a_bad_node_config_exits_2_and_touches_nothing() {
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("node.yaml") && err.contains("role"), "{err}");
-    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     left.sort();
     assert_eq!(left, ["node.yaml"], "no half-done state");
 }
@@ -188,15 +327,26 @@ async fn masters_with_etcd(masters: i32) -> (Cluster, Vec<Node>, common::etcd::E
         .enumerate()
         .map(|(i, id)| {
             let endpoint = etcd.endpoint(i);
-            c.fleet.node(&format!("m{i}"), id.clone(), &node_yaml(true, |cfg| {
-                cfg.agent.etcd.endpoint = endpoint;
-                cfg.agent.membership_wait_seconds = 120;
-            }))
+            c.fleet.node(
+                &format!("m{i}"),
+                id.clone(),
+                &node_yaml(true, |cfg| {
+                    cfg.agent.etcd.endpoint = endpoint;
+                    cfg.agent.membership_wait_seconds = 120;
+                }),
+            )
         })
         .collect();
-    let mut children: Vec<_> = nodes.iter().map(|n| c.fleet.spawn(n, "bootstrap")).collect();
+    let mut children: Vec<_> = nodes
+        .iter()
+        .map(|n| c.fleet.spawn(n, "bootstrap"))
+        .collect();
     for (n, child) in nodes.iter().zip(children.iter_mut()) {
-        assert!(wait_child(child, BOUND).unwrap().success(), "{}", c.fleet.log(n, "bootstrap"));
+        assert!(
+            wait_child(child, BOUND).unwrap().success(),
+            "{}",
+            c.fleet.log(n, "bootstrap")
+        );
     }
     (c, nodes, etcd)
 }
@@ -208,30 +358,78 @@ async fn a_replaced_master_joins_only_after_the_dead_member_is_removed() {
     // Master 2 dies: its etcd member stops, the Auto Scaling group replaces its instance.
     etcd.kill(2);
     let asg = aws_sdk_autoscaling::Client::new(&c.sdk);
-    asg.terminate_instance_in_auto_scaling_group().instance_id(&c.masters[2].instance_id).should_decrement_desired_capacity(false).send().await.unwrap();
+    asg.terminate_instance_in_auto_scaling_group()
+        .instance_id(&c.masters[2].instance_id)
+        .should_decrement_desired_capacity(false)
+        .send()
+        .await
+        .unwrap();
     let now = identities(&c.sdk, "demo-master").await;
-    let replacement = now.into_iter().find(|i| c.masters.iter().all(|m| m.instance_id != i.instance_id)).expect("moto launched a replacement");
-    let node = f.node("m3", replacement.clone(), &node_yaml(true, |cfg| cfg.agent.membership_wait_seconds = 120));
+    let replacement = now
+        .into_iter()
+        .find(|i| c.masters.iter().all(|m| m.instance_id != i.instance_id))
+        .expect("moto launched a replacement");
+    let node = f.node(
+        "m3",
+        replacement.clone(),
+        &node_yaml(true, |cfg| cfg.agent.membership_wait_seconds = 120),
+    );
     let mut joining = f.spawn(&node, "bootstrap");
     std::thread::sleep(Duration::from_secs(4));
-    assert!(joining.try_wait().unwrap().is_none(), "the replacement waits:\n{}", f.log(&node, "bootstrap"));
-    assert!(!f.events_of("join-start").iter().any(|e| e["node"] == "m3"), "no join while the dead member is in etcd");
-    assert!(f.log(&node, "bootstrap").contains("membership check"), "{}", f.log(&node, "bootstrap"));
+    assert!(
+        joining.try_wait().unwrap().is_none(),
+        "the replacement waits:\n{}",
+        f.log(&node, "bootstrap")
+    );
+    assert!(
+        !f.events_of("join-start").iter().any(|e| e["node"] == "m3"),
+        "no join while the dead member is in etcd"
+    );
+    assert!(
+        f.log(&node, "bootstrap").contains("membership check"),
+        "{}",
+        f.log(&node, "bootstrap")
+    );
 
     // Reconcile on a live master removes the dead member and the dead Node object.
     let mut reconcile = f.spawn(&nodes[0], "reconcile");
-    assert!(wait_child(&mut reconcile, BOUND).unwrap().success(), "{}", f.log(&nodes[0], "reconcile"));
+    assert!(
+        wait_child(&mut reconcile, BOUND).unwrap().success(),
+        "{}",
+        f.log(&nodes[0], "reconcile")
+    );
     let removed_at = SystemTime::now();
-    assert_eq!(etcd.member_names(0), { let mut v = vec![c.masters[0].hostname.clone(), c.masters[1].hostname.clone()]; v.sort(); v });
-    assert!(f.events_of("kubectl-delete-node").iter().any(|e| e["target"] == c.masters[2].hostname.as_str()));
+    assert_eq!(etcd.member_names(0), {
+        let mut v = vec![c.masters[0].hostname.clone(), c.masters[1].hostname.clone()];
+        v.sort();
+        v
+    });
+    assert!(f
+        .events_of("kubectl-delete-node")
+        .iter()
+        .any(|e| e["target"] == c.masters[2].hostname.as_str()));
     let state = parameter(&c.sdk, "/haimg/demo/state").await.unwrap();
     assert_eq!(state["etcd"]["dead"], serde_json::json!([]));
     assert_eq!(state["etcd"]["members"], 2);
 
-    assert!(wait_child(&mut joining, BOUND).unwrap().success(), "{}", f.log(&node, "bootstrap"));
-    let join = f.events_of("join-start").into_iter().find(|e| e["node"] == "m3").unwrap();
-    let removed = removed_at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!(join["t"].as_f64().unwrap() > removed - 1.0, "joined after the removal");
+    assert!(
+        wait_child(&mut joining, BOUND).unwrap().success(),
+        "{}",
+        f.log(&node, "bootstrap")
+    );
+    let join = f
+        .events_of("join-start")
+        .into_iter()
+        .find(|e| e["node"] == "m3")
+        .unwrap();
+    let removed = removed_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        join["t"].as_f64().unwrap() > removed - 1.0,
+        "joined after the removal"
+    );
     assert_eq!(join["controlPlane"], true);
 }
 
@@ -240,21 +438,51 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
     let (c, nodes, etcd) = masters_with_etcd(3).await;
     let f = &c.fleet;
     let recorder = Recorder::start(COMPLETE_LIFECYCLE_ACTION_RESPONSE);
-    let mut leaving = Node { extra_env: vec![("AWS_ENDPOINT_URL_AUTO_SCALING".into(), recorder.url())], ..f.node("m1-watch", c.masters[1].clone(), &std::fs::read_to_string(nodes[1].root.join("etc/haimg/node.yaml")).unwrap()) };
+    let mut leaving = Node {
+        extra_env: vec![("AWS_ENDPOINT_URL_AUTO_SCALING".into(), recorder.url())],
+        ..f.node(
+            "m1-watch",
+            c.masters[1].clone(),
+            &std::fs::read_to_string(nodes[1].root.join("etc/haimg/node.yaml")).unwrap(),
+        )
+    };
     leaving.root = nodes[1].root.clone();
     let mut watch = f.spawn(&leaving, "watch");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(watch.try_wait().unwrap().is_none(), "watch keeps watching while InService");
+    assert!(
+        watch.try_wait().unwrap().is_none(),
+        "watch keeps watching while InService"
+    );
     leaving.imds.set_lifecycle("Terminated");
-    assert!(wait_child(&mut watch, BOUND).unwrap().success(), "{}", f.log(&leaving, "watch"));
+    assert!(
+        wait_child(&mut watch, BOUND).unwrap().success(),
+        "{}",
+        f.log(&leaving, "watch")
+    );
 
     let me = &c.masters[1].hostname;
-    assert!(f.events_of("kubectl-cordon").iter().any(|e| e["target"] == me.as_str()));
-    assert!(f.events_of("kubectl-drain").iter().any(|e| e["target"] == me.as_str()));
-    assert!(!etcd.member_names(0).contains(me), "left etcd: {:?}", etcd.member_names(0));
+    assert!(f
+        .events_of("kubectl-cordon")
+        .iter()
+        .any(|e| e["target"] == me.as_str()));
+    assert!(f
+        .events_of("kubectl-drain")
+        .iter()
+        .any(|e| e["target"] == me.as_str()));
+    assert!(
+        !etcd.member_names(0).contains(me),
+        "left etcd: {:?}",
+        etcd.member_names(0)
+    );
     let reqs = recorder.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 1, "{reqs:?}");
-    for part in ["Action=CompleteLifecycleAction", "AutoScalingGroupName=demo-master", "LifecycleHookName=haimg-drain", &format!("InstanceId={}", c.masters[1].instance_id), "LifecycleActionResult=CONTINUE"] {
+    for part in [
+        "Action=CompleteLifecycleAction",
+        "AutoScalingGroupName=demo-master",
+        "LifecycleHookName=haimg-drain",
+        &format!("InstanceId={}", c.masters[1].instance_id),
+        "LifecycleActionResult=CONTINUE",
+    ] {
         assert!(reqs[0].contains(part), "{part} missing in {}", reqs[0]);
     }
     // Order: drain before leaving etcd before completing.
@@ -268,13 +496,27 @@ async fn a_failed_join_resets_the_node_and_leaves_no_secret_behind() {
     let f = &c.fleet;
     let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
     let mut first = f.spawn(&m0, "bootstrap");
-    assert!(wait_child(&mut first, BOUND).unwrap().success(), "{}", f.log(&m0, "bootstrap"));
+    assert!(
+        wait_child(&mut first, BOUND).unwrap().success(),
+        "{}",
+        f.log(&m0, "bootstrap")
+    );
     let mut w0 = f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {}));
-    w0.extra_env.push(("FAKE_KUBEADM_FAIL".into(), "join".into()));
+    w0.extra_env
+        .push(("FAKE_KUBEADM_FAIL".into(), "join".into()));
     let mut child = f.spawn(&w0, "bootstrap");
     let status = wait_child(&mut child, BOUND).unwrap();
     assert_eq!(status.code(), Some(1), "{}", f.log(&w0, "bootstrap"));
-    assert!(f.events_of("reset").iter().any(|e| e["node"] == "w0"), "kubeadm reset after the failed join");
-    assert!(!w0.root.join("etc/haimg/kubeadm-join.yaml").exists(), "the join config is removed on failure too");
-    assert!(f.log(&w0, "bootstrap").contains("simulated failure"), "the error names kubeadm's complaint");
+    assert!(
+        f.events_of("reset").iter().any(|e| e["node"] == "w0"),
+        "kubeadm reset after the failed join"
+    );
+    assert!(
+        !w0.root.join("etc/haimg/kubeadm-join.yaml").exists(),
+        "the join config is removed on failure too"
+    );
+    assert!(
+        f.log(&w0, "bootstrap").contains("simulated failure"),
+        "the error names kubeadm's complaint"
+    );
 }

@@ -12,7 +12,8 @@ fn published_schema_is_current() {
         c
     });
     assert!(o.status.success());
-    let published = std::fs::read_to_string(repo().join("schema/cluster.schema.json")).unwrap_or_default();
+    let published =
+        std::fs::read_to_string(repo().join("schema/cluster.schema.json")).unwrap_or_default();
     if std::env::var_os("HAIMG_UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(repo().join("schema")).unwrap();
         std::fs::write(repo().join("schema/cluster.schema.json"), stdout(&o)).unwrap();

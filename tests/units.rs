@@ -13,19 +13,40 @@ fn units_verify_cleanly() {
     for e in std::fs::read_dir(repo().join("systemd")).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         // verify checks that ExecStart exists: point it at the binary under test.
-        let text = std::fs::read_to_string(e.path()).unwrap().replace("/usr/local/bin/haimg", env!("CARGO_BIN_EXE_haimg"));
+        let text = std::fs::read_to_string(e.path())
+            .unwrap()
+            .replace("/usr/local/bin/haimg", env!("CARGO_BIN_EXE_haimg"));
         std::fs::write(dir.path().join(&name), text).unwrap();
         names.push(name);
     }
     names.sort();
-    assert_eq!(names, ["haimg-reconcile.service", "haimg-reconcile.timer", "haimg-refresh.service", "haimg-refresh.timer", "haimg-watch.service"]);
+    assert_eq!(
+        names,
+        [
+            "haimg-reconcile.service",
+            "haimg-reconcile.timer",
+            "haimg-refresh.service",
+            "haimg-refresh.timer",
+            "haimg-watch.service"
+        ]
+    );
     let o = run({
         let mut c = std::process::Command::new(bin);
-        c.current_dir(dir.path()).arg("verify").args(names.iter().map(|n| format!("./{n}")));
+        c.current_dir(dir.path())
+            .arg("verify")
+            .args(names.iter().map(|n| format!("./{n}")));
         c
     });
-    let complaints: Vec<String> = stderr(&o).lines().filter(|l| l.contains(".service") || l.contains(".timer")).map(str::to_string).collect();
-    assert!(o.status.success() && complaints.is_empty(), "systemd-analyze verify:\n{}", stderr(&o));
+    let complaints: Vec<String> = stderr(&o)
+        .lines()
+        .filter(|l| l.contains(".service") || l.contains(".timer"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        o.status.success() && complaints.is_empty(),
+        "systemd-analyze verify:\n{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -33,8 +54,13 @@ fn every_unit_the_user_data_enables_is_shipped() {
     for t in ["cloud-init/base.yaml.tera", "cloud-init/master.yaml.tera"] {
         let text = std::fs::read_to_string(repo().join(t)).unwrap();
         for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == ']') {
-            if word.starts_with("haimg-") && (word.ends_with(".service") || word.ends_with(".timer")) {
-                assert!(repo().join("systemd").join(word).is_file(), "{t} enables {word}, which systemd/ does not ship");
+            if word.starts_with("haimg-")
+                && (word.ends_with(".service") || word.ends_with(".timer"))
+            {
+                assert!(
+                    repo().join("systemd").join(word).is_file(),
+                    "{t} enables {word}, which systemd/ does not ship"
+                );
             }
         }
     }

@@ -25,13 +25,19 @@ pub struct Seams {
 
 impl Seams {
     pub fn from_env() -> Self {
-        let root = std::env::var_os("HAIMG_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+        let root = std::env::var_os("HAIMG_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
         let node_config = std::env::var_os("HAIMG_NODE_CONFIG")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join(super::config::NODE_CONFIG_PATH.trim_start_matches('/')));
         Self {
-            kubeadm: std::env::var_os("HAIMG_KUBEADM").map(PathBuf::from).unwrap_or_else(|| "kubeadm".into()),
-            kubectl: std::env::var_os("HAIMG_KUBECTL").map(PathBuf::from).unwrap_or_else(|| "kubectl".into()),
+            kubeadm: std::env::var_os("HAIMG_KUBEADM")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "kubeadm".into()),
+            kubectl: std::env::var_os("HAIMG_KUBECTL")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "kubectl".into()),
             root,
             node_config,
         }
@@ -69,14 +75,38 @@ impl Agent {
     /// then the node's identity from IMDSv2.
     pub async fn load() -> Result<Agent> {
         let seams = Seams::from_env();
-        let text = std::fs::read_to_string(&seams.node_config)
-            .map_err(|e| Error::Usage(format!("cannot read node config {}: {e}", seams.node_config.display())))?;
+        let text = std::fs::read_to_string(&seams.node_config).map_err(|e| {
+            Error::Usage(format!(
+                "cannot read node config {}: {e}",
+                seams.node_config.display()
+            ))
+        })?;
         let cfg = NodeConfig::from_yaml(&text, &seams.node_config.display().to_string())?;
         let aws = crate::aws::load(Some(cfg.region.as_str()), None).await;
         let imds = aws_config::imds::Client::builder().build();
-        let id = identity(&imds).await?;
-        let store = Store::new(aws_sdk_ssm::Client::new(&aws), cfg.ssm.prefix.as_str(), cfg.ssm.kms_key_id.as_str());
-        Ok(Agent { seams, cfg, id, aws, store, imds })
+        let id = match &cfg.node {
+            // VIP-mode masters have a fixed name and address (and may run where no IMDS is).
+            Some(fixed) => NodeIdentity {
+                instance_id: fixed.name.clone(),
+                hostname: fixed.name.clone(),
+                private_ip: fixed.address.to_string(),
+                availability_zone: String::new(),
+            },
+            None => identity(&imds).await?,
+        };
+        let store = Store::new(
+            aws_sdk_ssm::Client::new(&aws),
+            cfg.ssm.prefix.as_str(),
+            cfg.ssm.kms_key_id.as_str(),
+        );
+        Ok(Agent {
+            seams,
+            cfg,
+            id,
+            aws,
+            store,
+            imds,
+        })
     }
 
     pub fn path(&self, abs: &str) -> PathBuf {
@@ -98,7 +128,11 @@ impl Agent {
 
     /// Runs kubectl against this master's admin kubeconfig (or the kubelet's on workers).
     pub async fn kubectl(&self, args: &[&str], timeout: Duration) -> Result<String> {
-        let conf = if self.is_control_plane_ready() { paths::ADMIN_CONF } else { paths::KUBELET_CONF };
+        let conf = if self.is_control_plane_ready() {
+            paths::ADMIN_CONF
+        } else {
+            paths::KUBELET_CONF
+        };
         let kubeconfig = self.path(conf);
         let mut all: Vec<&str> = vec!["--kubeconfig", kubeconfig.to_str().unwrap_or_default()];
         all.extend_from_slice(args);
@@ -112,7 +146,12 @@ async fn identity(imds: &aws_config::imds::Client) -> Result<NodeIdentity> {
         imds.get(format!("/latest/meta-data/{path}"))
             .await
             .map(|s| s.as_ref().trim().to_string())
-            .map_err(|e| Error::Runtime(format!("IMDS {path}: {}", aws_sdk_ssm::error::DisplayErrorContext(&e))))
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "IMDS {path}: {}",
+                    aws_sdk_ssm::error::DisplayErrorContext(&e)
+                ))
+            })
     };
     Ok(NodeIdentity {
         instance_id: get("instance-id").await?,
@@ -134,12 +173,28 @@ pub async fn run_tool(program: &Path, args: &[&str], timeout: Duration) -> Resul
         .output();
     let out = tokio::time::timeout(timeout, child)
         .await
-        .map_err(|_| Error::Timeout(format!("`{shown}` did not finish within {}s", timeout.as_secs())))?
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "`{shown}` did not finish within {}s",
+                timeout.as_secs()
+            ))
+        })?
         .map_err(|e| Error::Runtime(format!("cannot run `{shown}`: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(Error::Runtime(format!("`{shown}` failed ({}): {}", out.status, tail.join(" | "))));
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(Error::Runtime(format!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            tail.join(" | ")
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -152,7 +207,12 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     }
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(Error::io(path))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(path))?;
     f.write_all(contents.as_bytes()).map_err(Error::io(path))
 }
 

@@ -18,7 +18,12 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration, timeout: Duration) -> Self {
-        Self { initial, max, deadline: Instant::now() + timeout, attempt: 0 }
+        Self {
+            initial,
+            max,
+            deadline: Instant::now() + timeout,
+            attempt: 0,
+        }
     }
 
     /// The next delay, or `None` when the deadline has passed.
@@ -27,7 +32,10 @@ impl Backoff {
         if now >= self.deadline {
             return None;
         }
-        let cap = self.initial.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        let cap = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
         self.attempt += 1;
         let jittered = cap.mul_f64(unit_random());
         // Never sleep less than a tenth of the cap (no hot loop), nor past the deadline.
@@ -59,13 +67,21 @@ mod tests {
 
     #[test]
     fn delays_grow_to_the_cap_and_stop_at_the_deadline() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), Duration::from_secs(3600));
+        let mut b = Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+            Duration::from_secs(3600),
+        );
         for _ in 0..50 {
             let d = b.next_delay().unwrap();
             assert!(d <= Duration::from_secs(2), "{d:?}");
             assert!(d >= Duration::from_millis(10), "{d:?}");
         }
-        let mut done = Backoff::new(Duration::from_millis(1), Duration::from_millis(1), Duration::ZERO);
+        let mut done = Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(1),
+            Duration::ZERO,
+        );
         assert!(done.next_delay().is_none());
     }
 }

@@ -59,7 +59,10 @@ pub async fn run(agent: &Agent) -> Result<()> {
             Step::Wait(why) => {
                 tracing::info!(reason = %why, "waiting");
                 if !backoff.wait().await {
-                    return Err(Error::Timeout(format!("bootstrap: still waiting after {}s: {why}", s.join_timeout_seconds)));
+                    return Err(Error::Timeout(format!(
+                        "bootstrap: still waiting after {}s: {why}",
+                        s.join_timeout_seconds
+                    )));
                 }
             }
         }
@@ -77,21 +80,33 @@ async fn worker_step(agent: &Agent, margin: Duration) -> Result<Step> {
             join(agent, &m, None).await?;
             Ok(Step::Done)
         }
-        Some(_) => Ok(Step::Wait("worker join material is too close to expiry; waiting for its rotation".into())),
+        Some(_) => Ok(Step::Wait(
+            "worker join material is too close to expiry; waiting for its rotation".into(),
+        )),
         None => Ok(Step::Wait("no worker join material yet".into())),
     }
 }
 
 async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Result<Step> {
     let now = SystemTime::now();
-    if let Some(m) = agent.store.get::<JoinMaterial>("join/control-plane").await? {
+    if let Some(m) = agent
+        .store
+        .get::<JoinMaterial>("join/control-plane")
+        .await?
+    {
         if !m.usable(now, margin) {
-            return Ok(Step::Wait("control-plane join material is too close to expiry; waiting for its rotation".into()));
+            return Ok(Step::Wait(
+                "control-plane join material is too close to expiry; waiting for its rotation"
+                    .into(),
+            ));
         }
         if let Some(why) = membership_blocks_join(agent, boot).await? {
             return Ok(Step::Wait(why));
         }
-        let key = m.certificate_key.clone().ok_or_else(|| Error::Runtime("P/join/control-plane has no certificate key".into()))?;
+        let key = m
+            .certificate_key
+            .clone()
+            .ok_or_else(|| Error::Runtime("P/join/control-plane has no certificate key".into()))?;
         join(agent, &m, Some(&key)).await?;
         return Ok(Step::Done);
     }
@@ -101,9 +116,15 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
         }
     }
     let lease = Duration::from_secs(agent.cfg.agent.init_lease_seconds);
-    let election = Election { store: &agent.store, dir: "init".into(), lease };
+    let election = Election {
+        store: &agent.store,
+        dir: "init".into(),
+        lease,
+    };
     match election.try_acquire(&agent.id.instance_id, now).await? {
-        Acquired::Held { by, epoch } => Ok(Step::Wait(format!("init lock epoch {epoch} is held by {by}"))),
+        Acquired::Held { by, epoch } => Ok(Step::Wait(format!(
+            "init lock epoch {epoch} is held by {by}"
+        ))),
         Acquired::Won(epoch) => {
             tracing::info!(epoch, "won the init lock: initializing the cluster");
             init(agent).await
@@ -118,7 +139,11 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
 /// once; a replacement booted later waits for `reconcile` on a live master. A check that
 /// never comes is waited for at most `agent.membershipWaitSeconds`.
 async fn membership_blocks_join(agent: &Agent, boot: SystemTime) -> Result<Option<String>> {
-    let health = agent.store.get::<State>("state").await?.and_then(|s| s.etcd);
+    let health = agent
+        .store
+        .get::<State>("state")
+        .await?
+        .and_then(|s| s.etcd);
     if let Some(h) = &health {
         if !h.dead.is_empty() {
             return Ok(Some(format!("etcd still lists dead member(s) {:?}; waiting for `haimg node reconcile` to remove them", h.dead)));
@@ -129,30 +154,48 @@ async fn membership_blocks_join(agent: &Agent, boot: SystemTime) -> Result<Optio
         let waited = SystemTime::now().duration_since(boot).unwrap_or_default();
         let bound = Duration::from_secs(agent.cfg.agent.membership_wait_seconds);
         if waited < bound {
-            return Ok(Some("waiting for an etcd membership check newer than this boot".into()));
+            return Ok(Some(
+                "waiting for an etcd membership check newer than this boot".into(),
+            ));
         }
-        tracing::warn!("no etcd membership check since this boot after {}s: joining anyway", bound.as_secs());
+        tracing::warn!(
+            "no etcd membership check since this boot after {}s: joining anyway",
+            bound.as_secs()
+        );
     }
     Ok(None)
 }
 
 pub async fn resolve_endpoint(agent: &Agent) -> Result<String> {
     match &agent.cfg.endpoint {
-        NodeEndpoint::Nlb { load_balancer_name, port } => {
+        NodeEndpoint::Nlb {
+            load_balancer_name,
+            port,
+        } => {
             let elb = aws_sdk_elasticloadbalancingv2::Client::new(&agent.aws);
             let out = elb
                 .describe_load_balancers()
                 .names(load_balancer_name)
                 .send()
                 .await
-                .map_err(Error::aws(format!("elbv2 DescribeLoadBalancers {load_balancer_name}")))?;
+                .map_err(Error::aws(format!(
+                    "elbv2 DescribeLoadBalancers {load_balancer_name}"
+                )))?;
             let dns = out
                 .load_balancers()
                 .first()
                 .and_then(|lb| lb.dns_name())
-                .ok_or_else(|| Error::Runtime(format!("load balancer {load_balancer_name} has no DNS name")))?;
+                .ok_or_else(|| {
+                    Error::Runtime(format!(
+                        "load balancer {load_balancer_name} has no DNS name"
+                    ))
+                })?;
             Ok(format!("{dns}:{port}"))
         }
+        NodeEndpoint::Vip { address, port, .. } => Ok(match address {
+            std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+            a => format!("{a}:{port}"),
+        }),
     }
 }
 
@@ -160,7 +203,12 @@ async fn init(agent: &Agent) -> Result<Step> {
     let s = &agent.cfg.agent;
     let endpoint = resolve_endpoint(agent).await?;
     let now = SystemTime::now();
-    let state = State { phase: Phase::Initializing, initialized_by: agent.id.instance_id.clone(), initialized_at: now, etcd: None };
+    let state = State {
+        phase: Phase::Initializing,
+        initialized_by: agent.id.instance_id.clone(),
+        initialized_at: now,
+        etcd: None,
+    };
     agent.store.put("state", &state, false, true).await?;
 
     let token = secret::bootstrap_token();
@@ -169,45 +217,87 @@ async fn init(agent: &Agent) -> Result<Step> {
     let config_path = agent.path(paths::INIT_CONFIG);
     {
         let _cleanup = SecretFile(config_path.clone());
-        write_secret_file(&config_path, &kubeadm::init_config(&agent.cfg, &agent.id, &endpoint, Some(&token), token_ttl, &key))?;
+        write_secret_file(
+            &config_path,
+            &kubeadm::init_config(
+                &agent.cfg,
+                &agent.id,
+                &endpoint,
+                Some(&token),
+                token_ttl,
+                &key,
+            ),
+        )?;
         let cfg = config_path.to_string_lossy();
-        if let Err(e) = agent.kubeadm(&["init", "--config", &cfg, "--upload-certs"], Duration::from_secs(s.kubeadm_timeout_seconds)).await {
+        let mut args = vec!["init", "--config", &cfg, "--upload-certs"];
+        args.extend(static_pods_flag(agent));
+        if let Err(e) = agent
+            .kubeadm(&args, Duration::from_secs(s.kubeadm_timeout_seconds))
+            .await
+        {
             reset(agent).await;
             return Err(e);
         }
     }
     let manifest = agent.path(paths::CNI_MANIFEST);
     agent
-        .kubectl(&["apply", "-f", &manifest.to_string_lossy()], Duration::from_secs(300))
+        .kubectl(
+            &["apply", "-f", &manifest.to_string_lossy()],
+            Duration::from_secs(300),
+        )
         .await
         .map_err(|e| Error::Runtime(format!("applying the CNI manifest: {e}")))?;
     let material = material(agent, &endpoint, token, key, 1)?;
-    match agent.store.put("join/control-plane", &material, true, false).await? {
+    match agent
+        .store
+        .put("join/control-plane", &material, true, false)
+        .await?
+    {
         Created::Yes => {}
         Created::AlreadyExists => {
             // A takeover raced a slow holder and the other published first: theirs is the
             // cluster. Undo ours and join theirs.
-            tracing::warn!("another master published join material first: resetting and joining its cluster");
+            tracing::warn!(
+                "another master published join material first: resetting and joining its cluster"
+            );
             reset(agent).await;
-            return Ok(Step::Wait("joining the cluster published by another master".into()));
+            return Ok(Step::Wait(
+                "joining the cluster published by another master".into(),
+            ));
         }
     }
     publish_worker(agent, &material).await?;
     // Right after init etcd has one member, this one, and nothing dead: the first
     // membership check, so masters booted together with this one join without waiting.
-    let health = EtcdHealth { members: 1, dead: vec![], checked_at: SystemTime::now(), checked_by: agent.id.instance_id.clone() };
-    let ready = State { phase: Phase::Ready, etcd: Some(health), ..state };
+    let health = EtcdHealth {
+        members: 1,
+        dead: vec![],
+        checked_at: SystemTime::now(),
+        checked_by: agent.id.instance_id.clone(),
+    };
+    let ready = State {
+        phase: Phase::Ready,
+        etcd: Some(health),
+        ..state
+    };
     agent.store.put("state", &ready, false, true).await?;
     tracing::info!(endpoint = %endpoint, "cluster initialized; join material published");
     Ok(Step::Done)
 }
 
 /// Builds fresh join material from a token and key that kubeadm has just accepted.
-pub fn material(agent: &Agent, endpoint: &str, token: secret::Secret, key: secret::Secret, generation: u64) -> Result<JoinMaterial> {
+pub fn material(
+    agent: &Agent,
+    endpoint: &str,
+    token: secret::Secret,
+    key: secret::Secret,
+    generation: u64,
+) -> Result<JoinMaterial> {
     let s = &agent.cfg.agent;
     let ca_path = agent.path(paths::CA_CERT);
     let ca = std::fs::read_to_string(&ca_path).map_err(Error::io(&ca_path))?;
-    let hash = pki::ca_cert_hash(&ca).map_err(|e| Error::Runtime(format!("{}: {e}", ca_path.display())))?;
+    let hash = pki::ca_cert_hash(&ca)
+        .map_err(|e| Error::Runtime(format!("{}: {e}", ca_path.display())))?;
     let now = SystemTime::now();
     let lifetime = Duration::from_secs(s.certificate_key_ttl_seconds.min(s.token_ttl_seconds));
     Ok(JoinMaterial {
@@ -224,7 +314,8 @@ pub fn material(agent: &Agent, endpoint: &str, token: secret::Secret, key: secre
 
 /// Publishes the worker's copy (no certificate key; the token's own lifetime).
 pub async fn publish_worker(agent: &Agent, m: &JoinMaterial) -> Result<()> {
-    let worker = m.for_workers(m.issued_at + Duration::from_secs(agent.cfg.agent.token_ttl_seconds));
+    let worker =
+        m.for_workers(m.issued_at + Duration::from_secs(agent.cfg.agent.token_ttl_seconds));
     agent.store.put("join/worker", &worker, true, true).await?;
     Ok(())
 }
@@ -232,12 +323,30 @@ pub async fn publish_worker(agent: &Agent, m: &JoinMaterial) -> Result<()> {
 async fn join(agent: &Agent, m: &JoinMaterial, key: Option<&secret::Secret>) -> Result<()> {
     let path = agent.path(paths::JOIN_CONFIG);
     let _cleanup = SecretFile(path.clone());
-    write_secret_file(&path, &kubeadm::join_config(&agent.cfg, &agent.id, &m.endpoint, &m.token, &m.ca_cert_hashes, key))?;
-    let role = if key.is_some() { "control-plane node" } else { "worker" };
+    write_secret_file(
+        &path,
+        &kubeadm::join_config(
+            &agent.cfg,
+            &agent.id,
+            &m.endpoint,
+            &m.token,
+            &m.ca_cert_hashes,
+            key,
+        ),
+    )?;
+    let role = if key.is_some() {
+        "control-plane node"
+    } else {
+        "worker"
+    };
     tracing::info!(endpoint = %m.endpoint, generation = m.generation, "joining as {role}");
     let cfg = path.to_string_lossy();
     let timeout = Duration::from_secs(agent.cfg.agent.kubeadm_timeout_seconds);
-    if let Err(e) = agent.kubeadm(&["join", "--config", &cfg], timeout).await {
+    let mut args = vec!["join", "--config", &cfg];
+    if key.is_some() {
+        args.extend(static_pods_flag(agent));
+    }
+    if let Err(e) = agent.kubeadm(&args, timeout).await {
         reset(agent).await;
         return Err(e);
     }
@@ -245,9 +354,26 @@ async fn join(agent: &Agent, m: &JoinMaterial, key: Option<&secret::Secret>) -> 
     Ok(())
 }
 
+/// VIP-mode masters carry keepalived and haproxy static pods in /etc/kubernetes/manifests
+/// before kubeadm runs (the VIP must be up when kubeadm first uses it): tell kubeadm's
+/// preflight that this one non-empty directory is expected.
+fn static_pods_flag(agent: &Agent) -> Option<&'static str> {
+    matches!(
+        agent.cfg.endpoint,
+        NodeEndpoint::Vip {
+            static_pods: true,
+            ..
+        }
+    )
+    .then_some("--ignore-preflight-errors=DirAvailable--etc-kubernetes-manifests")
+}
+
 /// Best-effort `kubeadm reset -f`, so the next attempt (or the next holder) starts clean.
 async fn reset(agent: &Agent) {
-    if let Err(e) = agent.kubeadm(&["reset", "--force"], Duration::from_secs(300)).await {
+    if let Err(e) = agent
+        .kubeadm(&["reset", "--force"], Duration::from_secs(300))
+        .await
+    {
         tracing::warn!(error = %e, "kubeadm reset failed");
     }
 }

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Diagnostic, Diagnostics, Error};
-use crate::spec::types::{Cidr, ClusterName, KmsKeyId, KubernetesVersion, PoolName, Region, SsmPath};
+use crate::spec::types::{
+    Cidr, ClusterName, KmsKeyId, KubernetesVersion, PoolName, Region, SsmPath,
+};
 
 pub const NODE_CONFIG_KIND: &str = "NodeConfig";
 /// Where cloud-init writes the node config.
@@ -19,21 +21,38 @@ impl NodeConfig {
     /// Parses a node config; errors name the file, position and field.
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, Error> {
         let invalid = |pos, path: String, message: String| {
-            Error::Invalid(Diagnostics(vec![Diagnostic { file: file.into(), pos, path, message }]))
+            Error::Invalid(Diagnostics(vec![Diagnostic {
+                file: file.into(),
+                pos,
+                path,
+                message,
+            }]))
         };
-        let doc = crate::yaml::parse(text).map_err(|e| invalid(e.pos, String::new(), format!("invalid YAML: {}", e.message)))?;
+        let doc = crate::yaml::parse(text)
+            .map_err(|e| invalid(e.pos, String::new(), format!("invalid YAML: {}", e.message)))?;
         let cfg: NodeConfig = crate::yaml::from_document(&doc).map_err(|(pointer, msg)| {
-            invalid(doc.value_pos(&pointer), crate::spec::schema::dotted(&pointer), msg)
+            invalid(
+                doc.value_pos(&pointer),
+                crate::spec::schema::dotted(&pointer),
+                msg,
+            )
         })?;
         if cfg.api_version != crate::spec::wire::API_VERSION || cfg.kind != NODE_CONFIG_KIND {
             return Err(invalid(
                 doc.value_pos("/apiVersion"),
                 "apiVersion".into(),
-                format!("expected apiVersion {} and kind {NODE_CONFIG_KIND}", crate::spec::wire::API_VERSION),
+                format!(
+                    "expected apiVersion {} and kind {NODE_CONFIG_KIND}",
+                    crate::spec::wire::API_VERSION
+                ),
             ));
         }
         if (cfg.role == Role::Worker) != cfg.pool.is_some() {
-            return Err(invalid(doc.value_pos("/pool"), "pool".into(), "workers name their pool; masters have none".into()));
+            return Err(invalid(
+                doc.value_pos("/pool"),
+                "pool".into(),
+                "workers name their pool; masters have none".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -69,7 +88,13 @@ pub struct NodeConfig {
     pub ssm: NodeSsm,
     pub endpoint: NodeEndpoint,
     pub kubernetes: NodeKubernetes,
-    pub autoscaling: NodeAutoscaling,
+    /// The Auto Scaling group and lifecycle hook (absent for VIP-mode masters, which have
+    /// fixed addresses and no group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<NodeAutoscaling>,
+    /// A fixed identity (VIP-mode masters): used instead of instance metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<FixedIdentity>,
     /// Timings and local endpoints of the agent; defaults suit AWS, tests shorten them.
     #[serde(default, skip_serializing_if = "AgentSettings::is_default")]
     pub agent: AgentSettings,
@@ -171,7 +196,41 @@ pub enum NodeEndpoint {
     /// An NLB whose DNS name the first master looks up by name at run time (it exists
     /// only after `haimg up`) and publishes with the join material.
     #[serde(rename_all = "camelCase")]
-    Nlb { load_balancer_name: String, port: u16 },
+    Nlb {
+        load_balancer_name: String,
+        port: u16,
+    },
+    /// A keepalived VIP; with haproxy on the masters the API servers bind another port.
+    #[serde(rename_all = "camelCase")]
+    Vip {
+        address: std::net::IpAddr,
+        port: u16,
+        api_server_bind_port: u16,
+        /// Static pods (keepalived, haproxy) are placed in /etc/kubernetes/manifests
+        /// before kubeadm runs.
+        static_pods: bool,
+    },
+}
+
+impl NodeEndpoint {
+    /// The port the local API server binds.
+    pub fn api_server_bind_port(&self) -> u16 {
+        match self {
+            NodeEndpoint::Nlb { port, .. } => *port,
+            NodeEndpoint::Vip {
+                api_server_bind_port,
+                ..
+            } => *api_server_bind_port,
+        }
+    }
+}
+
+/// A node's fixed name and address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FixedIdentity {
+    pub name: String,
+    pub address: std::net::IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -30,11 +30,18 @@ impl Member {
     pub fn peer_host(&self) -> Option<&str> {
         let url = self.peer_urls.first()?;
         let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-        Some(rest.rsplit_once(':').map(|(h, _)| h).unwrap_or(rest).trim_matches(['[', ']']))
+        Some(
+            rest.rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(rest)
+                .trim_matches(['[', ']']),
+        )
     }
 }
 
-fn u64_from_string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+fn u64_from_string_or_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum N {
@@ -68,41 +75,70 @@ impl Etcd {
     /// A client for `settings.endpoint`; `root` prefixes the certificate paths.
     pub fn new(settings: &EtcdSettings, root: &std::path::Path) -> Result<Self> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10)).use_rustls_tls();
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .use_rustls_tls();
         if settings.endpoint.starts_with("https://") {
             let read = |p: &str| {
                 let path = root.join(p.trim_start_matches('/'));
                 std::fs::read(&path).map_err(Error::io(path))
             };
-            let ca = reqwest::Certificate::from_pem(&read(&settings.ca_file)?).map_err(|e| Error::Runtime(format!("etcd CA {}: {e}", settings.ca_file)))?;
+            let ca = reqwest::Certificate::from_pem(&read(&settings.ca_file)?)
+                .map_err(|e| Error::Runtime(format!("etcd CA {}: {e}", settings.ca_file)))?;
             let mut pem = read(&settings.cert_file)?;
             pem.extend(read(&settings.key_file)?);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| Error::Runtime(format!("etcd client certificate {}: {e}", settings.cert_file)))?;
-            builder = builder.add_root_certificate(ca).tls_built_in_root_certs(false).identity(identity);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::Runtime(format!(
+                    "etcd client certificate {}: {e}",
+                    settings.cert_file
+                ))
+            })?;
+            builder = builder
+                .add_root_certificate(ca)
+                .tls_built_in_root_certs(false)
+                .identity(identity);
         }
-        let http = builder.build().map_err(|e| Error::Runtime(format!("etcd client: {e}")))?;
-        Ok(Self { http, endpoint: settings.endpoint.trim_end_matches('/').to_string() })
+        let http = builder
+            .build()
+            .map_err(|e| Error::Runtime(format!("etcd client: {e}")))?;
+        Ok(Self {
+            http,
+            endpoint: settings.endpoint.trim_end_matches('/').to_string(),
+        })
     }
 
     async fn call<B: Serialize>(&self, path: &str, body: &B) -> Result<serde_json::Value> {
         let url = format!("{}{path}", self.endpoint);
         let resp = self.http.post(&url).json(body).send().await.map_err(|e| {
-            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
             let kind = if e.is_timeout() { " (timed out)" } else { "" };
             Error::Runtime(format!("etcd {url}{kind}: {e}{cause}"))
         })?;
         let status = resp.status();
-        let v: serde_json::Value = resp.json().await.map_err(|e| Error::Runtime(format!("etcd {url}: {e}")))?;
+        let v: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| Error::Runtime(format!("etcd {url}: {e}")))?;
         if !status.is_success() {
-            let msg = v.get("message").or_else(|| v.get("error")).and_then(|m| m.as_str()).unwrap_or("").to_string();
+            let msg = v
+                .get("message")
+                .or_else(|| v.get("error"))
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string();
             return Err(Error::Runtime(format!("etcd {path}: {status}: {msg}")));
         }
         Ok(v)
     }
 
     pub async fn members(&self) -> Result<Vec<Member>> {
-        let v = self.call("/v3/cluster/member/list", &serde_json::json!({})).await?;
-        let list: MemberList = serde_json::from_value(v).map_err(|e| Error::Runtime(format!("etcd member list: {e}")))?;
+        let v = self
+            .call("/v3/cluster/member/list", &serde_json::json!({}))
+            .await?;
+        let list: MemberList = serde_json::from_value(v)
+            .map_err(|e| Error::Runtime(format!("etcd member list: {e}")))?;
         Ok(list.members)
     }
 
@@ -111,12 +147,22 @@ impl Etcd {
     pub async fn remove(&self, id: u64, timeout: Duration) -> Result<()> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5), timeout);
         loop {
-            match self.call("/v3/cluster/member/remove", &RemoveRequest { id: id.to_string() }).await {
+            match self
+                .call(
+                    "/v3/cluster/member/remove",
+                    &RemoveRequest { id: id.to_string() },
+                )
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e) if e.to_string().contains("member not found") => return Ok(()),
                 // Transient: the cluster is settling after a start or a loss, or the request
                 // timed out while it did.
-                Err(e) if ["unhealthy cluster", "timed out", "error sending request"].iter().any(|t| e.to_string().contains(t)) => {
+                Err(e)
+                    if ["unhealthy cluster", "timed out", "error sending request"]
+                        .iter()
+                        .any(|t| e.to_string().contains(t)) =>
+                {
                     tracing::info!(member = format!("{id:x}"), error = %e, "etcd: retrying member remove");
                     if !backoff.wait().await {
                         return Err(e);

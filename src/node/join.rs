@@ -32,16 +32,26 @@ pub struct JoinMaterial {
 impl JoinMaterial {
     /// Usable for a join that needs `margin` before it expires.
     pub fn usable(&self, now: SystemTime, margin: Duration) -> bool {
-        self.expires_at.duration_since(now).is_ok_and(|left| left >= margin)
+        self.expires_at
+            .duration_since(now)
+            .is_ok_and(|left| left >= margin)
     }
     /// Past half of its lifetime: time to rotate.
     pub fn past_half_life(&self, now: SystemTime) -> bool {
-        let life = self.expires_at.duration_since(self.issued_at).unwrap_or_default();
-        now.duration_since(self.issued_at).is_ok_and(|age| age >= life / 2)
+        let life = self
+            .expires_at
+            .duration_since(self.issued_at)
+            .unwrap_or_default();
+        now.duration_since(self.issued_at)
+            .is_ok_and(|age| age >= life / 2)
     }
     /// The worker's copy: everything but the certificate key.
     pub fn for_workers(&self, token_expires_at: SystemTime) -> JoinMaterial {
-        JoinMaterial { certificate_key: None, expires_at: token_expires_at, ..self.clone() }
+        JoinMaterial {
+            certificate_key: None,
+            expires_at: token_expires_at,
+            ..self.clone()
+        }
     }
 }
 
@@ -135,6 +145,8 @@ mod tests {
         assert!(!json.contains("certificateKey"), "{json}");
         let back: JoinMaterial = serde_json::from_str(&json).unwrap();
         assert_eq!(back, w);
-        assert!(serde_json::to_string(&m).unwrap().contains("\"issuedAt\":\"1970-01-01T00:00:00.000Z\""));
+        assert!(serde_json::to_string(&m)
+            .unwrap()
+            .contains("\"issuedAt\":\"1970-01-01T00:00:00.000Z\""));
     }
 }

@@ -148,19 +148,42 @@ struct JoinConfiguration<'a> {
 
 /// containerd's CRI socket (the only runtime the image has).
 const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
-const API_BIND_PORT: u16 = 6443;
 
 fn node_registration<'a>(cfg: &'a NodeConfig, id: &'a NodeIdentity) -> NodeRegistration<'a> {
+    let mut args = BTreeMap::new();
     let labels = &cfg.kubernetes.node_labels;
-    let kubelet_extra_args = (!labels.is_empty()).then(|| {
-        let value = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    if !labels.is_empty() {
+        args.insert(
+            "node-labels".to_string(),
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    // A node with a fixed address (VIP mode) pins the kubelet to it: the Node's InternalIP
+    // is then never the VIP, and neither is what CNIs autodetect from it (seed 002 §6.8).
+    if let Some(fixed) = &cfg.node {
+        args.insert("node-ip".to_string(), fixed.address.to_string());
+    }
+    let kubelet_extra_args = (!args.is_empty()).then(|| {
         if kubeadm_api_version(&cfg.kubernetes.version).ends_with("v1beta3") {
-            ExtraArgs::Map(BTreeMap::from([("node-labels".to_string(), value)]))
+            ExtraArgs::Map(args)
         } else {
-            ExtraArgs::List(vec![NameValue { name: "node-labels".into(), value }])
+            ExtraArgs::List(
+                args.into_iter()
+                    .map(|(name, value)| NameValue { name, value })
+                    .collect(),
+            )
         }
     });
-    NodeRegistration { name: &id.hostname, cri_socket: CRI_SOCKET, image_pull_policy: &cfg.kubernetes.image_pull_policy, kubelet_extra_args }
+    NodeRegistration {
+        name: &id.hostname,
+        cri_socket: CRI_SOCKET,
+        image_pull_policy: &cfg.kubernetes.image_pull_policy,
+        kubelet_extra_args,
+    }
 }
 
 fn docs(parts: &[String]) -> String {
@@ -169,9 +192,19 @@ fn docs(parts: &[String]) -> String {
 
 /// The `kubeadm init --config` file of the first master (also used, without the token,
 /// by `kubeadm init phase upload-certs` on rotation).
-pub fn init_config(cfg: &NodeConfig, id: &NodeIdentity, endpoint: &str, token: Option<&Secret>, token_ttl: std::time::Duration, certificate_key: &Secret) -> String {
+pub fn init_config(
+    cfg: &NodeConfig,
+    id: &NodeIdentity,
+    endpoint: &str,
+    token: Option<&Secret>,
+    token_ttl: std::time::Duration,
+    certificate_key: &Secret,
+) -> String {
     let api = kubeadm_api_version(&cfg.kubernetes.version);
-    let host = endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or(endpoint);
+    let host = endpoint
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(endpoint);
     let init = InitConfiguration {
         api_version: api,
         kind: "InitConfiguration",
@@ -185,7 +218,10 @@ pub fn init_config(cfg: &NodeConfig, id: &NodeIdentity, endpoint: &str, token: O
             .into_iter()
             .collect(),
         certificate_key: certificate_key.expose(),
-        local_api_endpoint: ApiEndpoint { advertise_address: &id.private_ip, bind_port: API_BIND_PORT },
+        local_api_endpoint: ApiEndpoint {
+            advertise_address: &id.private_ip,
+            bind_port: cfg.endpoint.api_server_bind_port(),
+        },
         node_registration: node_registration(cfg, id),
     };
     let cluster = ClusterConfiguration {
@@ -199,21 +235,47 @@ pub fn init_config(cfg: &NodeConfig, id: &NodeIdentity, endpoint: &str, token: O
             service_subnet: cfg.kubernetes.service_subnet.to_string(),
             dns_domain: "cluster.local",
         },
-        api_server: ApiServer { cert_sans: vec![host.to_string()] },
+        api_server: ApiServer {
+            cert_sans: vec![host.to_string()],
+        },
     };
-    let kubelet = KubeletConfiguration { api_version: "kubelet.config.k8s.io/v1beta1", kind: "KubeletConfiguration", cgroup_driver: "systemd" };
-    docs(&[crate::yaml::to_string(&init), crate::yaml::to_string(&cluster), crate::yaml::to_string(&kubelet)])
+    let kubelet = KubeletConfiguration {
+        api_version: "kubelet.config.k8s.io/v1beta1",
+        kind: "KubeletConfiguration",
+        cgroup_driver: "systemd",
+    };
+    docs(&[
+        crate::yaml::to_string(&init),
+        crate::yaml::to_string(&cluster),
+        crate::yaml::to_string(&kubelet),
+    ])
 }
 
 /// The `kubeadm join --config` file; `certificate_key` makes it a control-plane join.
-pub fn join_config(cfg: &NodeConfig, id: &NodeIdentity, endpoint: &str, token: &Secret, ca_cert_hashes: &[String], certificate_key: Option<&Secret>) -> String {
+pub fn join_config(
+    cfg: &NodeConfig,
+    id: &NodeIdentity,
+    endpoint: &str,
+    token: &Secret,
+    ca_cert_hashes: &[String],
+    certificate_key: Option<&Secret>,
+) -> String {
     let join = JoinConfiguration {
         api_version: kubeadm_api_version(&cfg.kubernetes.version),
         kind: "JoinConfiguration",
-        discovery: Discovery { bootstrap_token: DiscoveryToken { api_server_endpoint: endpoint, token: token.expose(), ca_cert_hashes } },
+        discovery: Discovery {
+            bootstrap_token: DiscoveryToken {
+                api_server_endpoint: endpoint,
+                token: token.expose(),
+                ca_cert_hashes,
+            },
+        },
         node_registration: node_registration(cfg, id),
         control_plane: certificate_key.map(|k| JoinControlPlane {
-            local_api_endpoint: ApiEndpoint { advertise_address: &id.private_ip, bind_port: API_BIND_PORT },
+            local_api_endpoint: ApiEndpoint {
+                advertise_address: &id.private_ip,
+                bind_port: cfg.endpoint.api_server_bind_port(),
+            },
             certificate_key: k.expose(),
         }),
     };

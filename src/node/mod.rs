@@ -37,7 +37,11 @@ pub enum NodeCommand {
 
 pub fn run(args: Args) -> Result<()> {
     init_logging();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     rt.block_on(async {
         let agent = agent::Agent::load().await?;
         let span = tracing::info_span!("node", cluster = %agent.cfg.cluster, instance = %agent.id.instance_id, role = agent.cfg.role.as_str());
@@ -54,11 +58,15 @@ pub fn run(args: Args) -> Result<()> {
 /// One logging facade: tracing to stderr (the journal under systemd). `HAIMG_LOG` sets
 /// the filter (default `info`); `NO_COLOR` turns colour off.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HAIMG_LOG").unwrap_or_else(|_| "info,aws=warn,hyper=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAIMG_LOG")
+        .unwrap_or_else(|_| "info,aws=warn,hyper=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
         .with_target(false)
         .try_init();
 }

@@ -9,15 +9,29 @@ use sha2::{Digest, Sha256};
 pub fn ca_cert_hash(pem: &str) -> Result<String, String> {
     let der = pem_to_der(pem)?;
     let spki = subject_public_key_info(&der)?;
-    Ok(format!("sha256:{}", Sha256::digest(spki).iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!(
+        "sha256:{}",
+        Sha256::digest(spki)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, String> {
     let begin = "-----BEGIN CERTIFICATE-----";
     let start = pem.find(begin).ok_or("no PEM certificate found")? + begin.len();
-    let end = pem[start..].find("-----END CERTIFICATE-----").ok_or("unterminated PEM certificate")? + start;
-    let b64: String = pem[start..end].chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("bad PEM base64: {e}"))
+    let end = pem[start..]
+        .find("-----END CERTIFICATE-----")
+        .ok_or("unterminated PEM certificate")?
+        + start;
+    let b64: String = pem[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("bad PEM base64: {e}"))
 }
 
 /// One DER element: (tag, header length, total length).
@@ -33,7 +47,10 @@ fn element(d: &[u8]) -> Result<(u8, usize, usize), String> {
             return Err(bad());
         }
         let bytes = d.get(2..2 + n).ok_or_else(bad)?;
-        (bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), 2 + n)
+        (
+            bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize),
+            2 + n,
+        )
     };
     if d.len() < hdr + len {
         return Err(bad());
@@ -75,7 +92,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (key, crt) = (dir.path().join("ca.key"), dir.path().join("ca.crt"));
         let ok = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=kubernetes"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=kubernetes",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -83,9 +110,21 @@ mod tests {
             .output()
             .expect("openssl is installed");
         assert!(ok.status.success());
-        let script = format!("openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum", crt.display());
-        let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
-        let want = String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string();
+        let script = format!(
+            "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum",
+            crt.display()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        let want = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
         let got = ca_cert_hash(&std::fs::read_to_string(&crt).unwrap()).unwrap();
         assert_eq!(got, format!("sha256:{want}"));
     }
@@ -93,7 +132,11 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(ca_cert_hash("nothing").is_err());
-        assert!(ca_cert_hash("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_err());
-        assert!(ca_cert_hash("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----").is_err());
+        assert!(
+            ca_cert_hash("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_err()
+        );
+        assert!(
+            ca_cert_hash("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----").is_err()
+        );
     }
 }

@@ -44,7 +44,10 @@ pub struct Instance {
 
 impl Instance {
     fn is_gone(&self) -> bool {
-        matches!(self.state.as_str(), "shutting-down" | "terminated" | "stopping" | "stopped")
+        matches!(
+            self.state.as_str(),
+            "shutting-down" | "terminated" | "stopping" | "stopped"
+        )
     }
 }
 
@@ -58,12 +61,20 @@ pub struct MemberPlan {
 
 /// Why a member counts as dead, or `None` when it is alive.
 fn dead_reason(m: &Member, instances: &[Instance]) -> Option<String> {
-    let by_name = (!m.name.is_empty()).then(|| instances.iter().find(|i| i.private_dns == m.name)).flatten();
-    let found = by_name.or_else(|| m.peer_host().and_then(|h| instances.iter().find(|i| i.private_ip == h && !i.is_gone())));
+    let by_name = (!m.name.is_empty())
+        .then(|| instances.iter().find(|i| i.private_dns == m.name))
+        .flatten();
+    let found = by_name.or_else(|| {
+        m.peer_host()
+            .and_then(|h| instances.iter().find(|i| i.private_ip == h && !i.is_gone()))
+    });
     match found {
         None => Some("no instance of this cluster matches it".into()),
         Some(i) if i.is_gone() => Some(format!("instance {} is {}", i.id, i.state)),
-        Some(i) if !i.in_master_group => Some(format!("instance {} is no longer in the masters' Auto Scaling group", i.id)),
+        Some(i) if !i.in_master_group => Some(format!(
+            "instance {} is no longer in the masters' Auto Scaling group",
+            i.id
+        )),
         Some(_) => None,
     }
 }
@@ -71,7 +82,10 @@ fn dead_reason(m: &Member, instances: &[Instance]) -> Option<String> {
 /// Pure planning: which members to remove, in order, keeping quorum and the local member.
 pub fn plan_members(members: &[Member], local_name: &str, instances: &[Instance]) -> MemberPlan {
     let mut plan = MemberPlan::default();
-    let dead: Vec<&Member> = members.iter().filter(|m| m.name != local_name && dead_reason(m, instances).is_some()).collect();
+    let dead: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.name != local_name && dead_reason(m, instances).is_some())
+        .collect();
     let mut total = members.len();
     let alive = total - dead.len();
     for m in dead {
@@ -97,10 +111,12 @@ pub fn plan_nodes(nodes: &[NodeObject], local_name: &str, instances: &[Instance]
     nodes
         .iter()
         .filter(|n| n.name != local_name)
-        .filter(|n| match instances.iter().find(|i| i.private_dns == n.name) {
-            Some(i) => i.is_gone(),
-            None => !n.ready,
-        })
+        .filter(
+            |n| match instances.iter().find(|i| i.private_dns == n.name) {
+                Some(i) => i.is_gone(),
+                None => !n.ready,
+            },
+        )
         .map(|n| n.name.clone())
         .collect()
 }
@@ -110,9 +126,15 @@ pub async fn run(agent: &Agent) -> Result<()> {
         tracing::info!("not an initialized control-plane node: nothing to reconcile");
         return Ok(());
     }
+    let Some(asg) = &agent.cfg.autoscaling else {
+        tracing::info!(
+            "masters outside an Auto Scaling group (VIP mode): membership is managed by hand"
+        );
+        return Ok(());
+    };
     let etcd = Etcd::new(&agent.cfg.agent.etcd, &agent.seams.root)?;
     let members = etcd.members().await?;
-    let instances = instances(agent).await?;
+    let instances = instances(agent, &asg.group_name).await?;
     let plan = plan_members(&members, &agent.id.hostname, &instances);
     for m in &plan.remove {
         let why = dead_reason(m, &instances).unwrap_or_default();
@@ -126,13 +148,27 @@ pub async fn run(agent: &Agent) -> Result<()> {
     let nodes = node_objects(agent).await?;
     for name in plan_nodes(&nodes, &agent.id.hostname, &instances) {
         tracing::warn!(node = %name, "deleting the Node object of a gone instance");
-        agent.kubectl(&["delete", "node", &name, "--ignore-not-found"], Duration::from_secs(60)).await?;
+        agent
+            .kubectl(
+                &["delete", "node", &name, "--ignore-not-found"],
+                Duration::from_secs(60),
+            )
+            .await?;
     }
 
     let after = etcd.members().await?;
-    let dead: Vec<String> = after.iter().filter(|m| m.name != agent.id.hostname && dead_reason(m, &instances).is_some()).map(|m| display_name(m)).collect();
+    let dead: Vec<String> = after
+        .iter()
+        .filter(|m| m.name != agent.id.hostname && dead_reason(m, &instances).is_some())
+        .map(|m| display_name(m))
+        .collect();
     if let Some(mut state) = agent.store.get::<State>("state").await? {
-        state.etcd = Some(EtcdHealth { members: after.len(), dead, checked_at: SystemTime::now(), checked_by: agent.id.instance_id.clone() });
+        state.etcd = Some(EtcdHealth {
+            members: after.len(),
+            dead,
+            checked_at: SystemTime::now(),
+            checked_by: agent.id.instance_id.clone(),
+        });
         agent.store.put("state", &state, false, true).await?;
     }
     Ok(())
@@ -147,34 +183,49 @@ fn display_name(m: &Member) -> String {
 }
 
 /// The cluster's instances in every state, and which are in the masters' group.
-async fn instances(agent: &Agent) -> Result<Vec<Instance>> {
+async fn instances(agent: &Agent, group: &str) -> Result<Vec<Instance>> {
     let ec2 = aws_sdk_ec2::Client::new(&agent.aws);
     let asg = aws_sdk_autoscaling::Client::new(&agent.aws);
-    let group = &agent.cfg.autoscaling.group_name;
     let groups = asg
         .describe_auto_scaling_groups()
         .auto_scaling_group_names(group)
         .send()
         .await
-        .map_err(Error::aws(format!("autoscaling DescribeAutoScalingGroups {group}")))?;
+        .map_err(Error::aws(format!(
+            "autoscaling DescribeAutoScalingGroups {group}"
+        )))?;
     let in_group: HashSet<String> = groups
         .auto_scaling_groups()
         .iter()
         .flat_map(|g| g.instances())
         .filter_map(|i| i.instance_id().map(str::to_string))
         .collect();
-    let filter = aws_sdk_ec2::types::Filter::builder().name("tag:haimg:cluster").values(agent.cfg.cluster.as_str()).build();
-    let mut pages = ec2.describe_instances().filters(filter).into_paginator().send();
+    let filter = aws_sdk_ec2::types::Filter::builder()
+        .name("tag:haimg:cluster")
+        .values(agent.cfg.cluster.as_str())
+        .build();
+    let mut pages = ec2
+        .describe_instances()
+        .filters(filter)
+        .into_paginator()
+        .send();
     let mut out = Vec::new();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(Error::aws(format!("ec2 DescribeInstances tag:haimg:cluster={}", agent.cfg.cluster)))?;
+        let page = page.map_err(Error::aws(format!(
+            "ec2 DescribeInstances tag:haimg:cluster={}",
+            agent.cfg.cluster
+        )))?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
             let id = i.instance_id().unwrap_or_default().to_string();
             out.push(Instance {
                 in_master_group: in_group.contains(&id),
                 private_dns: i.private_dns_name().unwrap_or_default().to_string(),
                 private_ip: i.private_ip_address().unwrap_or_default().to_string(),
-                state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                state: i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
                 id,
             });
         }
@@ -183,14 +234,20 @@ async fn instances(agent: &Agent) -> Result<Vec<Instance>> {
 }
 
 async fn node_objects(agent: &Agent) -> Result<Vec<NodeObject>> {
-    let out = agent.kubectl(&["get", "nodes", "-o", "json"], Duration::from_secs(60)).await?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Runtime(format!("kubectl get nodes: {e}")))?;
+    let out = agent
+        .kubectl(&["get", "nodes", "-o", "json"], Duration::from_secs(60))
+        .await?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| Error::Runtime(format!("kubectl get nodes: {e}")))?;
     Ok(v["items"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|n| NodeObject {
-            name: n["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            name: n["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             ready: n["status"]["conditions"]
                 .as_array()
                 .into_iter()
@@ -205,16 +262,36 @@ mod tests {
     use super::*;
 
     fn member(id: u64, name: &str, ip: &str) -> Member {
-        Member { id, name: name.into(), peer_urls: vec![format!("https://{ip}:2380")], client_urls: vec![], is_learner: false }
+        Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("https://{ip}:2380")],
+            client_urls: vec![],
+            is_learner: false,
+        }
     }
     fn inst(id: &str, name: &str, ip: &str, state: &str, in_group: bool) -> Instance {
-        Instance { id: id.into(), private_dns: name.into(), private_ip: ip.into(), state: state.into(), in_master_group: in_group }
+        Instance {
+            id: id.into(),
+            private_dns: name.into(),
+            private_ip: ip.into(),
+            state: state.into(),
+            in_master_group: in_group,
+        }
     }
 
     #[test]
     fn removes_the_dead_member_of_three() {
-        let members = [member(1, "a", "10.0.0.1"), member(2, "b", "10.0.0.2"), member(3, "c", "10.0.0.3")];
-        let instances = [inst("i-a", "a", "10.0.0.1", "running", true), inst("i-b", "b", "10.0.0.2", "running", true), inst("i-c", "c", "10.0.0.3", "terminated", true)];
+        let members = [
+            member(1, "a", "10.0.0.1"),
+            member(2, "b", "10.0.0.2"),
+            member(3, "c", "10.0.0.3"),
+        ];
+        let instances = [
+            inst("i-a", "a", "10.0.0.1", "running", true),
+            inst("i-b", "b", "10.0.0.2", "running", true),
+            inst("i-c", "c", "10.0.0.3", "terminated", true),
+        ];
         let plan = plan_members(&members, "a", &instances);
         assert_eq!(plan.remove.iter().map(|m| m.id).collect::<Vec<_>>(), [3]);
         assert!(plan.kept.is_empty());
@@ -222,7 +299,11 @@ mod tests {
 
     #[test]
     fn never_the_local_member_and_never_below_quorum() {
-        let members = [member(1, "a", "10.0.0.1"), member(2, "b", "10.0.0.2"), member(3, "c", "10.0.0.3")];
+        let members = [
+            member(1, "a", "10.0.0.1"),
+            member(2, "b", "10.0.0.2"),
+            member(3, "c", "10.0.0.3"),
+        ];
         // b and c gone: removing either leaves 2 members with 1 alive: keep both.
         let instances = [inst("i-a", "a", "10.0.0.1", "running", true)];
         let plan = plan_members(&members, "a", &instances);
@@ -235,15 +316,32 @@ mod tests {
 
     #[test]
     fn five_members_two_dead_both_removed() {
-        let members: Vec<Member> = (1..=5).map(|i| member(i, &format!("m{i}"), &format!("10.0.0.{i}"))).collect();
-        let instances: Vec<Instance> = (1..=3).map(|i| inst(&format!("i-{i}"), &format!("m{i}"), &format!("10.0.0.{i}"), "running", true)).collect();
+        let members: Vec<Member> = (1..=5)
+            .map(|i| member(i, &format!("m{i}"), &format!("10.0.0.{i}")))
+            .collect();
+        let instances: Vec<Instance> = (1..=3)
+            .map(|i| {
+                inst(
+                    &format!("i-{i}"),
+                    &format!("m{i}"),
+                    &format!("10.0.0.{i}"),
+                    "running",
+                    true,
+                )
+            })
+            .collect();
         let plan = plan_members(&members, "m1", &instances);
         assert_eq!(plan.remove.len(), 2);
     }
 
     #[test]
     fn detached_instance_and_unstarted_member() {
-        let members = [member(1, "a", "10.0.0.1"), member(2, "b", "10.0.0.2"), member(3, "", "10.0.0.9"), member(4, "", "10.0.0.4")];
+        let members = [
+            member(1, "a", "10.0.0.1"),
+            member(2, "b", "10.0.0.2"),
+            member(3, "", "10.0.0.9"),
+            member(4, "", "10.0.0.4"),
+        ];
         let instances = [
             inst("i-a", "a", "10.0.0.1", "running", true),
             inst("i-b", "b", "10.0.0.2", "running", false),
@@ -253,18 +351,39 @@ mod tests {
         let removed: Vec<u64> = plan.remove.iter().map(|m| m.id).collect();
         // b: detached from the group; 3: never started, its IP matches nothing. 4 is a
         // replacement that is joining right now: keep it.
-        assert!(removed.contains(&2) && removed.contains(&3) && !removed.contains(&4), "{removed:?}");
+        assert!(
+            removed.contains(&2) && removed.contains(&3) && !removed.contains(&4),
+            "{removed:?}"
+        );
     }
 
     #[test]
     fn nodes_of_gone_instances_are_deleted_healthy_unknown_ones_kept() {
         let nodes = [
-            NodeObject { name: "a".into(), ready: true },
-            NodeObject { name: "gone".into(), ready: false },
-            NodeObject { name: "unknown-ready".into(), ready: true },
-            NodeObject { name: "unknown-notready".into(), ready: false },
+            NodeObject {
+                name: "a".into(),
+                ready: true,
+            },
+            NodeObject {
+                name: "gone".into(),
+                ready: false,
+            },
+            NodeObject {
+                name: "unknown-ready".into(),
+                ready: true,
+            },
+            NodeObject {
+                name: "unknown-notready".into(),
+                ready: false,
+            },
         ];
-        let instances = [inst("i-a", "a", "10.0.0.1", "running", true), inst("i-g", "gone", "10.0.0.2", "terminated", false)];
-        assert_eq!(plan_nodes(&nodes, "a", &instances), ["gone", "unknown-notready"]);
+        let instances = [
+            inst("i-a", "a", "10.0.0.1", "running", true),
+            inst("i-g", "gone", "10.0.0.2", "terminated", false),
+        ];
+        assert_eq!(
+            plan_nodes(&nodes, "a", &instances),
+            ["gone", "unknown-notready"]
+        );
     }
 }

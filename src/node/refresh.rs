@@ -25,9 +25,9 @@ use std::time::{Duration, SystemTime};
 use super::agent::{paths, write_secret_file, Agent, SecretFile};
 use super::bootstrap::{material, publish_worker, resolve_endpoint};
 use super::join::JoinMaterial;
+use super::kubeadm;
 use super::secret::{self, Secret};
 use super::store::{Acquired, Election};
-use super::kubeadm;
 use crate::error::{Error, Result};
 
 /// How long a rotation lock holder has to publish before another master may rotate.
@@ -39,7 +39,10 @@ pub async fn run(agent: &Agent) -> Result<()> {
         return Ok(());
     }
     let now = SystemTime::now();
-    let current = agent.store.get::<JoinMaterial>("join/control-plane").await?;
+    let current = agent
+        .store
+        .get::<JoinMaterial>("join/control-plane")
+        .await?;
     if let Some(m) = &current {
         if !m.past_half_life(now) {
             tracing::info!(generation = m.generation, "join material is fresh");
@@ -47,7 +50,11 @@ pub async fn run(agent: &Agent) -> Result<()> {
         }
     }
     let generation = current.as_ref().map(|m| m.generation + 1).unwrap_or(1);
-    let election = Election { store: &agent.store, dir: format!("rotation/{generation}"), lease: ROTATION_LEASE };
+    let election = Election {
+        store: &agent.store,
+        dir: format!("rotation/{generation}"),
+        lease: ROTATION_LEASE,
+    };
     if let Acquired::Held { by, .. } = election.try_acquire(&agent.id.instance_id, now).await? {
         tracing::info!(generation, holder = %by, "another master is rotating");
         return Ok(());
@@ -56,9 +63,19 @@ pub async fn run(agent: &Agent) -> Result<()> {
     let admin = agent.path(paths::ADMIN_CONF);
     let admin = admin.to_string_lossy();
     let ttl = format!("{}s", s.token_ttl_seconds);
-    let out = agent.kubeadm(&["token", "create", "--ttl", &ttl, "--kubeconfig", &admin], Duration::from_secs(120)).await?;
-    let token = out.lines().map(str::trim).find(|l| secret::is_bootstrap_token(l)).map(Secret::new);
-    let token = token.ok_or_else(|| Error::Runtime("`kubeadm token create` printed no token".into()))?;
+    let out = agent
+        .kubeadm(
+            &["token", "create", "--ttl", &ttl, "--kubeconfig", &admin],
+            Duration::from_secs(120),
+        )
+        .await?;
+    let token = out
+        .lines()
+        .map(str::trim)
+        .find(|l| secret::is_bootstrap_token(l))
+        .map(Secret::new);
+    let token =
+        token.ok_or_else(|| Error::Runtime("`kubeadm token create` printed no token".into()))?;
 
     let endpoint = match &current {
         Some(m) => m.endpoint.clone(),
@@ -68,14 +85,32 @@ pub async fn run(agent: &Agent) -> Result<()> {
     let path = agent.path(paths::UPLOAD_CERTS_CONFIG);
     {
         let _cleanup = SecretFile(path.clone());
-        write_secret_file(&path, &kubeadm::init_config(&agent.cfg, &agent.id, &endpoint, None, Duration::ZERO, &key))?;
+        write_secret_file(
+            &path,
+            &kubeadm::init_config(&agent.cfg, &agent.id, &endpoint, None, Duration::ZERO, &key),
+        )?;
         let cfg = path.to_string_lossy();
         agent
-            .kubeadm(&["init", "phase", "upload-certs", "--upload-certs", "--config", &cfg, "--kubeconfig", &admin], Duration::from_secs(300))
+            .kubeadm(
+                &[
+                    "init",
+                    "phase",
+                    "upload-certs",
+                    "--upload-certs",
+                    "--config",
+                    &cfg,
+                    "--kubeconfig",
+                    &admin,
+                ],
+                Duration::from_secs(300),
+            )
             .await?;
     }
     let m = material(agent, &endpoint, token, key, generation)?;
-    agent.store.put("join/control-plane", &m, true, true).await?;
+    agent
+        .store
+        .put("join/control-plane", &m, true, true)
+        .await?;
     publish_worker(agent, &m).await?;
     tracing::info!(generation, "join material rotated");
     Ok(())

@@ -63,13 +63,23 @@ pub fn bootstrap_token() -> Secret {
 
 /// A kubeadm certificate key: 32 random bytes, hex (AES-256 key for the kubeadm-certs Secret).
 pub fn certificate_key() -> Secret {
-    Secret(random_bytes::<32>().iter().map(|b| format!("{b:02x}")).collect())
+    Secret(
+        random_bytes::<32>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// Whether `s` has the shape of a bootstrap token.
 pub fn is_bootstrap_token(s: &str) -> bool {
-    let ok = |p: &str, n: usize| p.len() == n && p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    s.split_once('.').is_some_and(|(a, b)| ok(a, 6) && ok(b, 16))
+    let ok = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
+    s.split_once('.')
+        .is_some_and(|(a, b)| ok(a, 6) && ok(b, 16))
 }
 
 #[cfg(test)]

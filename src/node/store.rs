@@ -27,7 +27,11 @@ pub enum Created {
 
 impl Store {
     pub fn new(client: aws_sdk_ssm::Client, prefix: &str, kms_key_id: &str) -> Self {
-        Self { client, prefix: prefix.to_string(), kms_key_id: kms_key_id.to_string() }
+        Self {
+            client,
+            prefix: prefix.to_string(),
+            kms_key_id: kms_key_id.to_string(),
+        }
     }
 
     pub fn name(&self, rel: &str) -> String {
@@ -37,27 +41,62 @@ impl Store {
     /// Reads and parses a parameter (decrypting SecureStrings); `None` if it does not exist.
     pub async fn get<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
         let name = self.name(rel);
-        let out = match self.client.get_parameter().name(&name).with_decryption(true).send().await {
+        let out = match self
+            .client
+            .get_parameter()
+            .name(&name)
+            .with_decryption(true)
+            .send()
+            .await
+        {
             Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => return Ok(None),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_not_found()) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(Error::aws(format!("ssm GetParameter {name}"))(e)),
         };
         let value = out.parameter().and_then(|p| p.value()).unwrap_or_default();
-        serde_json::from_str(value)
-            .map(Some)
-            .map_err(|e| Error::Runtime(format!("ssm parameter {name} does not hold what haimg wrote: {e}")))
+        serde_json::from_str(value).map(Some).map_err(|e| {
+            Error::Runtime(format!(
+                "ssm parameter {name} does not hold what haimg wrote: {e}"
+            ))
+        })
     }
 
     /// Writes a JSON document. `secure` makes it a KMS SecureString; `overwrite=false`
     /// makes the write create-only, SSM's one atomic operation.
-    pub async fn put<T: Serialize>(&self, rel: &str, value: &T, secure: bool, overwrite: bool) -> Result<Created> {
+    pub async fn put<T: Serialize>(
+        &self,
+        rel: &str,
+        value: &T,
+        secure: bool,
+        overwrite: bool,
+    ) -> Result<Created> {
         let name = self.name(rel);
         let body = serde_json::to_string(value).expect("plain data serializes");
-        let mut req = self.client.put_parameter().name(&name).value(body).overwrite(overwrite);
-        req = if secure { req.r#type(ParameterType::SecureString).key_id(&self.kms_key_id) } else { req.r#type(ParameterType::String) };
+        let mut req = self
+            .client
+            .put_parameter()
+            .name(&name)
+            .value(body)
+            .overwrite(overwrite);
+        req = if secure {
+            req.r#type(ParameterType::SecureString)
+                .key_id(&self.kms_key_id)
+        } else {
+            req.r#type(ParameterType::String)
+        };
         match req.send().await {
             Ok(_) => Ok(Created::Yes),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_already_exists()) => Ok(Created::AlreadyExists),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_already_exists()) =>
+            {
+                Ok(Created::AlreadyExists)
+            }
             Err(e) => Err(Error::aws(format!("ssm PutParameter {name}"))(e)),
         }
     }
@@ -66,12 +105,23 @@ impl Store {
     pub async fn list(&self, rel: &str) -> Result<Vec<(String, String)>> {
         let path = self.name(rel);
         let mut out = Vec::new();
-        let mut pages = self.client.get_parameters_by_path().path(&path).recursive(false).with_decryption(false).into_paginator().send();
+        let mut pages = self
+            .client
+            .get_parameters_by_path()
+            .path(&path)
+            .recursive(false)
+            .with_decryption(false)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(Error::aws(format!("ssm GetParametersByPath {path}")))?;
             for p in page.parameters() {
                 if let (Some(n), Some(v)) = (p.name(), p.value()) {
-                    out.push((n.trim_start_matches(&format!("{}/", self.prefix)).to_string(), v.to_string()));
+                    out.push((
+                        n.trim_start_matches(&format!("{}/", self.prefix))
+                            .to_string(),
+                        v.to_string(),
+                    ));
                 }
             }
         }
@@ -102,18 +152,29 @@ impl Election<'_> {
         let latest = locks
             .iter()
             .filter_map(|(name, value)| {
-                let epoch = name.rsplit('/').next()?.strip_prefix("lock-")?.parse::<u64>().ok()?;
+                let epoch = name
+                    .rsplit('/')
+                    .next()?
+                    .strip_prefix("lock-")?
+                    .parse::<u64>()
+                    .ok()?;
                 Some((epoch, serde_json::from_str::<Lock>(value).ok()))
             })
             .max_by_key(|(e, _)| *e);
         let next = match latest {
             Some((epoch, Some(lock))) => {
-                let live = now.duration_since(lock.acquired_at).map(|age| age < self.lease).unwrap_or(true);
+                let live = now
+                    .duration_since(lock.acquired_at)
+                    .map(|age| age < self.lease)
+                    .unwrap_or(true);
                 if lock.instance_id == me {
                     return Ok(Acquired::Won(epoch));
                 }
                 if live {
-                    return Ok(Acquired::Held { by: lock.instance_id, epoch });
+                    return Ok(Acquired::Held {
+                        by: lock.instance_id,
+                        epoch,
+                    });
                 }
                 epoch + 1
             }
@@ -121,10 +182,20 @@ impl Election<'_> {
             Some((epoch, None)) => epoch + 1,
             None => 1,
         };
-        let lock = Lock { instance_id: me.to_string(), acquired_at: now };
-        match self.store.put(&format!("{}/lock-{next}", self.dir), &lock, false, false).await? {
+        let lock = Lock {
+            instance_id: me.to_string(),
+            acquired_at: now,
+        };
+        match self
+            .store
+            .put(&format!("{}/lock-{next}", self.dir), &lock, false, false)
+            .await?
+        {
             Created::Yes => Ok(Acquired::Won(next)),
-            Created::AlreadyExists => Ok(Acquired::Held { by: "another node".into(), epoch: next }),
+            Created::AlreadyExists => Ok(Acquired::Held {
+                by: "another node".into(),
+                epoch: next,
+            }),
         }
     }
 }

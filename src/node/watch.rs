@@ -26,29 +26,48 @@ use super::etcd::Etcd;
 use crate::error::{Error, Result};
 
 pub async fn run(agent: &Agent) -> Result<()> {
+    let Some(asg) = agent.cfg.autoscaling.clone() else {
+        tracing::info!("not in an Auto Scaling group: nothing to watch");
+        return Ok(());
+    };
     let interval = Duration::from_secs(agent.cfg.agent.watch_interval_seconds.max(1));
     loop {
-        match agent.imds.get("/latest/meta-data/autoscaling/target-lifecycle-state").await {
+        match agent
+            .imds
+            .get("/latest/meta-data/autoscaling/target-lifecycle-state")
+            .await
+        {
             Ok(s) if s.as_ref().trim() == "Terminated" => {
-                tracing::warn!("the Auto Scaling group is terminating this instance: leaving the cluster");
-                return leave(agent).await;
+                tracing::warn!(
+                    "the Auto Scaling group is terminating this instance: leaving the cluster"
+                );
+                return leave(agent, &asg).await;
             }
             Ok(_) => {}
             // 404 until the instance is InService in a group: keep watching.
-            Err(e) => tracing::debug!(error = %aws_sdk_ssm::error::DisplayErrorContext(&e), "lifecycle state not available"),
+            Err(e) => {
+                tracing::debug!(error = %aws_sdk_ssm::error::DisplayErrorContext(&e), "lifecycle state not available")
+            }
         }
         tokio::time::sleep(interval).await;
     }
 }
 
-async fn leave(agent: &Agent) -> Result<()> {
+async fn leave(agent: &Agent, asg: &super::config::NodeAutoscaling) -> Result<()> {
     let name = agent.id.hostname.clone();
     if agent.has_joined() || agent.is_control_plane_ready() {
         let bound = agent.cfg.agent.drain_timeout_seconds;
         let timeout = format!("--timeout={bound}s");
         let steps: [&[&str]; 2] = [
             &["cordon", &name],
-            &["drain", &name, "--ignore-daemonsets", "--delete-emptydir-data", "--force", &timeout],
+            &[
+                "drain",
+                &name,
+                "--ignore-daemonsets",
+                "--delete-emptydir-data",
+                "--force",
+                &timeout,
+            ],
         ];
         for args in steps {
             if let Err(e) = agent.kubectl(args, Duration::from_secs(bound + 30)).await {
@@ -60,11 +79,12 @@ async fn leave(agent: &Agent) -> Result<()> {
     if agent.cfg.role == Role::Master && agent.is_control_plane_ready() {
         match leave_etcd(agent).await {
             Ok(()) => tracing::info!("removed the local etcd member"),
-            Err(e) => tracing::error!(error = %e, "could not remove the local etcd member; reconcile on the other masters will"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not remove the local etcd member; reconcile on the other masters will")
+            }
         }
     }
-    let group = &agent.cfg.autoscaling.group_name;
-    let hook = &agent.cfg.autoscaling.lifecycle_hook_name;
+    let (group, hook) = (&asg.group_name, &asg.lifecycle_hook_name);
     aws_sdk_autoscaling::Client::new(&agent.aws)
         .complete_lifecycle_action()
         .auto_scaling_group_name(group)
@@ -73,7 +93,9 @@ async fn leave(agent: &Agent) -> Result<()> {
         .lifecycle_action_result("CONTINUE")
         .send()
         .await
-        .map_err(Error::aws(format!("autoscaling CompleteLifecycleAction {group}/{hook}")))?;
+        .map_err(Error::aws(format!(
+            "autoscaling CompleteLifecycleAction {group}/{hook}"
+        )))?;
     tracing::info!("lifecycle action completed");
     Ok(())
 }
@@ -81,6 +103,8 @@ async fn leave(agent: &Agent) -> Result<()> {
 async fn leave_etcd(agent: &Agent) -> Result<()> {
     let etcd = Etcd::new(&agent.cfg.agent.etcd, &agent.seams.root)?;
     let members = etcd.members().await?;
-    let Some(me) = members.iter().find(|m| m.name == agent.id.hostname) else { return Ok(()) };
+    let Some(me) = members.iter().find(|m| m.name == agent.id.hostname) else {
+        return Ok(());
+    };
     etcd.remove(me.id, Duration::from_secs(60)).await
 }

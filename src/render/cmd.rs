@@ -36,6 +36,9 @@ pub struct Args {
     /// Cluster spec (default: ./cluster.yaml, else the embedded example).
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Control-plane node (with --role master in VIP mode, where each master differs).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Worker pool (with --role worker; default: the only pool).
     #[arg(long, value_name = "NAME")]
     pub pool: Option<String>,
@@ -69,10 +72,42 @@ pub fn run(args: Args) -> Result<()> {
         _ => None,
     };
 
+    if args.node.is_some() && args.role != Some(RoleArg::Master) {
+        return Err(Error::Usage("--node goes with --role master".into()));
+    }
+    let masters = super::master_groups(spec);
+    let node_names: Vec<String> = masters
+        .iter()
+        .filter_map(|g| {
+            if let Group::VipMaster { node, .. } = g {
+                Some(node.name.to_string())
+            } else {
+                None
+            }
+        })
+        .collect();
+    if let Some(n) = &args.node {
+        if node_names.is_empty() {
+            return Err(Error::Usage("--node: only VIP-mode clusters (spec.controlPlane.endpoint.type: vip) have per-node masters".into()));
+        }
+        if !node_names.contains(n) {
+            let hint = crate::spec::schema::did_you_mean(n, &node_names)
+                .map(|b| format!(", did you mean `{b}`?"))
+                .unwrap_or_default();
+            return Err(Error::Usage(format!(
+                "--node {n}: no such node in spec.controlPlane.endpoint.nodes ({}){hint}",
+                node_names.join(", ")
+            )));
+        }
+    }
     let Some(out) = &args.out else {
-        let group = match pool {
-            Some(p) => Group::Worker(p),
-            None => Group::Master,
+        let group = match (pool, &args.node) {
+            (Some(p), _) => Group::Worker(p),
+            (None, Some(n)) => *masters.iter().find(|g| matches!(g, Group::VipMaster { node, .. } if node.name.as_str() == n.as_str())).expect("checked above"),
+            (None, None) if !node_names.is_empty() => {
+                return Err(Error::Usage(format!("--role master: in VIP mode every master differs; choose one with --node ({})", node_names.join(", "))));
+            }
+            (None, None) => Group::Master,
         };
         let ud = user_data(spec, group, &t)?;
         let mut stdout = std::io::stdout().lock();
@@ -90,7 +125,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let selection = match (args.all, args.role) {
         (true, _) => Selection::All,
-        (false, Some(RoleArg::Master)) => Selection::Master,
+        (false, Some(RoleArg::Master)) => Selection::Master(args.node.as_deref()),
         (false, _) => Selection::Workers(pool.map(|p| &p.name)),
     };
     let artifacts = render(spec, selection, &t)?;
@@ -100,25 +135,47 @@ pub fn run(args: Args) -> Result<()> {
         write_atomically(&path, a.contents.as_bytes())?;
         writeln!(stdout, "{}", path.display()).map_err(Error::io("<stdout>"))?;
     }
-    eprintln!("rendered {} files for cluster {} under {}", artifacts.len(), spec.name, out.display());
+    eprintln!(
+        "rendered {} files for cluster {} under {}",
+        artifacts.len(),
+        spec.name,
+        out.display()
+    );
     Ok(())
 }
 
 fn find_pool<'a>(spec: &'a ClusterSpec, name: &str) -> Result<&'a crate::spec::WorkerPool> {
-    spec.worker_pools.iter().find(|p| p.name.as_str() == name).ok_or_else(|| {
-        let names: Vec<String> = spec.worker_pools.iter().map(|p| p.name.to_string()).collect();
-        let hint = crate::spec::schema::did_you_mean(name, &names).map(|b| format!(", did you mean `{b}`?")).unwrap_or_default();
-        Error::Usage(format!("--pool {name}: no such worker pool in spec.workerPools (pools: {}){hint}", names.join(", ")))
-    })
+    spec.worker_pools
+        .iter()
+        .find(|p| p.name.as_str() == name)
+        .ok_or_else(|| {
+            let names: Vec<String> = spec
+                .worker_pools
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect();
+            let hint = crate::spec::schema::did_you_mean(name, &names)
+                .map(|b| format!(", did you mean `{b}`?"))
+                .unwrap_or_default();
+            Error::Usage(format!(
+                "--pool {name}: no such worker pool in spec.workerPools (pools: {}){hint}",
+                names.join(", ")
+            ))
+        })
 }
 
 fn only_pool(spec: &ClusterSpec) -> Result<&crate::spec::WorkerPool> {
     match spec.worker_pools.as_slice() {
         [one] => Ok(one),
-        [] => Err(Error::Usage("--role worker: spec.workerPools is empty".into())),
+        [] => Err(Error::Usage(
+            "--role worker: spec.workerPools is empty".into(),
+        )),
         many => {
             let names: Vec<&str> = many.iter().map(|p| p.name.as_str()).collect();
-            Err(Error::Usage(format!("--role worker: choose a pool with --pool ({})", names.join(", "))))
+            Err(Error::Usage(format!(
+                "--role worker: choose a pool with --pool ({})",
+                names.join(", ")
+            )))
         }
     }
 }
@@ -128,7 +185,10 @@ fn only_pool(spec: &ClusterSpec) -> Result<&crate::spec::WorkerPool> {
 fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("haimg")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("haimg")
+    ));
     std::fs::write(&tmp, data).map_err(Error::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(Error::io(path))
 }

@@ -16,14 +16,18 @@ pub mod cmd;
 pub mod names;
 pub mod templates;
 mod userdata;
+mod vip;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::node::config::{NodeAutoscaling, NodeConfig, NodeEndpoint, NodeKubernetes, NodeSsm, Role, NODE_CONFIG_KIND};
+use crate::node::config::{
+    FixedIdentity, NodeAutoscaling, NodeConfig, NodeEndpoint, NodeKubernetes, NodeSsm, Role,
+    NODE_CONFIG_KIND,
+};
 use crate::spec::types::PoolName;
-use crate::spec::{ClusterSpec, Endpoint, ImageSource, WorkerPool};
+use crate::spec::{ClusterSpec, Endpoint, ImageSource, Vip, VipNode, WorkerPool};
 use templates::Templates;
 pub use userdata::{UserData, USER_DATA_LIMIT};
 
@@ -34,52 +38,68 @@ pub struct Artifact {
     pub contents: String,
 }
 
-/// A group of identical nodes: the control plane, or one worker pool.
+/// A group of identical nodes: the control plane (NLB mode), one VIP-mode master (each
+/// has its own keepalived configuration), or one worker pool.
 #[derive(Debug, Clone, Copy)]
 pub enum Group<'a> {
     Master,
+    VipMaster {
+        node: &'a VipNode,
+        index: usize,
+        vip: &'a Vip,
+    },
     Worker(&'a WorkerPool),
 }
 
 impl Group<'_> {
     pub fn role(&self) -> Role {
         match self {
-            Group::Master => Role::Master,
+            Group::Master | Group::VipMaster { .. } => Role::Master,
             Group::Worker(_) => Role::Worker,
         }
     }
-    /// `master` or `worker-<pool>`: the file stem of this group's artifacts.
+    /// `master`, `master-<node>` or `worker-<pool>`: the file stem of its artifacts.
     pub fn stem(&self) -> String {
         match self {
             Group::Master => "master".into(),
+            Group::VipMaster { node, .. } => format!("master-{}", node.name),
             Group::Worker(p) => format!("worker-{}", p.name),
         }
     }
-    pub fn asg_name(&self, spec: &ClusterSpec) -> String {
+    /// The Auto Scaling group it runs in (VIP-mode masters have fixed addresses: none).
+    pub fn asg_name(&self, spec: &ClusterSpec) -> Option<String> {
         match self {
-            Group::Master => names::master_group(&spec.name),
-            Group::Worker(p) => names::worker_group(&spec.name, &p.name),
+            Group::Master => Some(names::master_group(&spec.name)),
+            Group::VipMaster { .. } => None,
+            Group::Worker(p) => Some(names::worker_group(&spec.name, &p.name)),
         }
     }
     fn pool_tag(&self) -> &str {
         match self {
-            Group::Master => "control-plane",
+            Group::Master | Group::VipMaster { .. } => "control-plane",
             Group::Worker(p) => p.name.as_str(),
         }
     }
 }
 
-/// Every group of the cluster: the control plane first, then the pools in spec order.
-pub fn groups(spec: &ClusterSpec) -> Vec<Group<'_>> {
-    std::iter::once(Group::Master).chain(spec.worker_pools.iter().map(Group::Worker)).collect()
+/// The control-plane groups: one in NLB mode, one per node in VIP mode.
+pub fn master_groups(spec: &ClusterSpec) -> Vec<Group<'_>> {
+    match &spec.control_plane.endpoint {
+        Endpoint::Nlb { .. } => vec![Group::Master],
+        Endpoint::Vip(vip) => vip
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| Group::VipMaster { node, index, vip })
+            .collect(),
+    }
 }
 
 /// The node config cloud-init writes to `/etc/haimg/node.yaml` for a group.
 pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
-    let Endpoint::Nlb { .. } = spec.control_plane.endpoint;
     let mut node_labels = std::collections::BTreeMap::new();
     let pool = match group {
-        Group::Master => None,
+        Group::Master | Group::VipMaster { .. } => None,
         Group::Worker(p) => {
             node_labels.insert("haimg.dev/pool".to_string(), p.name.to_string());
             node_labels.extend(p.labels.clone());
@@ -93,8 +113,22 @@ pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
         role: group.role(),
         pool,
         region: spec.region.clone(),
-        ssm: NodeSsm { prefix: spec.ssm.prefix.clone(), kms_key_id: spec.ssm.kms_key_id.clone() },
-        endpoint: NodeEndpoint::Nlb { load_balancer_name: names::load_balancer(&spec.name), port: names::API_PORT },
+        ssm: NodeSsm {
+            prefix: spec.ssm.prefix.clone(),
+            kms_key_id: spec.ssm.kms_key_id.clone(),
+        },
+        endpoint: match &spec.control_plane.endpoint {
+            Endpoint::Nlb { .. } => NodeEndpoint::Nlb {
+                load_balancer_name: names::load_balancer(&spec.name),
+                port: names::API_PORT,
+            },
+            Endpoint::Vip(v) => NodeEndpoint::Vip {
+                address: v.address,
+                port: v.port,
+                api_server_bind_port: v.api_server_port(),
+                static_pods: matches!(group, Group::VipMaster { .. }),
+            },
+        },
         kubernetes: NodeKubernetes {
             version: spec.kubernetes_version,
             pod_subnet: spec.network.pod_subnet,
@@ -102,7 +136,17 @@ pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
             image_pull_policy: "IfNotPresent".into(),
             node_labels,
         },
-        autoscaling: NodeAutoscaling { group_name: group.asg_name(spec), lifecycle_hook_name: names::LIFECYCLE_HOOK.into() },
+        autoscaling: group.asg_name(spec).map(|group_name| NodeAutoscaling {
+            group_name,
+            lifecycle_hook_name: names::LIFECYCLE_HOOK.into(),
+        }),
+        node: match group {
+            Group::VipMaster { node, .. } => Some(FixedIdentity {
+                name: node.name.to_string(),
+                address: node.address,
+            }),
+            _ => None,
+        },
         agent: Default::default(),
     }
 }
@@ -124,20 +168,34 @@ struct Tag {
 fn tags(spec: &ClusterSpec, name: &str, role: &str, pool: &str) -> Vec<Tag> {
     let own = [
         ("Name", name),
-        (&format!("kubernetes.io/cluster/{}", spec.name) as &str, "owned"),
+        (
+            &format!("kubernetes.io/cluster/{}", spec.name) as &str,
+            "owned",
+        ),
         ("haimg:cluster", spec.name.as_str()),
         ("haimg:role", role),
         ("haimg:pool", pool),
     ];
     own.iter()
-        .map(|(k, v)| Tag { key: k.to_string(), value: v.to_string() })
-        .chain(spec.tags.iter().map(|(k, v)| Tag { key: k.clone(), value: v.clone() }))
+        .map(|(k, v)| Tag {
+            key: k.to_string(),
+            value: v.to_string(),
+        })
+        .chain(spec.tags.iter().map(|(k, v)| Tag {
+            key: k.clone(),
+            value: v.clone(),
+        }))
         .collect()
 }
 
 /// Tags for the shared API load balancer resources.
 fn api_tags(spec: &ClusterSpec) -> Vec<Tag> {
-    tags(spec, &names::load_balancer(&spec.name), "control-plane-endpoint", "control-plane")
+    tags(
+        spec,
+        &names::load_balancer(&spec.name),
+        "control-plane-endpoint",
+        "control-plane",
+    )
 }
 
 /// The AWS partition of a region (ARNs differ in GovCloud and China).
@@ -180,21 +238,37 @@ struct LaunchTemplateCtx<'a> {
 }
 
 fn launch_template(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Value> {
-    let name = group.asg_name(spec);
+    let name = group
+        .asg_name(spec)
+        .unwrap_or_else(|| format!("{}-{}", spec.name, group.stem()));
     let (instance_type, instance_profile, root) = match group {
-        Group::Master => (&spec.control_plane.instance_type, &spec.control_plane.instance_profile, spec.control_plane.root_volume_gib),
+        Group::Master | Group::VipMaster { .. } => (
+            &spec.control_plane.instance_type,
+            &spec.control_plane.instance_profile,
+            spec.control_plane.root_volume_gib,
+        ),
         Group::Worker(p) => (&p.instance_type, &p.instance_profile, p.root_volume_gib),
     };
     let ud = user_data(spec, group, t)?;
     let ctx = LaunchTemplateCtx {
-        description: format!("haimg {}: {} {}", env!("CARGO_PKG_VERSION"), spec.name, group.stem()),
+        description: format!(
+            "haimg {}: {} {}",
+            env!("CARGO_PKG_VERSION"),
+            spec.name,
+            group.stem()
+        ),
         image_id: match &spec.image {
             ImageSource::Ami(a) => a.to_string(),
             ImageSource::SsmParameter(p) => format!("resolve:ssm:{p}"),
         },
         instance_type: instance_type.as_str(),
         instance_profile: instance_profile.as_str(),
-        security_group_ids: spec.network.security_group_ids.iter().map(|s| s.as_str()).collect(),
+        security_group_ids: spec
+            .network
+            .security_group_ids
+            .iter()
+            .map(|s| s.as_str())
+            .collect(),
         root_device_name: ROOT_DEVICE,
         root_volume_gib: root,
         tags: tags(spec, &name, group.role().as_str(), group.pool_tag()),
@@ -235,9 +309,9 @@ struct AsgCtx {
 }
 
 fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Value> {
-    let name = group.asg_name(spec);
+    let name = group.asg_name(spec).unwrap_or_default();
     let (min, max, desired) = match group {
-        Group::Master => {
+        Group::Master | Group::VipMaster { .. } => {
             let n = u32::from(spec.control_plane.count);
             (n, n, n)
         }
@@ -248,12 +322,29 @@ fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result
         min_size: min,
         max_size: max,
         desired_capacity: desired,
-        subnets: spec.network.subnet_ids.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
-        health_check_type: if matches!(group, Group::Master) { "ELB" } else { "EC2" },
-        health_check_grace_period: if matches!(group, Group::Master) { MASTER_HEALTH_GRACE_SECONDS } else { WORKER_HEALTH_GRACE_SECONDS },
+        subnets: spec
+            .network
+            .subnet_ids
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        health_check_type: if matches!(group, Group::Master) {
+            "ELB"
+        } else {
+            "EC2"
+        },
+        health_check_grace_period: if matches!(group, Group::Master) {
+            MASTER_HEALTH_GRACE_SECONDS
+        } else {
+            WORKER_HEALTH_GRACE_SECONDS
+        },
         target_group_arns: match group {
-            Group::Master => vec![names::reference("target-group", &names::target_group(&spec.name))],
-            Group::Worker(_) => vec![],
+            Group::Master => vec![names::reference(
+                "target-group",
+                &names::target_group(&spec.name),
+            )],
+            _ => vec![],
         },
         lifecycle_hook: names::LIFECYCLE_HOOK,
         lifecycle_heartbeat_timeout: LIFECYCLE_HEARTBEAT_SECONDS,
@@ -290,11 +381,25 @@ struct LoadBalancerCtx {
 }
 
 fn load_balancer(spec: &ClusterSpec, t: &Templates) -> Result<Vec<(String, Value)>> {
-    let Endpoint::Nlb { internal } = spec.control_plane.endpoint;
-    let (lb, tg) = (names::load_balancer(&spec.name), names::target_group(&spec.name));
+    let Endpoint::Nlb { internal } = spec.control_plane.endpoint else {
+        return Ok(vec![]);
+    };
+    let (lb, tg) = (
+        names::load_balancer(&spec.name),
+        names::target_group(&spec.name),
+    );
     let ctx = LoadBalancerCtx {
-        subnets: spec.network.subnet_ids.iter().map(|s| s.to_string()).collect(),
-        scheme: if internal { "internal" } else { "internet-facing" },
+        subnets: spec
+            .network
+            .subnet_ids
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        scheme: if internal {
+            "internal"
+        } else {
+            "internet-facing"
+        },
         vpc_id: spec.network.vpc_id.to_string(),
         port: names::API_PORT,
         port_string: names::API_PORT.to_string(),
@@ -305,10 +410,20 @@ fn load_balancer(spec: &ClusterSpec, t: &Templates) -> Result<Vec<(String, Value
         load_balancer_name: lb,
         target_group_name: tg,
     };
-    ["load-balancer", "target-group", "target-group-attributes", "listener"]
-        .iter()
-        .map(|f| Ok((format!("load-balancer/{f}.json"), t.render_json(&format!("launch-templates/{f}.json.tera"), &ctx)?)))
-        .collect()
+    [
+        "load-balancer",
+        "target-group",
+        "target-group-attributes",
+        "listener",
+    ]
+    .iter()
+    .map(|f| {
+        Ok((
+            format!("load-balancer/{f}.json"),
+            t.render_json(&format!("launch-templates/{f}.json.tera"), &ctx)?,
+        ))
+    })
+    .collect()
 }
 
 #[derive(Serialize)]
@@ -337,19 +452,37 @@ fn policies(spec: &ClusterSpec, t: &Templates) -> Result<(Value, Value)> {
         // An alias names a key we cannot resolve offline: allow keys that carry the alias.
         format!("arn:{part}:kms:{region}:*:key/*")
     };
-    let group_arn = |name: &str| format!("arn:{part}:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{name}");
+    let group_arn = |name: &str| {
+        format!("arn:{part}:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{name}")
+    };
     let base = |group_arns: Vec<String>| PolicyCtx {
         prefix_arn: param(prefix),
         prefix_children_arn: param(&format!("{prefix}/*")),
         worker_join_arn: param(&format!("{prefix}/join/worker")),
-        denied_arns: vec![param(&format!("{prefix}/join/control-plane")), param(prefix), param(&format!("{prefix}/join"))],
+        denied_arns: vec![
+            param(&format!("{prefix}/join/control-plane")),
+            param(prefix),
+            param(&format!("{prefix}/join")),
+        ],
         kms_resource: kms_resource.clone(),
         kms_alias: key.alias().map(|a| format!("alias/{a}")),
         ssm_service: format!("ssm.{region}.amazonaws.com"),
         group_arns,
     };
-    let master = t.render_json("launch-templates/master-policy.json.tera", &base(vec![group_arn(&names::master_group(&spec.name))]))?;
-    let workers: Vec<String> = spec.worker_pools.iter().map(|p| group_arn(&names::worker_group(&spec.name, &p.name))).collect();
+    let master_groups: Vec<String> = master_groups(spec)
+        .iter()
+        .filter_map(|g| g.asg_name(spec))
+        .map(|n| group_arn(&n))
+        .collect();
+    let master = t.render_json(
+        "launch-templates/master-policy.json.tera",
+        &base(master_groups),
+    )?;
+    let workers: Vec<String> = spec
+        .worker_pools
+        .iter()
+        .map(|p| group_arn(&names::worker_group(&spec.name, &p.name)))
+        .collect();
     let worker = t.render_json("launch-templates/worker-policy.json.tera", &base(workers))?;
     Ok((master, worker))
 }
@@ -364,7 +497,8 @@ fn json_artifact(path: String, v: &Value) -> Artifact {
 #[derive(Debug, Clone, Copy)]
 pub enum Selection<'a> {
     All,
-    Master,
+    /// The control plane; in VIP mode one node, or every node when `None`.
+    Master(Option<&'a str>),
     /// One pool, or every pool when `None`.
     Workers(Option<&'a PoolName>),
 }
@@ -372,37 +506,78 @@ pub enum Selection<'a> {
 /// Renders the selected artifacts, in a stable order.
 pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<Artifact>> {
     let mut out = Vec::new();
-    let want_master = matches!(sel, Selection::All | Selection::Master);
+    let want_master = matches!(sel, Selection::All | Selection::Master(_));
     let pools: Vec<&WorkerPool> = match sel {
         Selection::All | Selection::Workers(None) => spec.worker_pools.iter().collect(),
-        Selection::Workers(Some(name)) => spec.worker_pools.iter().filter(|p| &p.name == name).collect(),
-        Selection::Master => vec![],
+        Selection::Workers(Some(name)) => spec
+            .worker_pools
+            .iter()
+            .filter(|p| &p.name == name)
+            .collect(),
+        Selection::Master(_) => vec![],
     };
-    let mut selected: Vec<Group> = pools.into_iter().map(Group::Worker).collect();
+    let mut selected: Vec<Group> = Vec::new();
     if want_master {
-        selected.insert(0, Group::Master);
+        let node = if let Selection::Master(n) = sel {
+            n
+        } else {
+            None
+        };
+        selected.extend(master_groups(spec).into_iter().filter(|g| match (g, node) {
+            (Group::VipMaster { node: vn, .. }, Some(n)) => vn.name.as_str() == n,
+            _ => true,
+        }));
     }
+    selected.extend(pools.into_iter().map(Group::Worker));
     for g in &selected {
         let ud = user_data(spec, *g, t)?;
-        out.push(Artifact { path: format!("cloud-init/{}.yaml", g.stem()), contents: ud.text });
+        out.push(Artifact {
+            path: format!("cloud-init/{}.yaml", g.stem()),
+            contents: ud.text,
+        });
     }
-    for g in &selected {
-        out.push(json_artifact(format!("launch-templates/{}.json", g.stem()), &launch_template(spec, *g, t)?));
+    // Launch templates and Auto Scaling groups for the groups that run in one.
+    for g in selected.iter().filter(|g| g.asg_name(spec).is_some()) {
+        out.push(json_artifact(
+            format!("launch-templates/{}.json", g.stem()),
+            &launch_template(spec, *g, t)?,
+        ));
     }
-    for g in &selected {
-        out.push(json_artifact(format!("autoscaling/{}.json", g.stem()), &auto_scaling_group(spec, *g, t)?));
+    for g in selected.iter().filter(|g| g.asg_name(spec).is_some()) {
+        out.push(json_artifact(
+            format!("autoscaling/{}.json", g.stem()),
+            &auto_scaling_group(spec, *g, t)?,
+        ));
     }
     if want_master {
         for (path, v) in load_balancer(spec, t)? {
             out.push(json_artifact(path, &v));
         }
     }
+    for g in &selected {
+        if let Group::VipMaster { node, .. } = g {
+            for f in vip::files(spec, *g, t)? {
+                if let Some(name) = f.vip_name {
+                    out.push(Artifact {
+                        path: format!("vip/{}/{name}", node.name),
+                        contents: f.content,
+                    });
+                }
+            }
+        }
+    }
     let (master_policy, worker_policy) = policies(spec, t)?;
     if want_master {
-        out.push(json_artifact("iam/master-policy.json".into(), &master_policy));
+        out.push(json_artifact(
+            "iam/master-policy.json".into(),
+            &master_policy,
+        ));
     }
-    if !matches!(sel, Selection::Master) {
-        out.push(json_artifact("iam/worker-policy.json".into(), &worker_policy));
+    if !matches!(sel, Selection::Master(_)) {
+        out.push(json_artifact(
+            "iam/worker-policy.json".into(),
+            &worker_policy,
+        ));
     }
     Ok(out)
 }

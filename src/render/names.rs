@@ -39,6 +39,9 @@ mod tests {
         assert!(load_balancer(&c).len() <= 32);
         assert!(target_group(&c).len() <= 32);
         let p = PoolName::try_from("abcdefghij0123456789").unwrap();
-        assert!(worker_group(&c, &p).len() <= 128, "launch template names are at most 128");
+        assert!(
+            worker_group(&c, &p).len() <= 128,
+            "launch template names are at most 128"
+        );
     }
 }

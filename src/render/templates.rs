@@ -18,17 +18,70 @@ use crate::error::{Error, Result};
 
 /// Every embedded template, by its path in the repository.
 pub const EMBEDDED: &[(&str, &str)] = &[
-    ("cloud-init/base.yaml.tera", include_str!("../../cloud-init/base.yaml.tera")),
-    ("cloud-init/master.yaml.tera", include_str!("../../cloud-init/master.yaml.tera")),
-    ("cloud-init/worker.yaml.tera", include_str!("../../cloud-init/worker.yaml.tera")),
-    ("launch-templates/launch-template.json.tera", include_str!("../../launch-templates/launch-template.json.tera")),
-    ("launch-templates/auto-scaling-group.json.tera", include_str!("../../launch-templates/auto-scaling-group.json.tera")),
-    ("launch-templates/load-balancer.json.tera", include_str!("../../launch-templates/load-balancer.json.tera")),
-    ("launch-templates/target-group.json.tera", include_str!("../../launch-templates/target-group.json.tera")),
-    ("launch-templates/target-group-attributes.json.tera", include_str!("../../launch-templates/target-group-attributes.json.tera")),
-    ("launch-templates/listener.json.tera", include_str!("../../launch-templates/listener.json.tera")),
-    ("launch-templates/master-policy.json.tera", include_str!("../../launch-templates/master-policy.json.tera")),
-    ("launch-templates/worker-policy.json.tera", include_str!("../../launch-templates/worker-policy.json.tera")),
+    (
+        "cloud-init/base.yaml.tera",
+        include_str!("../../cloud-init/base.yaml.tera"),
+    ),
+    (
+        "cloud-init/master.yaml.tera",
+        include_str!("../../cloud-init/master.yaml.tera"),
+    ),
+    (
+        "cloud-init/worker.yaml.tera",
+        include_str!("../../cloud-init/worker.yaml.tera"),
+    ),
+    (
+        "vip/keepalived.conf.tera",
+        include_str!("../../vip/keepalived.conf.tera"),
+    ),
+    (
+        "vip/check_apiserver.sh.tera",
+        include_str!("../../vip/check_apiserver.sh.tera"),
+    ),
+    (
+        "vip/haproxy.cfg.tera",
+        include_str!("../../vip/haproxy.cfg.tera"),
+    ),
+    (
+        "vip/keepalived.pod.yaml.tera",
+        include_str!("../../vip/keepalived.pod.yaml.tera"),
+    ),
+    (
+        "vip/haproxy.pod.yaml.tera",
+        include_str!("../../vip/haproxy.pod.yaml.tera"),
+    ),
+    (
+        "launch-templates/launch-template.json.tera",
+        include_str!("../../launch-templates/launch-template.json.tera"),
+    ),
+    (
+        "launch-templates/auto-scaling-group.json.tera",
+        include_str!("../../launch-templates/auto-scaling-group.json.tera"),
+    ),
+    (
+        "launch-templates/load-balancer.json.tera",
+        include_str!("../../launch-templates/load-balancer.json.tera"),
+    ),
+    (
+        "launch-templates/target-group.json.tera",
+        include_str!("../../launch-templates/target-group.json.tera"),
+    ),
+    (
+        "launch-templates/target-group-attributes.json.tera",
+        include_str!("../../launch-templates/target-group-attributes.json.tera"),
+    ),
+    (
+        "launch-templates/listener.json.tera",
+        include_str!("../../launch-templates/listener.json.tera"),
+    ),
+    (
+        "launch-templates/master-policy.json.tera",
+        include_str!("../../launch-templates/master-policy.json.tera"),
+    ),
+    (
+        "launch-templates/worker-policy.json.tera",
+        include_str!("../../launch-templates/worker-policy.json.tera"),
+    ),
 ];
 
 pub struct Templates {
@@ -38,19 +91,31 @@ pub struct Templates {
 impl Templates {
     /// The embedded templates.
     pub fn embedded() -> Self {
-        Self::build(EMBEDDED.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect())
-            .expect("embedded templates parse (checked by tests)")
+        Self::build(
+            EMBEDDED
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect(),
+        )
+        .expect("embedded templates parse (checked by tests)")
     }
 
     /// The embedded templates, with any file present under `dir` taking precedence.
     pub fn with_overrides(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::Usage(format!("--templates {}: not a directory", dir.display())));
+            return Err(Error::Usage(format!(
+                "--templates {}: not a directory",
+                dir.display()
+            )));
         }
         let mut sources = Vec::new();
         for (name, text) in EMBEDDED {
             let p = dir.join(name);
-            let text = if p.exists() { std::fs::read_to_string(&p).map_err(Error::io(&p))? } else { text.to_string() };
+            let text = if p.exists() {
+                std::fs::read_to_string(&p).map_err(Error::io(&p))?
+            } else {
+                text.to_string()
+            };
             sources.push((name.to_string(), text));
         }
         Self::build(sources)
@@ -59,24 +124,39 @@ impl Templates {
     fn build(sources: Vec<(String, String)>) -> Result<Self> {
         let mut tera = tera::Tera::default();
         tera.autoescape_on(vec![]);
-        tera.add_raw_templates(sources).map_err(|e| Error::Template { name: "(parse)".into(), message: chain(&e) })?;
+        tera.add_raw_templates(sources)
+            .map_err(|e| Error::Template {
+                name: "(parse)".into(),
+                message: chain(&e),
+            })?;
         tera.register_filter("json", json_filter);
         tera.register_filter("yaml_str", yaml_str_filter);
         tera.register_filter("block", block_filter);
         tera.register_filter("comment", comment_filter);
+        tera.register_filter("conf", conf_filter);
+        tera.register_filter("sh", sh_filter);
         Ok(Self { tera })
     }
 
     pub fn render<C: Serialize>(&self, name: &str, ctx: &C) -> Result<String> {
-        let ctx = tera::Context::from_serialize(ctx).map_err(|e| Error::Template { name: name.into(), message: chain(&e) })?;
-        self.tera.render(name, &ctx).map_err(|e| Error::Template { name: name.into(), message: chain(&e) })
+        let ctx = tera::Context::from_serialize(ctx).map_err(|e| Error::Template {
+            name: name.into(),
+            message: chain(&e),
+        })?;
+        self.tera.render(name, &ctx).map_err(|e| Error::Template {
+            name: name.into(),
+            message: chain(&e),
+        })
     }
 
     /// Renders a JSON template and returns it parsed (so a template that produces invalid
     /// JSON fails here, not at the AWS CLI).
     pub fn render_json<C: Serialize>(&self, name: &str, ctx: &C) -> Result<Value> {
         let text = self.render(name, ctx)?;
-        serde_json::from_str(&text).map_err(|e| Error::Template { name: name.into(), message: format!("rendered invalid JSON: {e}") })
+        serde_json::from_str(&text).map_err(|e| Error::Template {
+            name: name.into(),
+            message: format!("rendered invalid JSON: {e}"),
+        })
     }
 }
 
@@ -98,20 +178,60 @@ fn json_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
 
 /// A string as a YAML double-quoted scalar (JSON string syntax is valid YAML).
 fn yaml_str_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
-    let s = v.as_str().ok_or_else(|| tera::Error::msg("yaml_str takes a string"))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| tera::Error::msg("yaml_str takes a string"))?;
     Ok(Value::String(serde_json::to_string(s)?))
+}
+
+/// A token in keepalived.conf or haproxy.cfg: these formats have no quoting that both
+/// share, so a value is accepted only if it cannot change the syntax (letters, digits and
+/// `. _ : / - * [ ]`); anything else is a render error, never a silently broken config.
+fn conf_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err(tera::Error::msg("conf takes a string or a number")),
+    };
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:/-*[]".contains(c))
+    {
+        return Err(tera::Error::msg(format!(
+            "`{s}` cannot be written safely into a keepalived/haproxy config"
+        )));
+    }
+    Ok(Value::String(s))
+}
+
+/// A POSIX shell word: single-quoted, with embedded single quotes closed and escaped.
+fn sh_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err(tera::Error::msg("sh takes a string or a number")),
+    };
+    Ok(Value::String(format!("'{}'", s.replace('\'', "'\\''"))))
 }
 
 /// Text for a `#` comment line: line breaks become spaces, so nothing escapes the comment.
 fn comment_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
-    let s = v.as_str().ok_or_else(|| tera::Error::msg("comment takes a string"))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| tera::Error::msg("comment takes a string"))?;
     Ok(Value::String(s.replace(['\n', '\r'], " ")))
 }
 
 /// The body of a YAML literal block: every line after the first indented by `indent`.
 fn block_filter(v: &Value, args: &HashMap<String, Value>) -> tera::Result<Value> {
-    let s = v.as_str().ok_or_else(|| tera::Error::msg("block takes a string"))?;
-    let n = args.get("indent").and_then(Value::as_u64).ok_or_else(|| tera::Error::msg("block needs indent=N"))? as usize;
+    let s = v
+        .as_str()
+        .ok_or_else(|| tera::Error::msg("block takes a string"))?;
+    let n = args
+        .get("indent")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| tera::Error::msg("block needs indent=N"))? as usize;
     let pad = " ".repeat(n);
     let mut out = String::new();
     for (i, line) in s.trim_end_matches('\n').split('\n').enumerate() {
@@ -139,10 +259,22 @@ mod tests {
     #[test]
     fn every_interpolation_is_escaped_for_its_format() {
         for (name, text) in EMBEDDED {
-            let allowed: &[&str] = if name.ends_with(".json.tera") { &["| json"] } else { &["| yaml_str", "| block(indent=", "| comment"] };
+            let allowed: &[&str] = if name.ends_with(".json.tera") {
+                &["| json"]
+            } else if name.ends_with(".conf.tera") || name.ends_with(".cfg.tera") {
+                &["| conf", "| comment"]
+            } else if name.ends_with(".sh.tera") {
+                &["| sh", "| comment"]
+            } else {
+                // YAML: a JSON number or string is a valid YAML scalar too.
+                &["| yaml_str", "| block(indent=", "| comment", "| json"]
+            };
             for expr in text.split("{{").skip(1) {
                 let expr = expr.split("}}").next().unwrap().trim();
-                assert!(allowed.iter().any(|f| expr.contains(f)), "{name}: `{{{{ {expr} }}}}` is not escaped with one of {allowed:?}");
+                assert!(
+                    allowed.iter().any(|f| expr.contains(f)),
+                    "{name}: `{{{{ {expr} }}}}` is not escaped with one of {allowed:?}"
+                );
             }
         }
     }
@@ -156,17 +288,58 @@ mod tests {
 
     #[test]
     fn filters_escape() {
-        let t = Templates::build(vec![("t".into(), "{{ s | yaml_str }}|{{ s | json }}|{{ b | block(indent=2) }}".into())]).unwrap();
-        let out = t.render("t", &serde_json::json!({"s": "a\"b: c", "b": "x\ny\n\nz\n"})).unwrap();
+        let t = Templates::build(vec![(
+            "t".into(),
+            "{{ s | yaml_str }}|{{ s | json }}|{{ b | block(indent=2) }}".into(),
+        )])
+        .unwrap();
+        let out = t
+            .render(
+                "t",
+                &serde_json::json!({"s": "a\"b: c", "b": "x\ny\n\nz\n"}),
+            )
+            .unwrap();
         assert_eq!(out, "\"a\\\"b: c\"|\"a\\\"b: c\"|x\n  y\n\n  z");
+    }
+
+    #[test]
+    fn conf_and_shell_escaping() {
+        let t = Templates::build(vec![
+            ("c".into(), "{{ v | conf }}".into()),
+            ("s".into(), "{{ v | sh }}".into()),
+        ])
+        .unwrap();
+        assert_eq!(
+            t.render("c", &serde_json::json!({"v": "10.0.0.1:6444"}))
+                .unwrap(),
+            "10.0.0.1:6444"
+        );
+        assert!(t
+            .render("c", &serde_json::json!({"v": "x }\n evil {"}))
+            .is_err());
+        assert_eq!(
+            t.render("s", &serde_json::json!({"v": "it's"})).unwrap(),
+            "'it'\\''s'"
+        );
     }
 
     #[test]
     fn overrides_replace_embedded_templates() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("launch-templates")).unwrap();
-        std::fs::write(dir.path().join("launch-templates/listener.json.tera"), "{\"x\": {{ port | json }}}").unwrap();
+        std::fs::write(
+            dir.path().join("launch-templates/listener.json.tera"),
+            "{\"x\": {{ port | json }}}",
+        )
+        .unwrap();
         let t = Templates::with_overrides(dir.path()).unwrap();
-        assert_eq!(t.render_json("launch-templates/listener.json.tera", &serde_json::json!({"port": 1})).unwrap(), serde_json::json!({"x": 1}));
+        assert_eq!(
+            t.render_json(
+                "launch-templates/listener.json.tera",
+                &serde_json::json!({"port": 1})
+            )
+            .unwrap(),
+            serde_json::json!({"x": 1})
+        );
     }
 }

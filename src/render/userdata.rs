@@ -38,7 +38,7 @@ impl UserData {
 #[derive(Serialize)]
 struct Ctx {
     description: String,
-    node_yaml: String,
+    files: Vec<super::vip::NodeFile>,
 }
 
 pub fn render(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<UserData> {
@@ -50,13 +50,21 @@ pub fn render(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<UserDat
             spec.name,
             match group {
                 Group::Master => "control plane".to_string(),
+                Group::VipMaster { node, .. } => format!("control-plane node {}", node.name),
                 Group::Worker(p) => format!("worker pool {}", p.name),
             }
         ),
-        node_yaml: crate::yaml::to_string(&node),
+        files: std::iter::once(super::vip::NodeFile {
+            path: crate::node::config::NODE_CONFIG_PATH.into(),
+            permissions: "0644",
+            content: crate::yaml::to_string(&node),
+            vip_name: None,
+        })
+        .chain(super::vip::files(spec, group, t)?)
+        .collect(),
     };
     let template = match group {
-        Group::Master => "cloud-init/master.yaml.tera",
+        Group::Master | Group::VipMaster { .. } => "cloud-init/master.yaml.tera",
         Group::Worker(_) => "cloud-init/worker.yaml.tera",
     };
     let text = t.render(template, &ctx)?;
@@ -83,7 +91,9 @@ pub fn encode(text: &str, what: &str) -> Result<Vec<u8>> {
 
 /// Deterministic gzip: no file name, mtime 0, so identical input renders identical files.
 fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc: GzEncoder<Vec<u8>> = GzBuilder::new().mtime(0).write(Vec::new(), Compression::best());
+    let mut enc: GzEncoder<Vec<u8>> = GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::best());
     enc.write_all(data).expect("writing to memory");
     enc.finish().expect("writing to memory")
 }
@@ -125,6 +135,9 @@ mod tests {
             .collect();
         let err = encode(&text, "worker-big").unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("worker-big") && err.to_string().contains("16384"), "{err}");
+        assert!(
+            err.to_string().contains("worker-big") && err.to_string().contains("16384"),
+            "{err}"
+        );
     }
 }

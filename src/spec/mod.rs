@@ -9,10 +9,10 @@
 //!    that relate fields (etcd quorum, CIDR overlaps, pool sizes, …), producing a
 //!    [`ClusterSpec`] in which every default is applied and nothing is optional.
 
+mod resolve;
 pub mod schema;
 pub mod types;
 pub mod wire;
-mod resolve;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -69,6 +69,42 @@ pub struct ControlPlane {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
     Nlb { internal: bool },
+    Vip(Vip),
+}
+
+/// A keepalived VIP on the masters (DESIGN §4, VIP mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vip {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    pub interface: String,
+    pub router_id: u8,
+    /// haproxy on every master; the API servers then bind 6444.
+    pub haproxy: bool,
+    pub nodes: Vec<VipNode>,
+    pub keepalived_image: String,
+    pub haproxy_image: String,
+}
+
+impl Vip {
+    /// The port the API servers listen on.
+    pub fn api_server_port(&self) -> u16 {
+        if self.haproxy {
+            STACKED_API_SERVER_PORT
+        } else {
+            self.port
+        }
+    }
+}
+
+/// With haproxy stacked on the masters, haproxy owns the VIP port and the API servers move
+/// to 6444 (seed 002).
+pub const STACKED_API_SERVER_PORT: u16 = 6444;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VipNode {
+    pub name: NodeName,
+    pub address: std::net::IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,8 +138,9 @@ pub struct Loaded {
 pub fn load(path: Option<&Path>) -> Result<Loaded, Error> {
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| Error::Usage(format!("cannot read cluster spec {}: {e}", p.display())))?;
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                Error::Usage(format!("cannot read cluster spec {}: {e}", p.display()))
+            })?;
             load_str(&text, &p.display().to_string())
         }
         None if Path::new("cluster.yaml").exists() => load(Some(Path::new("cluster.yaml"))),
@@ -142,12 +179,24 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, Error> {
             None => doc.remove(pointer),
         }
     }
-    let wire: wire::ClusterFile = crate::yaml::from_document(&doc).map_err(|(pointer, message)| {
-        let mut d = Diagnostics(structural.diagnostics.iter().map(|(_, d)| d.clone()).collect());
-        d.0.push(Diagnostic { file: file.into(), pos: doc.value_pos(&pointer), path: schema::dotted(&pointer), message });
-        d.sort();
-        Error::Invalid(d)
-    })?;
+    let wire: wire::ClusterFile =
+        crate::yaml::from_document(&doc).map_err(|(pointer, message)| {
+            let mut d = Diagnostics(
+                structural
+                    .diagnostics
+                    .iter()
+                    .map(|(_, d)| d.clone())
+                    .collect(),
+            );
+            d.0.push(Diagnostic {
+                file: file.into(),
+                pos: doc.value_pos(&pointer),
+                path: schema::dotted(&pointer),
+                message,
+            });
+            d.sort();
+            Error::Invalid(d)
+        })?;
     let outcome = resolve(&wire, &doc, file);
 
     // Typed findings win over the schema's at the same place; keep the rest of both.
@@ -162,7 +211,11 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, Error> {
             .collect(),
     );
     match outcome.spec {
-        Some(spec) if all.is_empty() => Ok(Loaded { spec, warnings: outcome.warnings, source: file.into() }),
+        Some(spec) if all.is_empty() => Ok(Loaded {
+            spec,
+            warnings: outcome.warnings,
+            source: file.into(),
+        }),
         _ => {
             all.sort();
             Err(Error::Invalid(all))

@@ -41,7 +41,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn diag(&self, pointer: &str, message: String) -> Diagnostic {
-        Diagnostic { file: self.file.into(), pos: self.doc.value_pos(pointer), path: dotted(pointer), message }
+        Diagnostic {
+            file: self.file.into(),
+            pos: self.doc.value_pos(pointer),
+            path: dotted(pointer),
+            message,
+        }
     }
     fn error(&mut self, pointer: &str, message: impl Into<String>) {
         let d = self.diag(pointer, message.into());
@@ -52,7 +57,11 @@ impl Ctx<'_> {
         self.warnings.push(d);
     }
     /// Parses `value` as `T`, recording the error at `pointer`.
-    fn parse<T: for<'s> TryFrom<&'s str, Error = String>>(&mut self, pointer: &str, value: &str) -> Option<T> {
+    fn parse<T: for<'s> TryFrom<&'s str, Error = String>>(
+        &mut self,
+        pointer: &str,
+        value: &str,
+    ) -> Option<T> {
         match T::try_from(value) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -61,8 +70,16 @@ impl Ctx<'_> {
             }
         }
     }
-    fn parse_list<T: for<'s> TryFrom<&'s str, Error = String>>(&mut self, pointer: &str, values: &[String]) -> Option<Vec<T>> {
-        let parsed: Vec<Option<T>> = values.iter().enumerate().map(|(i, v)| self.parse(&format!("{pointer}/{i}"), v)).collect();
+    fn parse_list<T: for<'s> TryFrom<&'s str, Error = String>>(
+        &mut self,
+        pointer: &str,
+        values: &[String],
+    ) -> Option<Vec<T>> {
+        let parsed: Vec<Option<T>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| self.parse(&format!("{pointer}/{i}"), v))
+            .collect();
         parsed.into_iter().collect()
     }
     fn unique(&mut self, pointer: &str, values: &[String], what: &str) {
@@ -84,10 +101,18 @@ impl Ctx<'_> {
 }
 
 pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
-    let mut cx = Ctx { doc, file, errors: Vec::new(), warnings: Vec::new() };
+    let mut cx = Ctx {
+        doc,
+        file,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
 
     if f.api_version != API_VERSION {
-        cx.error("/apiVersion", format!("must be `{API_VERSION}`, found `{}`", f.api_version));
+        cx.error(
+            "/apiVersion",
+            format!("must be `{API_VERSION}`, found `{}`", f.api_version),
+        );
     }
     if f.kind != "Cluster" {
         cx.error("/kind", format!("must be `Cluster`, found `{}`", f.kind));
@@ -96,22 +121,29 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
     let s = &f.spec;
     let region: Option<Region> = cx.parse("/spec/region", &s.region);
 
-    let version: Option<KubernetesVersion> = cx.parse("/spec/kubernetesVersion", &s.kubernetes_version).and_then(|v| {
-        if let Err(e) = crate::kubernetes::check_supported(&v) {
-            cx.error("/spec/kubernetesVersion", e);
-            return None;
-        }
-        if let Some(w) = crate::kubernetes::known_issues(&v) {
-            cx.warn("/spec/kubernetesVersion", w);
-        }
-        Some(v)
-    });
+    let version: Option<KubernetesVersion> = cx
+        .parse("/spec/kubernetesVersion", &s.kubernetes_version)
+        .and_then(|v| {
+            if let Err(e) = crate::kubernetes::check_supported(&v) {
+                cx.error("/spec/kubernetesVersion", e);
+                return None;
+            }
+            if let Some(w) = crate::kubernetes::known_issues(&v) {
+                cx.warn("/spec/kubernetesVersion", w);
+            }
+            Some(v)
+        });
 
     let image = match (&s.image.ami, &s.image.ssm_parameter) {
         (Some(ami), None) => cx.parse("/spec/image/ami", ami).map(ImageSource::Ami),
-        (None, Some(p)) => cx.parse("/spec/image/ssmParameter", p).map(ImageSource::SsmParameter),
+        (None, Some(p)) => cx
+            .parse("/spec/image/ssmParameter", p)
+            .map(ImageSource::SsmParameter),
         (Some(_), Some(_)) => {
-            cx.error("/spec/image", "give exactly one image source: `ami` or `ssmParameter`, not both");
+            cx.error(
+                "/spec/image",
+                "give exactly one image source: `ami` or `ssmParameter`, not both",
+            );
             None
         }
         (None, None) => {
@@ -121,7 +153,8 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
     };
 
     let network = resolve_network(&mut cx, &s.network);
-    let control_plane = resolve_control_plane(&mut cx, &s.control_plane, s.network.subnet_ids.len());
+    let control_plane =
+        resolve_control_plane(&mut cx, &s.control_plane, s.network.subnet_ids.len());
     let worker_pools = resolve_pools(&mut cx, &s.worker_pools);
 
     let prefix = match (&s.ssm.prefix, &name) {
@@ -129,9 +162,29 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
         (None, Some(n)) => SsmPath::try_from(format!("/haimg/{n}").as_str()).ok(),
         (None, None) => None,
     };
-    let kms_key_id = cx.parse::<KmsKeyId>("/spec/ssm/kmsKeyId", s.ssm.kms_key_id.as_deref().unwrap_or("alias/aws/ssm"));
+    let kms_key_id = cx.parse::<KmsKeyId>(
+        "/spec/ssm/kmsKeyId",
+        s.ssm.kms_key_id.as_deref().unwrap_or("alias/aws/ssm"),
+    );
 
     let tags = resolve_tags(&mut cx, &s.tags);
+    if let (
+        Some(ControlPlane {
+            endpoint: Endpoint::Vip(v),
+            ..
+        }),
+        Some(n),
+    ) = (&control_plane, &network)
+    {
+        for (field, net) in [
+            ("podSubnet", n.pod_subnet),
+            ("serviceSubnet", n.service_subnet),
+        ] {
+            if net.contains(&v.address) {
+                cx.error("/spec/controlPlane/endpoint/address", format!("the VIP {} is inside the {field} {net}: it would collide with pod or service addresses", v.address));
+            }
+        }
+    }
 
     let spec = (|| {
         Some(ClusterSpec {
@@ -142,17 +195,27 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
             network: network?,
             control_plane: control_plane?,
             worker_pools: worker_pools?,
-            ssm: Ssm { prefix: prefix?, kms_key_id: kms_key_id? },
+            ssm: Ssm {
+                prefix: prefix?,
+                kms_key_id: kms_key_id?,
+            },
             tags: tags?,
         })
     })();
-    Outcome { spec: if cx.errors.is_empty() { spec } else { None }, errors: cx.errors, warnings: cx.warnings }
+    Outcome {
+        spec: if cx.errors.is_empty() { spec } else { None },
+        errors: cx.errors,
+        warnings: cx.warnings,
+    }
 }
 
 fn resolve_network(cx: &mut Ctx, n: &wire::NetworkFile) -> Option<Network> {
     let vpc_id = cx.parse("/spec/network/vpcId", &n.vpc_id);
     if n.subnet_ids.is_empty() {
-        cx.error("/spec/network/subnetIds", "at least one subnet is needed (one per availability zone is best)");
+        cx.error(
+            "/spec/network/subnetIds",
+            "at least one subnet is needed (one per availability zone is best)",
+        );
     }
     cx.unique("/spec/network/subnetIds", &n.subnet_ids, "subnet");
     let subnet_ids = cx.parse_list("/spec/network/subnetIds", &n.subnet_ids);
@@ -160,12 +223,28 @@ fn resolve_network(cx: &mut Ctx, n: &wire::NetworkFile) -> Option<Network> {
         cx.error("/spec/network/securityGroupIds", "at least one security group is needed (nodes must reach each other on 6443, 2379-2380, 10250 and the CNI's ports)");
     }
     if n.security_group_ids.len() > 5 {
-        cx.error("/spec/network/securityGroupIds", format!("{} security groups given: EC2 allows at most 5 per network interface", n.security_group_ids.len()));
+        cx.error(
+            "/spec/network/securityGroupIds",
+            format!(
+                "{} security groups given: EC2 allows at most 5 per network interface",
+                n.security_group_ids.len()
+            ),
+        );
     }
-    cx.unique("/spec/network/securityGroupIds", &n.security_group_ids, "security group");
+    cx.unique(
+        "/spec/network/securityGroupIds",
+        &n.security_group_ids,
+        "security group",
+    );
     let security_group_ids = cx.parse_list("/spec/network/securityGroupIds", &n.security_group_ids);
-    let pod: Option<Cidr> = cx.parse("/spec/network/podSubnet", n.pod_subnet.as_deref().unwrap_or("192.168.0.0/16"));
-    let svc: Option<Cidr> = cx.parse("/spec/network/serviceSubnet", n.service_subnet.as_deref().unwrap_or("10.96.0.0/12"));
+    let pod: Option<Cidr> = cx.parse(
+        "/spec/network/podSubnet",
+        n.pod_subnet.as_deref().unwrap_or("192.168.0.0/16"),
+    );
+    let svc: Option<Cidr> = cx.parse(
+        "/spec/network/serviceSubnet",
+        n.service_subnet.as_deref().unwrap_or("10.96.0.0/12"),
+    );
     let vpc_cidrs: Option<Vec<Cidr>> = cx.parse_list("/spec/network/vpcCidrs", &n.vpc_cidrs);
 
     if let Some(p) = pod {
@@ -202,7 +281,11 @@ fn resolve_network(cx: &mut Ctx, n: &wire::NetworkFile) -> Option<Network> {
     })
 }
 
-fn resolve_control_plane(cx: &mut Ctx, c: &wire::ControlPlaneFile, subnets: usize) -> Option<ControlPlane> {
+fn resolve_control_plane(
+    cx: &mut Ctx,
+    c: &wire::ControlPlaneFile,
+    subnets: usize,
+) -> Option<ControlPlane> {
     let count = match c.count {
         1 | 3 | 5 | 7 => Some(c.count as u8),
         n => {
@@ -220,7 +303,10 @@ fn resolve_control_plane(cx: &mut Ctx, c: &wire::ControlPlaneFile, subnets: usiz
             } else {
                 format!("{n} is not a valid control-plane size")
             };
-            cx.error("/spec/controlPlane/count", format!("must be odd (1, 3, 5, 7): {why}"));
+            cx.error(
+                "/spec/controlPlane/count",
+                format!("must be odd (1, 3, 5, 7): {why}"),
+            );
             None
         }
     };
@@ -235,15 +321,117 @@ fn resolve_control_plane(cx: &mut Ctx, c: &wire::ControlPlaneFile, subnets: usiz
     let instance_type = cx.parse("/spec/controlPlane/instanceType", &c.instance_type);
     let instance_profile = cx.parse("/spec/controlPlane/instanceProfile", &c.instance_profile);
     let root_volume_gib = cx.volume("/spec/controlPlane/rootVolumeSize", c.root_volume_size);
-    let endpoint = match c.endpoint.kind {
-        wire::EndpointType::Nlb => Endpoint::Nlb { internal: c.endpoint.internal.unwrap_or(true) },
+    let endpoint = match &c.endpoint {
+        wire::EndpointFile::Nlb { internal } => Some(Endpoint::Nlb {
+            internal: internal.unwrap_or(true),
+        }),
+        wire::EndpointFile::Vip(v) => resolve_vip(cx, v, count).map(Endpoint::Vip),
     };
     Some(ControlPlane {
         count: count?,
         instance_type: instance_type?,
         instance_profile: instance_profile?,
         root_volume_gib: root_volume_gib?,
-        endpoint,
+        endpoint: endpoint?,
+    })
+}
+
+/// Default static pod images for VIP mode (pre-pulled through the recipe's extraImages).
+pub const DEFAULT_KEEPALIVED_IMAGE: &str = "docker.io/osixia/keepalived:2.0.20";
+pub const DEFAULT_HAPROXY_IMAGE: &str = "docker.io/library/haproxy:2.8.14";
+
+fn resolve_vip(cx: &mut Ctx, v: &wire::VipFile, count: Option<u8>) -> Option<Vip> {
+    let at = "/spec/controlPlane/endpoint";
+    let ip = |cx: &mut Ctx, pointer: &str, s: &str| match s.parse::<std::net::IpAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.error(pointer, format!("`{s}` is not an IP address"));
+            None
+        }
+    };
+    let address = ip(cx, &format!("{at}/address"), &v.address);
+    let port = match v.port.unwrap_or(6443) {
+        p @ 1..=65535 => Some(p as u16),
+        p => {
+            cx.error(
+                &format!("{at}/port"),
+                format!("{p} is not a TCP port (1-65535)"),
+            );
+            None
+        }
+    };
+    let haproxy = v.haproxy.unwrap_or(true);
+    if haproxy && port == Some(STACKED_API_SERVER_PORT) {
+        cx.error(&format!("{at}/port"), format!("{STACKED_API_SERVER_PORT} is where the API servers listen when haproxy runs on the masters: give the VIP another port"));
+    }
+    let router_id = match v.router_id {
+        r @ 1..=255 => Some(r as u8),
+        r => {
+            cx.error(
+                &format!("{at}/routerId"),
+                format!("{r} is not a VRRP virtual router id (1-255)"),
+            );
+            None
+        }
+    };
+    let interface = cx.parse::<InterfaceName>(
+        &format!("{at}/interface"),
+        v.interface.as_deref().unwrap_or("eth0"),
+    );
+    if let Some(n) = count {
+        if v.nodes.len() != n as usize {
+            cx.error(&format!("{at}/nodes"), format!("{} node(s) listed, but controlPlane.count is {n}: list every master, in priority order", v.nodes.len()));
+        }
+    }
+    let mut nodes = Vec::new();
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, n) in v.nodes.iter().enumerate() {
+        let np = format!("{at}/nodes/{i}");
+        let name = cx.parse::<NodeName>(&format!("{np}/name"), &n.name);
+        if !names.insert(n.name.clone()) {
+            cx.error(
+                &format!("{np}/name"),
+                format!("duplicate node name `{}`", n.name),
+            );
+        }
+        let addr = ip(cx, &format!("{np}/address"), &n.address);
+        if let Some(a) = addr {
+            if !addresses.insert(a) {
+                cx.error(
+                    &format!("{np}/address"),
+                    format!("duplicate node address {a}"),
+                );
+            }
+            if Some(a) == address {
+                cx.error(&format!("{at}/address"), format!("the VIP {a} is also the address of node `{}`: keepalived would move a node's own address", n.name));
+            }
+        }
+        if let (Some(name), Some(address)) = (name, addr) {
+            nodes.push(VipNode { name, address });
+        }
+    }
+    let keepalived_image = cx.parse::<ImageRef>(
+        &format!("{at}/images/keepalived"),
+        v.images
+            .keepalived
+            .as_deref()
+            .unwrap_or(DEFAULT_KEEPALIVED_IMAGE),
+    );
+    let haproxy_image = cx.parse::<ImageRef>(
+        &format!("{at}/images/haproxy"),
+        v.images.haproxy.as_deref().unwrap_or(DEFAULT_HAPROXY_IMAGE),
+    );
+    (nodes.len() == v.nodes.len()).then_some(())?;
+    Some(Vip {
+        address: address?,
+        port: port?,
+        interface: interface?.to_string(),
+        router_id: router_id?,
+        haproxy,
+        nodes,
+        keepalived_image: keepalived_image?.to_string(),
+        haproxy_image: haproxy_image?.to_string(),
     })
 }
 
@@ -261,21 +449,43 @@ fn resolve_pools(cx: &mut Ctx, pools: &[wire::WorkerPoolFile]) -> Option<Vec<Wor
         let instance_profile = cx.parse(&format!("{at}/instanceProfile"), &p.instance_profile);
         let root = cx.volume(&format!("{at}/rootVolumeSize"), p.root_volume_size);
         let mut sizes_ok = true;
-        for (field, v) in [("minSize", p.min_size), ("maxSize", p.max_size), ("desiredCapacity", p.desired_capacity)] {
+        for (field, v) in [
+            ("minSize", p.min_size),
+            ("maxSize", p.max_size),
+            ("desiredCapacity", p.desired_capacity),
+        ] {
             if !(0..=10_000).contains(&v) {
-                cx.error(&format!("{at}/{field}"), format!("{v} is out of range (0 to 10000)"));
+                cx.error(
+                    &format!("{at}/{field}"),
+                    format!("{v} is out of range (0 to 10000)"),
+                );
                 sizes_ok = false;
             }
         }
         if sizes_ok {
             if p.min_size > p.max_size {
-                cx.error(&format!("{at}/minSize"), format!("minSize {} is greater than maxSize {}", p.min_size, p.max_size));
+                cx.error(
+                    &format!("{at}/minSize"),
+                    format!(
+                        "minSize {} is greater than maxSize {}",
+                        p.min_size, p.max_size
+                    ),
+                );
                 sizes_ok = false;
             } else if p.desired_capacity < p.min_size || p.desired_capacity > p.max_size {
-                cx.error(&format!("{at}/desiredCapacity"), format!("desiredCapacity {} must be between minSize {} and maxSize {}", p.desired_capacity, p.min_size, p.max_size));
+                cx.error(
+                    &format!("{at}/desiredCapacity"),
+                    format!(
+                        "desiredCapacity {} must be between minSize {} and maxSize {}",
+                        p.desired_capacity, p.min_size, p.max_size
+                    ),
+                );
                 sizes_ok = false;
             } else if p.max_size == 0 {
-                cx.warn(&format!("{at}/maxSize"), "maxSize 0: this pool never has a node");
+                cx.warn(
+                    &format!("{at}/maxSize"),
+                    "maxSize 0: this pool never has a node",
+                );
             }
         }
         for (k, v) in &p.labels {
@@ -286,16 +496,20 @@ fn resolve_pools(cx: &mut Ctx, pools: &[wire::WorkerPoolFile]) -> Option<Vec<Wor
             }
         }
         match (name, instance_type, instance_profile, root) {
-            (Some(name), Some(instance_type), Some(instance_profile), Some(root_volume_gib)) if sizes_ok => out.push(WorkerPool {
-                name,
-                instance_type,
-                instance_profile,
-                min_size: p.min_size as u32,
-                max_size: p.max_size as u32,
-                desired_capacity: p.desired_capacity as u32,
-                root_volume_gib,
-                labels: p.labels.clone(),
-            }),
+            (Some(name), Some(instance_type), Some(instance_profile), Some(root_volume_gib))
+                if sizes_ok =>
+            {
+                out.push(WorkerPool {
+                    name,
+                    instance_type,
+                    instance_profile,
+                    min_size: p.min_size as u32,
+                    max_size: p.max_size as u32,
+                    desired_capacity: p.desired_capacity as u32,
+                    root_volume_gib,
+                    labels: p.labels.clone(),
+                })
+            }
             _ => ok = false,
         }
     }
@@ -309,14 +523,27 @@ fn check_label(k: &str, v: &str) -> Result<(), String> {
             && s.len() <= max
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
             && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
-    let (prefix, name) = k.rsplit_once('/').map(|(p, n)| (Some(p), n)).unwrap_or((None, k));
-    if !name_ok(name, 63) || prefix.is_some_and(|p| p.len() > 253 || !p.split('.').all(|l| name_ok(l, 63))) {
+    let (prefix, name) = k
+        .rsplit_once('/')
+        .map(|(p, n)| (Some(p), n))
+        .unwrap_or((None, k));
+    if !name_ok(name, 63)
+        || prefix.is_some_and(|p| p.len() > 253 || !p.split('.').all(|l| name_ok(l, 63)))
+    {
         return Err(format!("`{k}` is not a valid Kubernetes label key"));
     }
-    if prefix.is_some_and(|p| p == "kubernetes.io" || p.ends_with(".kubernetes.io") || p == "k8s.io" || p.ends_with(".k8s.io")) {
-        return Err(format!("`{k}`: kubelet may not set labels under kubernetes.io or k8s.io"));
+    if prefix.is_some_and(|p| {
+        p == "kubernetes.io"
+            || p.ends_with(".kubernetes.io")
+            || p == "k8s.io"
+            || p.ends_with(".k8s.io")
+    }) {
+        return Err(format!(
+            "`{k}`: kubelet may not set labels under kubernetes.io or k8s.io"
+        ));
     }
     if !(v.is_empty() || name_ok(v, 63)) {
         return Err(format!("`{v}` is not a valid Kubernetes label value (63 characters of A-Z a-z 0-9 - _ ., alphanumeric at both ends)"));
@@ -332,7 +559,10 @@ fn resolve_tags(cx: &mut Ctx, tags: &BTreeMap<String, String>) -> Option<BTreeMa
     for (k, v) in tags {
         let at = format!("/spec/tags/{}", escape(k));
         let lower = k.to_ascii_lowercase();
-        if lower.starts_with("aws:") || lower.starts_with("haimg:") || lower.starts_with("kubernetes.io/cluster/") {
+        if lower.starts_with("aws:")
+            || lower.starts_with("haimg:")
+            || lower.starts_with("kubernetes.io/cluster/")
+        {
             cx.error(&at, format!("tag key `{k}` is reserved (aws:, haimg: and kubernetes.io/cluster/ are set by AWS and haimg)"));
         } else if k.is_empty() || k.chars().count() > 128 {
             cx.error(&at, "tag keys must be 1 to 128 characters");

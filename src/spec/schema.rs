@@ -21,7 +21,10 @@ pub fn schema() -> &'static Value {
     SCHEMA.get_or_init(|| {
         let mut s = schemars::schema_for!(ClusterFile).to_value();
         if let Value::Object(m) = &mut s {
-            m.insert("$id".into(), "https://haimg.dev/schemas/v1alpha1/cluster.schema.json".into());
+            m.insert(
+                "$id".into(),
+                "https://haimg.dev/schemas/v1alpha1/cluster.schema.json".into(),
+            );
         }
         s
     })
@@ -48,89 +51,26 @@ pub struct Structural {
 
 pub fn check(doc: &Document, file: &str) -> Structural {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    let validator = VALIDATOR.get_or_init(|| jsonschema::validator_for(schema()).expect("the generated schema is valid"));
+    let validator = VALIDATOR.get_or_init(|| {
+        jsonschema::validator_for(schema()).expect("the generated schema is valid")
+    });
 
-    let mut out = Structural { diagnostics: Vec::new(), blocking: false, unknown: Vec::new() };
-    let mut suggested: Vec<String> = Vec::new();
-    let mut required: Vec<(String, String)> = Vec::new();
+    let mut out = Structural {
+        diagnostics: Vec::new(),
+        blocking: false,
+        unknown: Vec::new(),
+    };
+    let mut acc = Acc {
+        suggested: Vec::new(),
+        required: Vec::new(),
+    };
     for err in validator.iter_errors(&doc.value) {
-        let at = err.instance_path.as_str().to_string();
-        let diag = |pointer: &str, pos, message: String| Diagnostic {
-            file: file.to_string(),
-            pos,
-            path: dotted(pointer),
-            message,
-        };
-        match &err.kind {
-            ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let known = known_keys(schema(), &at);
-                for key in unexpected {
-                    let pointer = format!("{at}/{}", yaml::escape(key));
-                    let mut message = format!("unknown field `{key}`");
-                    let mut meant = None;
-                    if let Some(best) = did_you_mean(key, &known) {
-                        message.push_str(&format!(", did you mean `{best}`?"));
-                        let target = format!("{at}/{}", yaml::escape(&best));
-                        suggested.push(target.clone());
-                        meant = Some(target);
-                    } else if !known.is_empty() {
-                        message.push_str(&format!(" (expected one of: {})", known.join(", ")));
-                    }
-                    out.diagnostics.push((pointer.clone(), diag(&pointer, doc.key_pos(&pointer), message)));
-                    out.unknown.push((pointer, meant));
-                }
-            }
-            ValidationErrorKind::Required { property } => {
-                let name = property.as_str().unwrap_or_default().to_string();
-                required.push((at, name));
-            }
-            ValidationErrorKind::Type { kind } => {
-                let types: Vec<JsonType> = match kind {
-                    TypeKind::Single(t) => vec![*t],
-                    TypeKind::Multiple(ts) => ts.iter().filter(|t| *t != JsonType::Null).collect(),
-                };
-                let expected = types.iter().map(|t| type_word(*t)).collect::<Vec<_>>().join(" or ");
-                let found = describe(&err.instance, doc.raw_scalar(&at));
-                let mut message = format!("expected {expected}, found {found}");
-                if expected.starts_with("a string") && doc.raw_scalar(&at).is_some() {
-                    message.push_str(": quote it to keep it a string");
-                }
-                out.diagnostics.push((at.clone(), diag(&at, doc.value_pos(&at), message)));
-                out.blocking = true;
-            }
-            ValidationErrorKind::Pattern { pattern } => {
-                let value = err.instance.as_str().unwrap_or_default();
-                let message = explain_pattern(pattern, value)
-                    .unwrap_or_else(|| format!("`{value}` does not match `{pattern}`"));
-                out.diagnostics.push((at.clone(), diag(&at, doc.value_pos(&at), message)));
-            }
-            ValidationErrorKind::Constant { expected_value } => {
-                let message = format!("must be `{}`, found {}", plain(expected_value), describe(&err.instance, None));
-                out.diagnostics.push((at.clone(), diag(&at, doc.value_pos(&at), message)));
-                out.blocking = true;
-            }
-            ValidationErrorKind::Enum { options } => {
-                let choices: Vec<String> = options.as_array().into_iter().flatten().map(plain).collect();
-                let found = err.instance.as_str().map(str::to_string).unwrap_or_else(|| describe(&err.instance, None));
-                let mut message = format!("`{found}` is not one of: {}", choices.join(", "));
-                if let Some(best) = did_you_mean(&found, &choices) {
-                    message.push_str(&format!(" (did you mean `{best}`?)"));
-                }
-                out.diagnostics.push((at.clone(), diag(&at, doc.value_pos(&at), message)));
-                out.blocking = true;
-            }
-            ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
-                let found = describe(&err.instance, doc.raw_scalar(&at));
-                out.diagnostics.push((at.clone(), diag(&at, doc.value_pos(&at), format!("{found} matches none of the allowed forms"))));
-                out.blocking = true;
-            }
-            _ => {
-                // Ranges and lengths: the typed rules re-check these with a better message,
-                // but keep the schema's word in case they do not.
-                out.diagnostics.push((at.clone(), diag(&at, doc.value_pos(&at), err.to_string())));
-            }
-        }
+        handle(&err, doc, file, &mut out, &mut acc);
     }
+    let Acc {
+        suggested,
+        required,
+    } = acc;
     for (parent, name) in required {
         let pointer = format!("{parent}/{}", yaml::escape(&name));
         // A misspelt key already says "did you mean `name`?": do not also say it is missing
@@ -139,14 +79,185 @@ pub fn check(doc: &Document, file: &str) -> Structural {
             continue;
         }
         out.blocking = true;
-        let where_ = if parent.is_empty() { "the document".to_string() } else { format!("`{}`", dotted(&parent)) };
+        let where_ = if parent.is_empty() {
+            "the document".to_string()
+        } else {
+            format!("`{}`", dotted(&parent))
+        };
         let message = format!("missing required field `{name}` in {where_}");
         out.diagnostics.push((
             pointer.clone(),
-            Diagnostic { file: file.to_string(), pos: doc.value_pos(&parent), path: dotted(&pointer), message },
+            Diagnostic {
+                file: file.to_string(),
+                pos: doc.value_pos(&parent),
+                path: dotted(&pointer),
+                message,
+            },
         ));
     }
     out
+}
+
+/// What `check` gathers across errors.
+struct Acc {
+    suggested: Vec<String>,
+    required: Vec<(String, String)>,
+}
+
+/// Turns one schema error into diagnostics. A `oneOf` of tagged variants (the endpoint
+/// `type`) is resolved to the variant the document names, and that variant's own errors
+/// are reported; an unknown tag is reported on the tag.
+fn handle(
+    err: &jsonschema::ValidationError,
+    doc: &Document,
+    file: &str,
+    out: &mut Structural,
+    acc: &mut Acc,
+) {
+    let at = err.instance_path.as_str().to_string();
+    let diag = |pointer: &str, pos, message: String| Diagnostic {
+        file: file.to_string(),
+        pos,
+        path: dotted(pointer),
+        message,
+    };
+    match &err.kind {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let known = known_keys(schema(), &at, doc.value.pointer(&at));
+            for key in unexpected {
+                let pointer = format!("{at}/{}", yaml::escape(key));
+                let mut message = format!("unknown field `{key}`");
+                let mut meant = None;
+                if let Some(best) = did_you_mean(key, &known) {
+                    message.push_str(&format!(", did you mean `{best}`?"));
+                    let target = format!("{at}/{}", yaml::escape(&best));
+                    acc.suggested.push(target.clone());
+                    meant = Some(target);
+                } else if !known.is_empty() {
+                    message.push_str(&format!(" (expected one of: {})", known.join(", ")));
+                }
+                out.diagnostics.push((
+                    pointer.clone(),
+                    diag(&pointer, doc.key_pos(&pointer), message),
+                ));
+                out.unknown.push((pointer, meant));
+            }
+        }
+        ValidationErrorKind::Required { property } => {
+            let name = property.as_str().unwrap_or_default().to_string();
+            acc.required.push((at, name));
+        }
+        ValidationErrorKind::Type { kind } => {
+            let types: Vec<JsonType> = match kind {
+                TypeKind::Single(t) => vec![*t],
+                TypeKind::Multiple(ts) => ts.iter().filter(|t| *t != JsonType::Null).collect(),
+            };
+            let expected = types
+                .iter()
+                .map(|t| type_word(*t))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            let found = describe(&err.instance, doc.raw_scalar(&at));
+            let mut message = format!("expected {expected}, found {found}");
+            if expected.starts_with("a string") && doc.raw_scalar(&at).is_some() {
+                message.push_str(": quote it to keep it a string");
+            }
+            out.diagnostics
+                .push((at.clone(), diag(&at, doc.value_pos(&at), message)));
+            out.blocking = true;
+        }
+        ValidationErrorKind::Pattern { pattern } => {
+            let value = err.instance.as_str().unwrap_or_default();
+            let message = explain_pattern(pattern, value)
+                .unwrap_or_else(|| format!("`{value}` does not match `{pattern}`"));
+            out.diagnostics
+                .push((at.clone(), diag(&at, doc.value_pos(&at), message)));
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            let message = format!(
+                "must be `{}`, found {}",
+                plain(expected_value),
+                describe(&err.instance, None)
+            );
+            out.diagnostics
+                .push((at.clone(), diag(&at, doc.value_pos(&at), message)));
+            out.blocking = true;
+        }
+        ValidationErrorKind::Enum { options } => {
+            let choices: Vec<String> = options
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(plain)
+                .collect();
+            let found = err
+                .instance
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| describe(&err.instance, None));
+            let mut message = format!("`{found}` is not one of: {}", choices.join(", "));
+            if let Some(best) = did_you_mean(&found, &choices) {
+                message.push_str(&format!(" (did you mean `{best}`?)"));
+            }
+            out.diagnostics
+                .push((at.clone(), diag(&at, doc.value_pos(&at), message)));
+            out.blocking = true;
+        }
+        ValidationErrorKind::OneOfNotValid { context } | ValidationErrorKind::AnyOf { context } => {
+            let tag = format!("{at}/type");
+            let on_tag = |errs: &Vec<jsonschema::ValidationError>| {
+                errs.iter().any(|e| e.instance_path.as_str() == tag)
+            };
+            if let Some(branch) = context.iter().find(|errs| !on_tag(errs)) {
+                for e in branch {
+                    handle(e, doc, file, out, acc);
+                }
+                return;
+            }
+            let tags: Vec<String> = context
+                .iter()
+                .flatten()
+                .filter(|e| e.instance_path.as_str() == tag)
+                .filter_map(|e| match &e.kind {
+                    ValidationErrorKind::Constant { expected_value } => Some(plain(expected_value)),
+                    ValidationErrorKind::Enum { options } => {
+                        options.as_array().and_then(|o| o.first()).map(plain)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !tags.is_empty() && err.instance.get("type").is_some() {
+                let found = err.instance["type"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| describe(&err.instance["type"], None));
+                let mut message = format!("`{found}` is not one of: {}", tags.join(", "));
+                if let Some(best) = did_you_mean(&found, &tags) {
+                    message.push_str(&format!(" (did you mean `{best}`?)"));
+                }
+                out.diagnostics
+                    .push((tag.clone(), diag(&tag, doc.value_pos(&tag), message)));
+                out.blocking = true;
+                return;
+            }
+            let found = describe(&err.instance, doc.raw_scalar(&at));
+            out.diagnostics.push((
+                at.clone(),
+                diag(
+                    &at,
+                    doc.value_pos(&at),
+                    format!("{found} matches none of the allowed forms"),
+                ),
+            ));
+            out.blocking = true;
+        }
+        _ => {
+            // Ranges and lengths: the typed rules re-check these with a better message,
+            // but keep the schema's word in case they do not.
+            out.diagnostics
+                .push((at.clone(), diag(&at, doc.value_pos(&at), err.to_string())));
+        }
+    }
 }
 
 /// `/spec/workerPools/0/name` → `spec.workerPools[0].name`.
@@ -179,7 +290,9 @@ fn type_word(t: JsonType) -> &'static str {
 }
 
 fn plain(v: &Value) -> String {
-    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
 }
 
 fn describe(v: &Value, raw: Option<&str>) -> String {
@@ -198,14 +311,19 @@ fn describe(v: &Value, raw: Option<&str>) -> String {
 pub fn did_you_mean(word: &str, candidates: &[String]) -> Option<String> {
     candidates
         .iter()
-        .map(|c| (strsim::jaro_winkler(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::jaro_winkler(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()),
+                c,
+            )
+        })
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c.clone())
 }
 
 /// The property names the schema allows for the object at `pointer`.
-fn known_keys(root: &Value, pointer: &str) -> Vec<String> {
+fn known_keys(root: &Value, pointer: &str, instance: Option<&Value>) -> Vec<String> {
     let mut nodes = vec![root];
     for seg in pointer.split('/').skip(1) {
         let seg = seg.replace("~1", "/").replace("~0", "~");
@@ -223,13 +341,22 @@ fn known_keys(root: &Value, pointer: &str) -> Vec<String> {
         }
         nodes = next;
     }
+    // Of a tagged union (`type: nlb | vip`), only the variant the document names.
+    let tag = instance.and_then(|i| i.get("type")).and_then(Value::as_str);
+    let matches_tag = |n: &&Value| {
+        let Some(t) = n.get("properties").and_then(|p| p.get("type")) else { return true };
+        let consts: Vec<&str> = t.get("const").and_then(Value::as_str).into_iter().chain(t.get("enum").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)).collect();
+        consts.is_empty() || tag.is_none_or(|tag| consts.contains(&tag))
+    };
     let mut keys: Vec<String> = nodes
         .iter()
         .flat_map(|n| expand(root, n))
+        .filter(matches_tag)
         .filter_map(|n| n.get("properties").and_then(Value::as_object))
         .flat_map(|m| m.keys().cloned())
         .collect();
-    keys.dedup();
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
     keys
 }
 
@@ -259,7 +386,10 @@ mod tests {
 
     #[test]
     fn dotted_paths() {
-        assert_eq!(dotted("/spec/workerPools/0/name"), "spec.workerPools[0].name");
+        assert_eq!(
+            dotted("/spec/workerPools/0/name"),
+            "spec.workerPools[0].name"
+        );
         assert_eq!(dotted(""), "");
         assert_eq!(dotted("/spec/tags/a~1b"), "spec.tags.a/b");
     }
@@ -267,15 +397,18 @@ mod tests {
     #[test]
     fn suggestions() {
         let keys = vec!["controlPlane".to_string(), "workerPools".to_string()];
-        assert_eq!(did_you_mean("contrlPlane", &keys).as_deref(), Some("controlPlane"));
+        assert_eq!(
+            did_you_mean("contrlPlane", &keys).as_deref(),
+            Some("controlPlane")
+        );
         assert_eq!(did_you_mean("zzz", &keys), None);
     }
 
     #[test]
     fn known_keys_follow_refs() {
-        let keys = known_keys(schema(), "/spec/controlPlane");
+        let keys = known_keys(schema(), "/spec/controlPlane", None);
         assert!(keys.contains(&"instanceType".to_string()), "{keys:?}");
-        let keys = known_keys(schema(), "/spec/workerPools/3");
+        let keys = known_keys(schema(), "/spec/workerPools/3", None);
         assert!(keys.contains(&"desiredCapacity".to_string()), "{keys:?}");
     }
 }

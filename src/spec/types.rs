@@ -97,13 +97,15 @@ fn matches_charset(s: &str, min: usize, max: usize, ok: impl Fn(char) -> bool) -
 }
 
 fn hex_id(s: &str, prefix: &str, what: &str) -> Result<(), String> {
-    let ok = s
-        .strip_prefix(prefix)
-        .is_some_and(|h| (h.len() == 8 || h.len() == 17) && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    let ok = s.strip_prefix(prefix).is_some_and(|h| {
+        (h.len() == 8 || h.len() == 17) && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
     if ok {
         Ok(())
     } else {
-        Err(format!("`{s}` is not {what}: expected `{prefix}` followed by 8 or 17 lowercase hex digits"))
+        Err(format!(
+            "`{s}` is not {what}: expected `{prefix}` followed by 8 or 17 lowercase hex digits"
+        ))
     }
 }
 
@@ -140,6 +142,47 @@ string_type!(
         } else {
             Err(format!("`{s}` is not a valid pool name: use 1-20 lowercase letters, digits and '-', starting with a letter"))
         }
+    }
+);
+
+string_type!(
+    /// A node's host name (a DNS label, as Kubernetes node names are).
+    NodeName,
+    pattern: Some("^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+    example: "m1",
+    check: |s| {
+        let ok = matches_charset(s, 1, 63, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if ok { Ok(()) } else { Err(format!("`{s}` is not a node name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'")) }
+    }
+);
+
+string_type!(
+    /// A network interface name (at most 15 characters, no spaces or '/').
+    InterfaceName,
+    pattern: Some("^[A-Za-z0-9_.:-]{1,15}$"),
+    example: "eth0",
+    check: |s| {
+        if matches_charset(s, 1, 15, |c| c.is_ascii_alphanumeric() || "_.:-".contains(c)) {
+            Ok(())
+        } else {
+            Err(format!("`{s}` is not a network interface name (1-15 of A-Z a-z 0-9 _ . : -)"))
+        }
+    }
+);
+
+string_type!(
+    /// A container image reference (registry/repository:tag or @digest).
+    ImageRef,
+    pattern: Some("^[a-z0-9][a-z0-9._/:@-]*[a-z0-9]$"),
+    example: "docker.io/library/haproxy:2.8.14",
+    check: |s| {
+        let ok = s.len() <= 255
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._/:@-".contains(c))
+            && (s.contains(':') || s.contains('@'));
+        if ok { Ok(()) } else { Err(format!("`{s}` is not a pinned container image reference (name:tag or name@digest)")) }
     }
 );
 
@@ -313,17 +356,31 @@ impl TryFrom<&str> for KubernetesVersion {
     type Error = String;
     fn try_from(s: &str) -> Result<Self, String> {
         let bad = || {
-            let hint = if s.starts_with('v') { " (drop the leading `v`)" } else { "" };
-            format!("`{s}` is not an exact Kubernetes version MAJOR.MINOR.PATCH such as 1.30.4{hint}")
+            let hint = if s.starts_with('v') {
+                " (drop the leading `v`)"
+            } else {
+                ""
+            };
+            format!(
+                "`{s}` is not an exact Kubernetes version MAJOR.MINOR.PATCH such as 1.30.4{hint}"
+            )
         };
         let parts: Vec<&str> = s.split('.').collect();
         if parts.len() != 3
-            || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || (p.len() > 1 && p.starts_with('0')))
+            || parts.iter().any(|p| {
+                p.is_empty()
+                    || !p.bytes().all(|b| b.is_ascii_digit())
+                    || (p.len() > 1 && p.starts_with('0'))
+            })
         {
             return Err(bad());
         }
         let n = |p: &str| p.parse::<u32>().map_err(|_| bad());
-        Ok(Self { major: n(parts[0])?, minor: n(parts[1])?, patch: n(parts[2])? })
+        Ok(Self {
+            major: n(parts[0])?,
+            minor: n(parts[1])?,
+            patch: n(parts[2])?,
+        })
     }
 }
 
@@ -393,9 +450,14 @@ impl Cidr {
 impl TryFrom<&str> for Cidr {
     type Error = String;
     fn try_from(s: &str) -> Result<Self, String> {
-        let net: IpNet = s.parse().map_err(|_| format!("`{s}` is not a CIDR (e.g. 192.168.0.0/16)"))?;
+        let net: IpNet = s
+            .parse()
+            .map_err(|_| format!("`{s}` is not a CIDR (e.g. 192.168.0.0/16)"))?;
         if net.trunc() != net {
-            return Err(format!("`{s}` has host bits set: did you mean {}?", net.trunc()));
+            return Err(format!(
+                "`{s}` has host bits set: did you mean {}?",
+                net.trunc()
+            ));
         }
         Ok(Self(net))
     }
@@ -460,6 +522,9 @@ pub fn explain_pattern(pattern: &str, value: &str) -> Option<String> {
         (AmiParameter::PATTERN, check::<AmiParameter>),
         (KmsKeyId::PATTERN, check::<KmsKeyId>),
         (KubernetesVersion::PATTERN, check::<KubernetesVersion>),
+        (NodeName::PATTERN, check::<NodeName>),
+        (InterfaceName::PATTERN, check::<InterfaceName>),
+        (ImageRef::PATTERN, check::<ImageRef>),
     ];
     table
         .iter()
@@ -471,9 +536,16 @@ pub fn explain_pattern(pattern: &str, value: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn good_bad<T: for<'a> TryFrom<&'a str, Error = String> + fmt::Debug>(good: &[&str], bad: &[&str]) {
+    fn good_bad<T: for<'a> TryFrom<&'a str, Error = String> + fmt::Debug>(
+        good: &[&str],
+        bad: &[&str],
+    ) {
         for g in good {
-            assert!(T::try_from(g).is_ok(), "{g} should be accepted: {:?}", T::try_from(g));
+            assert!(
+                T::try_from(g).is_ok(),
+                "{g} should be accepted: {:?}",
+                T::try_from(g)
+            );
         }
         for b in bad {
             assert!(T::try_from(b).is_err(), "{b} should be rejected");
@@ -482,7 +554,18 @@ mod tests {
 
     #[test]
     fn cluster_names() {
-        good_bad::<ClusterName>(&["demo", "a", "prod-eu-1", "abcdefghij0123456789"], &["", "Demo", "1abc", "abcdefghij01234567890", "a_b", "demo-", "a--b"]);
+        good_bad::<ClusterName>(
+            &["demo", "a", "prod-eu-1", "abcdefghij0123456789"],
+            &[
+                "",
+                "Demo",
+                "1abc",
+                "abcdefghij01234567890",
+                "a_b",
+                "demo-",
+                "a--b",
+            ],
+        );
     }
 
     #[test]
@@ -492,55 +575,121 @@ mod tests {
 
     #[test]
     fn aws_ids() {
-        good_bad::<AmiId>(&["ami-0123456789abcdef0", "ami-12345678"], &["ami-", "ami-123", "ami-0123456789ABCDEF0", "ami-0123456789abcdef", "img-12345678"]);
-        good_bad::<VpcId>(&["vpc-0123456789abcdef0"], &["vpc-xyz", "subnet-0123456789abcdef0"]);
-        good_bad::<SubnetId>(&["subnet-0123456789abcdef0", "subnet-aaaaaaaa"], &["subnet-aaa"]);
-        good_bad::<SecurityGroupId>(&["sg-0123456789abcdef0"], &["sg-1", "vpc-0123456789abcdef0"]);
+        good_bad::<AmiId>(
+            &["ami-0123456789abcdef0", "ami-12345678"],
+            &[
+                "ami-",
+                "ami-123",
+                "ami-0123456789ABCDEF0",
+                "ami-0123456789abcdef",
+                "img-12345678",
+            ],
+        );
+        good_bad::<VpcId>(
+            &["vpc-0123456789abcdef0"],
+            &["vpc-xyz", "subnet-0123456789abcdef0"],
+        );
+        good_bad::<SubnetId>(
+            &["subnet-0123456789abcdef0", "subnet-aaaaaaaa"],
+            &["subnet-aaa"],
+        );
+        good_bad::<SecurityGroupId>(
+            &["sg-0123456789abcdef0"],
+            &["sg-1", "vpc-0123456789abcdef0"],
+        );
     }
 
     #[test]
     fn regions() {
-        good_bad::<Region>(&["us-west-2", "eu-central-1", "us-gov-west-1", "ap-southeast-4"], &["us-west", "USWEST2", "us-west-22", "uswest-2", ""]);
+        good_bad::<Region>(
+            &[
+                "us-west-2",
+                "eu-central-1",
+                "us-gov-west-1",
+                "ap-southeast-4",
+            ],
+            &["us-west", "USWEST2", "us-west-22", "uswest-2", ""],
+        );
     }
 
     #[test]
     fn instance_types_and_profiles() {
-        good_bad::<InstanceType>(&["t3.large", "m6i.2xlarge", "u-6tb1.metal"], &["t3", "T3.large", ".large", "t3."]);
-        good_bad::<InstanceProfileName>(&["demo-master", "a+b=c,d.e@f_g"], &["", "has space", "slash/no"]);
+        good_bad::<InstanceType>(
+            &["t3.large", "m6i.2xlarge", "u-6tb1.metal"],
+            &["t3", "T3.large", ".large", "t3."],
+        );
+        good_bad::<InstanceProfileName>(
+            &["demo-master", "a+b=c,d.e@f_g"],
+            &["", "has space", "slash/no"],
+        );
     }
 
     #[test]
     fn ssm_paths() {
-        good_bad::<SsmPath>(&["/haimg/demo", "/a"], &["haimg/demo", "/haimg/", "/a//b", "/aws/x", "/ssm/x", "/SSM/x", "/a b"]);
+        good_bad::<SsmPath>(
+            &["/haimg/demo", "/a"],
+            &[
+                "haimg/demo",
+                "/haimg/",
+                "/a//b",
+                "/aws/x",
+                "/ssm/x",
+                "/SSM/x",
+                "/a b",
+            ],
+        );
         good_bad::<AmiParameter>(&["/aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id"], &["x"]);
     }
 
     #[test]
     fn kms_keys() {
         good_bad::<KmsKeyId>(
-            &["alias/aws/ssm", "1234abcd-12ab-34cd-56ef-1234567890ab", "arn:aws:kms:us-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab", "arn:aws:kms:us-west-2:111122223333:alias/my-key"],
-            &["aws/ssm", "alias/", "1234", "arn:aws:kms:us-west-2:1111:key/x"],
+            &[
+                "alias/aws/ssm",
+                "1234abcd-12ab-34cd-56ef-1234567890ab",
+                "arn:aws:kms:us-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                "arn:aws:kms:us-west-2:111122223333:alias/my-key",
+            ],
+            &[
+                "aws/ssm",
+                "alias/",
+                "1234",
+                "arn:aws:kms:us-west-2:1111:key/x",
+            ],
         );
-        assert_eq!(KmsKeyId::try_from("alias/aws/ssm").unwrap().alias(), Some("aws/ssm"));
+        assert_eq!(
+            KmsKeyId::try_from("alias/aws/ssm").unwrap().alias(),
+            Some("aws/ssm")
+        );
     }
 
     #[test]
     fn kubernetes_versions() {
-        good_bad::<KubernetesVersion>(&["1.30.4", "1.31.0"], &["1.30", "v1.30.4", "1.30.04", "1.30.4-rc.1", "1..4", ""]);
+        good_bad::<KubernetesVersion>(
+            &["1.30.4", "1.31.0"],
+            &["1.30", "v1.30.4", "1.30.04", "1.30.4-rc.1", "1..4", ""],
+        );
         let v = KubernetesVersion::try_from("1.30.4").unwrap();
         assert_eq!(v.minor_string(), "1.30");
-        assert!(KubernetesVersion::try_from("v1.30.4").unwrap_err().contains("leading `v`"));
+        assert!(KubernetesVersion::try_from("v1.30.4")
+            .unwrap_err()
+            .contains("leading `v`"));
     }
 
     #[test]
     fn cidrs() {
-        good_bad::<Cidr>(&["192.168.0.0/16", "10.96.0.0/12", "fd00::/108"], &["192.168.0.0", "10.0.0.0/33", "10.0.0.1/8", "x"]);
+        good_bad::<Cidr>(
+            &["192.168.0.0/16", "10.96.0.0/12", "fd00::/108"],
+            &["192.168.0.0", "10.0.0.0/33", "10.0.0.1/8", "x"],
+        );
         let a = Cidr::try_from("10.0.0.0/8").unwrap();
         let b = Cidr::try_from("10.96.0.0/12").unwrap();
         let c = Cidr::try_from("192.168.0.0/16").unwrap();
         assert!(a.overlaps(&b) && b.overlaps(&a));
         assert!(!a.overlaps(&c));
-        assert!(Cidr::try_from("10.0.0.1/8").unwrap_err().contains("did you mean 10.0.0.0/8"));
+        assert!(Cidr::try_from("10.0.0.1/8")
+            .unwrap_err()
+            .contains("did you mean 10.0.0.0/8"));
     }
 
     #[test]

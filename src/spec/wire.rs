@@ -106,20 +106,63 @@ pub struct ControlPlaneFile {
     pub endpoint: EndpointFile,
 }
 
-/// How clients reach the API servers: `nlb`, an AWS Network Load Balancer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum EndpointType {
-    Nlb,
+/// How clients reach the API servers.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum EndpointFile {
+    /// An AWS Network Load Balancer in front of the API servers.
+    Nlb {
+        /// NLB scheme: internal (default) or internet-facing.
+        internal: Option<bool>,
+    },
+    /// A virtual IP held by keepalived on the masters (on-prem, or any network without a
+    /// managed load balancer), with haproxy on every master by default.
+    Vip(VipFile),
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EndpointFile {
-    #[serde(rename = "type")]
-    pub kind: EndpointType,
-    /// NLB scheme: internal (default) or internet-facing.
-    pub internal: Option<bool>,
+pub struct VipFile {
+    /// The virtual IP clients use; it must not be a node's address or inside the pod or
+    /// service network.
+    pub address: String,
+    /// The port clients use (default 6443).
+    pub port: Option<i64>,
+    /// The network interface that carries the VIP on every master (default eth0).
+    #[schemars(with = "Option<InterfaceName>")]
+    pub interface: Option<String>,
+    /// VRRP virtual router id, 1-255, unique on the network segment.
+    pub router_id: i64,
+    /// Run haproxy on every master in front of all API servers (default true). The API
+    /// servers then listen on 6444 and haproxy owns the VIP port.
+    pub haproxy: Option<bool>,
+    /// The masters, in priority order: exactly `controlPlane.count` of them.
+    pub nodes: Vec<VipNodeFile>,
+    /// Container images of the keepalived and haproxy static pods (pre-pull them in the
+    /// image recipe's `extraImages`).
+    #[serde(default)]
+    pub images: VipImagesFile,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VipNodeFile {
+    /// The node's host name (its Kubernetes node name).
+    #[schemars(with = "NodeName")]
+    pub name: String,
+    /// The node's address on `interface`.
+    pub address: String,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VipImagesFile {
+    /// Default `docker.io/osixia/keepalived:2.0.20`.
+    #[schemars(with = "Option<ImageRef>")]
+    pub keepalived: Option<String>,
+    /// Default `docker.io/library/haproxy:2.8.14`.
+    #[schemars(with = "Option<ImageRef>")]
+    pub haproxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -21,7 +21,11 @@ impl EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let peers: Vec<u16> = names.iter().map(|_| free_port()).collect();
         let clients: Vec<u16> = names.iter().map(|_| free_port()).collect();
-        let initial: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
+        let initial: Vec<String> = names
+            .iter()
+            .zip(&peers)
+            .map(|(n, p)| format!("{n}=http://127.0.0.1:{p}"))
+            .collect();
         let children = names
             .iter()
             .enumerate()
@@ -32,12 +36,29 @@ impl EtcdCluster {
                         .args(["--name", n])
                         .arg("--data-dir")
                         .arg(dir.path().join(n))
-                        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", clients[i])])
-                        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", clients[i])])
-                        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", peers[i])])
-                        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", peers[i])])
+                        .args([
+                            "--listen-client-urls",
+                            &format!("http://127.0.0.1:{}", clients[i]),
+                        ])
+                        .args([
+                            "--advertise-client-urls",
+                            &format!("http://127.0.0.1:{}", clients[i]),
+                        ])
+                        .args([
+                            "--listen-peer-urls",
+                            &format!("http://127.0.0.1:{}", peers[i]),
+                        ])
+                        .args([
+                            "--initial-advertise-peer-urls",
+                            &format!("http://127.0.0.1:{}", peers[i]),
+                        ])
                         .args(["--initial-cluster", &initial.join(",")])
-                        .args(["--initial-cluster-state", "new", "--initial-cluster-token", "haimg-test"])
+                        .args([
+                            "--initial-cluster-state",
+                            "new",
+                            "--initial-cluster-token",
+                            "haimg-test",
+                        ])
                         .stdout(Stdio::null())
                         .stderr(log)
                         .spawn()
@@ -48,7 +69,12 @@ impl EtcdCluster {
         for p in &clients {
             wait_for_port(*p, "etcd");
         }
-        let c = EtcdCluster { names: names.to_vec(), client_ports: clients, children, _dir: dir };
+        let c = EtcdCluster {
+            names: names.to_vec(),
+            client_ports: clients,
+            children,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.member_names(0).len() != names.len() {
             assert!(Instant::now() < deadline, "etcd cluster did not form");
@@ -69,16 +95,25 @@ impl EtcdCluster {
             body.len()
         );
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_ports[i])) else { return vec![] };
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_ports[i])) else {
+            return vec![];
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         if s.write_all(req.as_bytes()).is_err() {
             return vec![];
         }
         let mut resp = String::new();
         let _ = s.read_to_string(&mut resp);
-        let Some(json) = resp.split("\r\n\r\n").nth(1) else { return vec![] };
+        let Some(json) = resp.split("\r\n\r\n").nth(1) else {
+            return vec![];
+        };
         let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
-        let mut names: Vec<String> = v["members"].as_array().into_iter().flatten().map(|m| m["name"].as_str().unwrap_or("").to_string()).collect();
+        let mut names: Vec<String> = v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["name"].as_str().unwrap_or("").to_string())
+            .collect();
         names.sort();
         names
     }

@@ -15,7 +15,11 @@ use aws_sdk_ssm::config::Credentials;
 use super::{repo, venv};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_for_port(port: u16, what: &str) {
@@ -111,7 +115,10 @@ fn serve(mut conn: TcpStream, id: &Identity, lifecycle: &Mutex<Option<String>>) 
         return;
     }
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
     let mut token_ok = false;
     let mut len = 0usize;
     loop {
@@ -193,7 +200,14 @@ impl Fleet {
         let kubectl = double(dir.path(), "kubectl");
         let cluster_dir = dir.path().join("cluster");
         std::fs::create_dir_all(&cluster_dir).unwrap();
-        Fleet { dir, moto, kubeadm, kubectl, cluster_dir, kubernetes_version: "1.30.4".into() }
+        Fleet {
+            dir,
+            moto,
+            kubeadm,
+            kubectl,
+            cluster_dir,
+            kubernetes_version: "1.30.4".into(),
+        }
     }
 
     /// A node with `config` (YAML) as its node.yaml and the image's CNI manifest.
@@ -202,9 +216,19 @@ impl Fleet {
         std::fs::create_dir_all(root.join("etc/haimg")).unwrap();
         std::fs::write(root.join("etc/haimg/node.yaml"), config).unwrap();
         std::fs::create_dir_all(root.join("usr/share/haimg/cni")).unwrap();
-        std::fs::write(root.join("usr/share/haimg/cni/manifest.yaml"), "# baked CNI manifest\n").unwrap();
+        std::fs::write(
+            root.join("usr/share/haimg/cni/manifest.yaml"),
+            "# baked CNI manifest\n",
+        )
+        .unwrap();
         let imds = Imds::start(id.clone());
-        Node { name: name.into(), id, root, imds, extra_env: vec![] }
+        Node {
+            name: name.into(),
+            id,
+            root,
+            imds,
+            extra_env: vec![],
+        }
     }
 
     /// Starts `haimg node <sub>` for a node, in its own process group, logging to a file.
@@ -255,7 +279,10 @@ impl Fleet {
     }
 
     pub fn events_of(&self, cmd: &str) -> Vec<serde_json::Value> {
-        self.events().into_iter().filter(|e| e["cmd"] == cmd).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["cmd"] == cmd)
+            .collect()
     }
 }
 
@@ -275,7 +302,9 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::
 }
 
 pub fn kill_group(child: &mut Child) {
-    let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).status();
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{}", child.id())])
+        .status();
     let _ = child.wait();
 }
 
@@ -316,7 +345,9 @@ impl Recorder {
                 }
                 let mut body = vec![0; len];
                 let _ = reader.read_exact(&mut body);
-                reqs.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                reqs.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
                 let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{response}", response.len());
             }
         });
@@ -360,8 +391,14 @@ pub fn settings() -> AgentSettings {
 /// The node.yaml `haimg render` writes for the example's masters or its worker pool,
 /// with test timings.
 pub fn node_yaml(master: bool, tweak: impl FnOnce(&mut NodeConfig)) -> String {
-    let spec = haimg::spec::load_str(haimg::spec::EXAMPLE, "example").unwrap().spec;
-    let group = if master { Group::Master } else { Group::Worker(&spec.worker_pools[0]) };
+    let spec = haimg::spec::load_str(haimg::spec::EXAMPLE, "example")
+        .unwrap()
+        .spec;
+    let group = if master {
+        Group::Master
+    } else {
+        Group::Worker(&spec.worker_pools[0])
+    };
     let mut cfg = haimg::render::node_config(&spec, group);
     cfg.agent = settings();
     tweak(&mut cfg);
@@ -371,9 +408,23 @@ pub fn node_yaml(master: bool, tweak: impl FnOnce(&mut NodeConfig)) -> String {
 pub async fn identities(sdk: &aws_config::SdkConfig, group: &str) -> Vec<Identity> {
     let asg = aws_sdk_autoscaling::Client::new(sdk);
     let ec2 = aws_sdk_ec2::Client::new(sdk);
-    let g = asg.describe_auto_scaling_groups().auto_scaling_group_names(group).send().await.unwrap();
-    let ids: Vec<String> = g.auto_scaling_groups()[0].instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect();
-    let out = ec2.describe_instances().set_instance_ids(Some(ids)).send().await.unwrap();
+    let g = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<String> = g.auto_scaling_groups()[0]
+        .instances()
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    let out = ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids))
+        .send()
+        .await
+        .unwrap();
     let mut v: Vec<Identity> = out
         .reservations()
         .iter()
@@ -382,7 +433,11 @@ pub async fn identities(sdk: &aws_config::SdkConfig, group: &str) -> Vec<Identit
             instance_id: i.instance_id().unwrap().into(),
             hostname: i.private_dns_name().unwrap().into(),
             private_ip: i.private_ip_address().unwrap().into(),
-            az: i.placement().and_then(|p| p.availability_zone()).unwrap().into(),
+            az: i
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .unwrap()
+                .into(),
         })
         .collect();
     v.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
@@ -394,9 +449,21 @@ pub async fn cluster(masters: i32, workers: i32) -> Cluster {
     let moto = Moto::start();
     let sdk = moto.sdk().await;
     let ec2 = aws_sdk_ec2::Client::new(&sdk);
-    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap();
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap();
     let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
-    let subnet = ec2.create_subnet().vpc_id(&vpc_id).cidr_block("10.0.1.0/24").availability_zone("us-west-2a").send().await.unwrap();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.0.1.0/24")
+        .availability_zone("us-west-2a")
+        .send()
+        .await
+        .unwrap();
     let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
     aws_sdk_elasticloadbalancingv2::Client::new(&sdk)
         .create_load_balancer()
@@ -407,10 +474,18 @@ pub async fn cluster(masters: i32, workers: i32) -> Cluster {
         .send()
         .await
         .unwrap();
-    let image = ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
+    let image = ec2.describe_images().send().await.unwrap().images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
     ec2.create_launch_template()
         .launch_template_name("demo-test")
-        .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(image).instance_type(aws_sdk_ec2::types::InstanceType::T3Large).build())
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id(image)
+                .instance_type(aws_sdk_ec2::types::InstanceType::T3Large)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -418,12 +493,25 @@ pub async fn cluster(masters: i32, workers: i32) -> Cluster {
     for (name, n) in [("demo-master", masters), ("demo-worker-general", workers)] {
         asg.create_auto_scaling_group()
             .auto_scaling_group_name(name)
-            .launch_template(aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder().launch_template_name("demo-test").version("$Default").build())
+            .launch_template(
+                aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                    .launch_template_name("demo-test")
+                    .version("$Default")
+                    .build(),
+            )
             .min_size(n)
             .max_size(n + 2)
             .desired_capacity(n)
             .vpc_zone_identifier(&subnet_id)
-            .tags(aws_sdk_autoscaling::types::Tag::builder().key("haimg:cluster").value("demo").propagate_at_launch(true).resource_id(name).resource_type("auto-scaling-group").build())
+            .tags(
+                aws_sdk_autoscaling::types::Tag::builder()
+                    .key("haimg:cluster")
+                    .value("demo")
+                    .propagate_at_launch(true)
+                    .resource_id(name)
+                    .resource_type("auto-scaling-group")
+                    .build(),
+            )
             .send()
             .await
             .unwrap();
@@ -431,12 +519,32 @@ pub async fn cluster(masters: i32, workers: i32) -> Cluster {
     let m = identities(&sdk, "demo-master").await;
     let w = identities(&sdk, "demo-worker-general").await;
     let all: Vec<String> = m.iter().chain(&w).map(|i| i.instance_id.clone()).collect();
-    ec2.create_tags().set_resources(Some(all)).tags(aws_sdk_ec2::types::Tag::builder().key("haimg:cluster").value("demo").build()).send().await.unwrap();
-    Cluster { fleet: Fleet::new(moto), masters: m, workers: w, sdk }
+    ec2.create_tags()
+        .set_resources(Some(all))
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("haimg:cluster")
+                .value("demo")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    Cluster {
+        fleet: Fleet::new(moto),
+        masters: m,
+        workers: w,
+        sdk,
+    }
 }
 
 pub async fn parameter(sdk: &aws_config::SdkConfig, name: &str) -> Option<serde_json::Value> {
-    let out = aws_sdk_ssm::Client::new(sdk).get_parameter().name(name).with_decryption(true).send().await.ok()?;
+    let out = aws_sdk_ssm::Client::new(sdk)
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .ok()?;
     serde_json::from_str(out.parameter()?.value()?).ok()
 }
-

@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod fleet;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,7 +19,8 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn run(mut cmd: Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -37,16 +39,26 @@ pub fn require_tool(name: &str) -> PathBuf {
         .chain(["/usr/sbin", "/sbin", "/usr/bin"].iter().map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file());
-    found.unwrap_or_else(|| panic!("`{name}` is required by this test and was not found: run scripts/install-test-deps.sh"))
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{name}` is required by this test and was not found: run scripts/install-test-deps.sh"
+        )
+    })
 }
 
 /// The virtualenv with moto and the AWS CLI (botocore).
 pub fn venv() -> PathBuf {
     let dir = std::env::var_os("HAIMG_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/haimg/venv"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/haimg/venv")
+        });
     let py = dir.join("bin/python");
-    assert!(py.is_file(), "{} is missing: run scripts/install-test-deps.sh", py.display());
+    assert!(
+        py.is_file(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        py.display()
+    );
     dir
 }
 
@@ -57,9 +69,15 @@ pub fn aws_validate(args: &[String]) {
         return;
     }
     let mut cmd = Command::new(venv().join("bin/python"));
-    cmd.arg(repo().join("tests/validators/aws_validate.py")).args(args);
+    cmd.arg(repo().join("tests/validators/aws_validate.py"))
+        .args(args);
     let o = run(cmd);
-    assert!(o.status.success(), "AWS CLI validation failed:\n{}{}", stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "AWS CLI validation failed:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
 }
 
 /// `cloud-init schema` on a #cloud-config text (plain; gunzip before calling).
@@ -73,7 +91,12 @@ pub fn cloud_init_schema(text: &str, what: &str) {
         c.args(["schema", "--config-file"]).arg(&f);
         c
     });
-    assert!(o.status.success(), "cloud-init schema rejected {what}:\n{}{}", stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "cloud-init schema rejected {what}:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
 }
 
 /// Compares every file under `actual` with `tests/golden/<case>`; with
@@ -99,7 +122,12 @@ pub fn assert_golden(case: &str, actual: &Path) {
         let a = std::fs::read_to_string(actual.join(rel)).unwrap();
         let g = std::fs::read_to_string(golden.join(rel)).unwrap();
         if a != g {
-            let line = a.lines().zip(g.lines()).position(|(x, y)| x != y).map(|i| i + 1).unwrap_or(0);
+            let line = a
+                .lines()
+                .zip(g.lines())
+                .position(|(x, y)| x != y)
+                .map(|i| i + 1)
+                .unwrap_or(0);
             panic!("{rel} differs from tests/golden/{case}/{rel} near line {line} (review, then HAIMG_UPDATE_GOLDEN=1 to accept)");
         }
     }
@@ -109,7 +137,9 @@ pub fn files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut todo = vec![root.to_path_buf()];
     while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {

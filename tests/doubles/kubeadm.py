@@ -189,6 +189,19 @@ def ttl_seconds(ttl):
     return int(m.group(1)) * (3600 if ttl.endswith("h0m0s") else 1)
 
 
+def check_preflight(flags):
+    """Only the manifests-directory check may be skipped, and only when static pods are there."""
+    skip = flags.get("ignore-preflight-errors")
+    manifests = path("/etc/kubernetes/manifests")
+    present = os.path.isdir(manifests) and os.listdir(manifests)
+    if skip is not None and skip != "DirAvailable--etc-kubernetes-manifests":
+        die(f"--ignore-preflight-errors={skip}: haimg must not skip other checks")
+    if present and skip is None:
+        die("[preflight] /etc/kubernetes/manifests is not empty", 1)
+    if skip is not None and not present:
+        die("--ignore-preflight-errors given but /etc/kubernetes/manifests holds nothing")
+
+
 def fail_if_asked(cmd):
     if cmd in os.environ.get("FAKE_KUBEADM_FAIL", "").split(","):
         event(cmd=cmd, failed=True)
@@ -213,7 +226,8 @@ def main(argv):
         event(cmd="upload-certs")
         return
     if cmd == "init":
-        flags, rest = parse_flags(argv[1:], {"config"}, {"upload-certs"})
+        flags, rest = parse_flags(argv[1:], {"config", "ignore-preflight-errors"}, {"upload-certs"})
+        check_preflight(flags)
         if rest or "config" not in flags or not flags.get("upload-certs"):
             die("init needs exactly --config F --upload-certs")
         docs = read_config(flags["config"])
@@ -236,7 +250,8 @@ def main(argv):
         event(cmd="init", endpoint=docs["ClusterConfiguration"]["controlPlaneEndpoint"])
         return
     if cmd == "join":
-        flags, rest = parse_flags(argv[1:], {"config"})
+        flags, rest = parse_flags(argv[1:], {"config", "ignore-preflight-errors"})
+        check_preflight(flags)
         if rest or "config" not in flags:
             die("join needs exactly --config F")
         docs = read_config(flags["config"])
