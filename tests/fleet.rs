@@ -520,3 +520,52 @@ async fn a_failed_join_resets_the_node_and_leaves_no_secret_behind() {
         "the error names kubeadm's complaint"
     );
 }
+
+/// VIP mode end to end: the files each master's user-data writes (static pods, keepalived,
+/// haproxy, node.yaml) are laid down as cloud-init would, then three agents with fixed
+/// identities (no IMDS) form the cluster behind the VIP.
+#[tokio::test(flavor = "multi_thread")]
+async fn vip_masters_with_static_pods_form_a_cluster_behind_the_vip() {
+    let moto = Moto::start();
+    let f = Fleet::new(moto);
+    let text = std::fs::read_to_string(common::repo().join("examples/cluster-vip.yaml")).unwrap();
+    let spec = haimg::spec::load_str(&text, "cluster-vip.yaml").unwrap().spec;
+    let t = haimg::render::templates::Templates::embedded();
+    let mut nodes = Vec::new();
+    for g in haimg::render::master_groups(&spec) {
+        let haimg::render::Group::VipMaster { node, .. } = g else { unreachable!() };
+        let ud = haimg::render::user_data(&spec, g, &t).unwrap();
+        let doc = haimg::yaml::parse(&ud.text).unwrap().value;
+        let mut cfg = haimg::node::config::NodeConfig::from_yaml(
+            doc["write_files"].as_array().unwrap().iter().find(|w| w["path"] == "/etc/haimg/node.yaml").unwrap()["content"].as_str().unwrap(),
+            "node.yaml",
+        )
+        .unwrap();
+        cfg.agent = settings();
+        let id = Identity { instance_id: "unused".into(), hostname: "unused".into(), private_ip: "0.0.0.0".into(), az: "unused".into() };
+        let mut n = f.node(node.name.as_str(), id, &haimg::yaml::to_string(&cfg));
+        for w in doc["write_files"].as_array().unwrap().iter().filter(|w| w["path"] != "/etc/haimg/node.yaml") {
+            let p = n.root.join(w["path"].as_str().unwrap().trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, w["content"].as_str().unwrap()).unwrap();
+        }
+        // No instance metadata on these machines: prove it is not needed.
+        n.extra_env.push(("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), "http://127.0.0.1:9/".into()));
+        nodes.push(n);
+    }
+    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
+    for (n, child) in nodes.iter().zip(children.iter_mut()) {
+        assert!(wait_child(child, BOUND).unwrap().success(), "{}:\n{}", n.name, f.log(n, "bootstrap"));
+    }
+    let inits = f.events_of("init");
+    assert_eq!(inits.len(), 1);
+    assert_eq!(inits[0]["endpoint"], "10.0.0.100:6443", "controlPlaneEndpoint is the VIP");
+    assert_eq!(inits[0]["bindPort"], 6444, "the API server moves to 6444 for haproxy");
+    assert!(inits[0]["certSANs"].as_array().unwrap().iter().any(|s| s == "10.0.0.100"), "the VIP is a certificate SAN");
+    let init_node = inits[0]["node"].as_str().unwrap();
+    let expected_ip = nodes.iter().find(|n| n.name == init_node).map(|n| if n.name == "m1" { "10.0.0.11" } else if n.name == "m2" { "10.0.0.12" } else { "10.0.0.13" }).unwrap();
+    assert_eq!(inits[0]["kubeletExtraArgs"]["node-ip"], expected_ip, "the kubelet is pinned to the node address, never the VIP");
+    let cp = joins(&f, true);
+    assert_eq!(cp.len(), 2);
+    assert!(cp.iter().all(|e| e["endpoint"] == "10.0.0.100:6443" && e["bindPort"] == 6444));
+}

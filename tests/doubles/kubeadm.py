@@ -247,7 +247,9 @@ def main(argv):
             s["certificateKey"] = {"key": i["certificateKey"], "expires": time.time() + CERTS_TTL}
             s["nodes"][i["nodeRegistration"]["name"]] = {"controlPlane": True, "ready": True}
         write_node_files(True)
-        event(cmd="init", endpoint=docs["ClusterConfiguration"]["controlPlaneEndpoint"])
+        event(cmd="init", endpoint=docs["ClusterConfiguration"]["controlPlaneEndpoint"],
+              bindPort=i["localAPIEndpoint"]["bindPort"], kubeletExtraArgs=i["nodeRegistration"].get("kubeletExtraArgs"),
+              certSANs=docs["ClusterConfiguration"].get("apiServer", {}).get("certSANs", []))
         return
     if cmd == "join":
         flags, rest = parse_flags(argv[1:], {"config", "ignore-preflight-errors"})
@@ -272,7 +274,8 @@ def main(argv):
                     die("join: the certificate key does not decrypt the uploaded certs (wrong or expired)", 1)
             s["nodes"][j["nodeRegistration"]["name"]] = {"controlPlane": "controlPlane" in j, "ready": True}
         write_node_files("controlPlane" in j)
-        event(cmd="join", controlPlane="controlPlane" in j, withCertificateKey=bool(j.get("controlPlane", {}).get("certificateKey")))
+        event(cmd="join", controlPlane="controlPlane" in j, withCertificateKey=bool(j.get("controlPlane", {}).get("certificateKey")),
+              endpoint=bt.get("apiServerEndpoint"), bindPort=j.get("controlPlane", {}).get("localAPIEndpoint", {}).get("bindPort"))
         return
     if cmd == "token" and argv[1:2] == ["create"]:
         flags, rest = parse_flags(argv[2:], {"ttl", "kubeconfig"})
