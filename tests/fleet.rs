@@ -33,16 +33,7 @@ async fn three_masters_and_three_workers_form_one_cluster() {
                 .map(|(i, id)| f.node(&format!("w{i}"), id.clone(), &node_yaml(false, |_| {}))),
         )
         .collect();
-    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
-    for (n, child) in nodes.iter().zip(children.iter_mut()) {
-        let status = wait_child(child, BOUND);
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{} failed:\n{}",
-            n.name,
-            f.log(n, "bootstrap")
-        );
-    }
+    f.run_all(&nodes, "bootstrap", BOUND);
     assert_eq!(
         f.events_of("init").len(),
         1,
@@ -129,16 +120,7 @@ async fn a_master_takes_over_when_the_init_holder_dies_before_publishing() {
         f.node("m2", c.masters[2].clone(), &node_yaml(true, |_| {})),
         f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {})),
     ];
-    let mut children: Vec<_> = others.iter().map(|n| f.spawn(n, "bootstrap")).collect();
-    for (n, child) in others.iter().zip(children.iter_mut()) {
-        let status = wait_child(child, BOUND);
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{} failed:\n{}",
-            n.name,
-            f.log(n, "bootstrap")
-        );
-    }
+    f.run_all(&others, "bootstrap", BOUND);
     let inits = f.events_of("init");
     assert_eq!(inits.len(), 1, "one init completed: {inits:?}");
     assert_ne!(inits[0]["node"], "m0", "the dead holder never published");
@@ -240,14 +222,7 @@ async fn concurrent_refreshes_rotate_once() {
         .enumerate()
         .map(|(i, id)| f.node(&format!("m{i}"), id.clone(), &node_yaml(true, |_| {})))
         .collect();
-    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
-    for (n, child) in nodes.iter().zip(children.iter_mut()) {
-        assert!(
-            wait_child(child, BOUND).unwrap().success(),
-            "{}",
-            f.log(n, "bootstrap")
-        );
-    }
+    f.run_all(&nodes, "bootstrap", BOUND);
     // Make the material look past half-life, then fire every master's timer at once.
     let ssm = aws_sdk_ssm::Client::new(&c.sdk);
     let mut v = parameter(&c.sdk, "/haimg/demo/join/control-plane")
@@ -265,14 +240,7 @@ async fn concurrent_refreshes_rotate_once() {
         .send()
         .await
         .unwrap();
-    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "refresh")).collect();
-    for (n, child) in nodes.iter().zip(children.iter_mut()) {
-        assert!(
-            wait_child(child, BOUND).unwrap().success(),
-            "{}",
-            f.log(n, "refresh")
-        );
-    }
+    f.run_all(&nodes, "refresh", BOUND);
     assert_eq!(
         f.events_of("token-create").len(),
         1,
@@ -337,17 +305,7 @@ async fn masters_with_etcd(masters: i32) -> (Cluster, Vec<Node>, common::etcd::E
             )
         })
         .collect();
-    let mut children: Vec<_> = nodes
-        .iter()
-        .map(|n| c.fleet.spawn(n, "bootstrap"))
-        .collect();
-    for (n, child) in nodes.iter().zip(children.iter_mut()) {
-        assert!(
-            wait_child(child, BOUND).unwrap().success(),
-            "{}",
-            c.fleet.log(n, "bootstrap")
-        );
-    }
+    c.fleet.run_all(&nodes, "bootstrap", BOUND);
     (c, nodes, etcd)
 }
 
@@ -553,10 +511,7 @@ async fn vip_masters_with_static_pods_form_a_cluster_behind_the_vip() {
         n.extra_env.push(("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), "http://127.0.0.1:9/".into()));
         nodes.push(n);
     }
-    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
-    for (n, child) in nodes.iter().zip(children.iter_mut()) {
-        assert!(wait_child(child, BOUND).unwrap().success(), "{}:\n{}", n.name, f.log(n, "bootstrap"));
-    }
+    f.run_all(&nodes, "bootstrap", BOUND);
     let inits = f.events_of("init");
     assert_eq!(inits.len(), 1);
     assert_eq!(inits[0]["endpoint"], "10.0.0.100:6443", "controlPlaneEndpoint is the VIP");

@@ -261,6 +261,15 @@ impl Fleet {
         cmd.spawn().unwrap()
     }
 
+    /// Runs `haimg node <sub>` on every node at once and asserts each succeeds in time.
+    pub fn run_all(&self, nodes: &[Node], sub: &str, timeout: Duration) {
+        let mut children: Vec<_> = nodes.iter().map(|n| self.spawn(n, sub)).collect();
+        for (n, child) in nodes.iter().zip(children.iter_mut()) {
+            let status = wait_child(child, timeout);
+            assert!(status.is_some_and(|s| s.success()), "{} `{sub}` failed:\n{}", n.name, self.log(n, sub));
+        }
+    }
+
     pub fn log_path(&self, node: &Node, sub: &str) -> PathBuf {
         self.dir.path().join(format!("{}-{sub}.log", node.name))
     }
