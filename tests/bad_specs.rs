@@ -105,7 +105,12 @@ fn several_problems_are_reported_together_with_positions() {
 
 #[test]
 fn shipped_examples_and_fixtures_are_valid() {
-    for f in ["examples/cluster.yaml", "tests/fixtures/five-masters.yaml"] {
+    for f in [
+        "examples/cluster.yaml",
+        "examples/cluster-vip.yaml",
+        "tests/fixtures/five-masters.yaml",
+        "tests/fixtures/vip-five.yaml",
+    ] {
         let mut cmd = haimg();
         cmd.args(["validate", "-c"]).arg(repo().join(f));
         let o = run(cmd);

@@ -140,12 +140,7 @@ async fn expired_material_is_never_used_until_refresh_rotates_it() {
     let c = cluster(1, 2).await;
     let f = &c.fleet;
     let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
-    let mut first = f.spawn(&m0, "bootstrap");
-    assert!(
-        wait_child(&mut first, BOUND).unwrap().success(),
-        "{}",
-        f.log(&m0, "bootstrap")
-    );
+    f.run_all(std::slice::from_ref(&m0), "bootstrap", BOUND);
 
     // Days later: the published material has expired (refresh was not running).
     let ssm = aws_sdk_ssm::Client::new(&c.sdk);
@@ -205,6 +200,11 @@ async fn expired_material_is_never_used_until_refresh_rotates_it() {
         .await
         .unwrap();
     assert_eq!(control["generation"], 2);
+    // The rotated secrets never reach the refresh log (kubeadm printed the token to us).
+    let refresh_log = f.log(&m0, "refresh");
+    for secret in [control["token"].as_str().unwrap(), control["certificateKey"].as_str().unwrap()] {
+        assert!(!refresh_log.contains(secret), "a rotated secret reached the log");
+    }
 
     // A second refresh right away finds fresh material and rotates nothing.
     let mut again = f.spawn(&m0, "refresh");
@@ -441,11 +441,16 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
         &format!("InstanceId={}", c.masters[1].instance_id),
         "LifecycleActionResult=CONTINUE",
     ] {
-        assert!(reqs[0].contains(part), "{part} missing in {}", reqs[0]);
+        assert!(reqs[0].1.contains(part), "{part} missing in {}", reqs[0].1);
     }
-    // Order: drain before leaving etcd before completing.
+    // Order: drain, then leave etcd, then complete the lifecycle action.
     let drained = f.events_of("kubectl-drain")[0]["t"].as_f64().unwrap();
-    assert!(drained > 0.0);
+    let completed = reqs[0].0;
+    assert!(drained < completed, "drained at {drained}, completed at {completed}");
+    let log = f.log(&leaving, "watch");
+    let left = log.find("removed the local etcd member").expect("the watcher left etcd");
+    let done = log.find("lifecycle action completed").expect("the watcher completed the action");
+    assert!(left < done, "etcd was left before the lifecycle action was completed:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -453,12 +458,7 @@ async fn a_failed_join_resets_the_node_and_leaves_no_secret_behind() {
     let c = cluster(1, 1).await;
     let f = &c.fleet;
     let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
-    let mut first = f.spawn(&m0, "bootstrap");
-    assert!(
-        wait_child(&mut first, BOUND).unwrap().success(),
-        "{}",
-        f.log(&m0, "bootstrap")
-    );
+    f.run_all(std::slice::from_ref(&m0), "bootstrap", BOUND);
     let mut w0 = f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {}));
     w0.extra_env
         .push(("FAKE_KUBEADM_FAIL".into(), "join".into()));

@@ -330,7 +330,8 @@ pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// answers 500 there): answers every request with `response` and keeps the request bodies.
 pub struct Recorder {
     pub port: u16,
-    pub requests: Arc<Mutex<Vec<String>>>,
+    /// (arrival time in seconds since the epoch, request body)
+    pub requests: Arc<Mutex<Vec<(f64, String)>>>,
 }
 
 impl Recorder {
@@ -354,9 +355,8 @@ impl Recorder {
                 }
                 let mut body = vec![0; len];
                 let _ = reader.read_exact(&mut body);
-                reqs.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&body).into_owned());
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+                reqs.lock().unwrap().push((at, String::from_utf8_lossy(&body).into_owned()));
                 let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{response}", response.len());
             }
         });
