@@ -8,7 +8,7 @@
 set -euo pipefail
 
 VENV="${HAIMG_VENV:-$HOME/.cache/haimg/venv}"
-APT_PACKAGES=(procps curl systemd cloud-init shellcheck keepalived haproxy nginx-light etcd-server etcd-client iproute2 openssl python3-venv)
+APT_PACKAGES=(procps curl systemd cloud-init shellcheck keepalived haproxy nginx-light libnginx-mod-stream etcd-server etcd-client iproute2 openssl python3-venv)
 # moto[server] is the AWS emulator; awscli brings botocore's ParamValidator, the
 # AWS CLI's own parameter validation that rendered JSON is checked with.
 PIP_PACKAGES=("moto[server]==5.1.*" "awscli==1.*")

@@ -202,8 +202,14 @@ async fn expired_material_is_never_used_until_refresh_rotates_it() {
     assert_eq!(control["generation"], 2);
     // The rotated secrets never reach the refresh log (kubeadm printed the token to us).
     let refresh_log = f.log(&m0, "refresh");
-    for secret in [control["token"].as_str().unwrap(), control["certificateKey"].as_str().unwrap()] {
-        assert!(!refresh_log.contains(secret), "a rotated secret reached the log");
+    for secret in [
+        control["token"].as_str().unwrap(),
+        control["certificateKey"].as_str().unwrap(),
+    ] {
+        assert!(
+            !refresh_log.contains(secret),
+            "a rotated secret reached the log"
+        );
     }
 
     // A second refresh right away finds fresh material and rotates nothing.
@@ -446,11 +452,21 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
     // Order: drain, then leave etcd, then complete the lifecycle action.
     let drained = f.events_of("kubectl-drain")[0]["t"].as_f64().unwrap();
     let completed = reqs[0].0;
-    assert!(drained < completed, "drained at {drained}, completed at {completed}");
+    assert!(
+        drained < completed,
+        "drained at {drained}, completed at {completed}"
+    );
     let log = f.log(&leaving, "watch");
-    let left = log.find("removed the local etcd member").expect("the watcher left etcd");
-    let done = log.find("lifecycle action completed").expect("the watcher completed the action");
-    assert!(left < done, "etcd was left before the lifecycle action was completed:\n{log}");
+    let left = log
+        .find("removed the local etcd member")
+        .expect("the watcher left etcd");
+    let done = log
+        .find("lifecycle action completed")
+        .expect("the watcher completed the action");
+    assert!(
+        left < done,
+        "etcd was left before the lifecycle action was completed:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -487,40 +503,217 @@ async fn vip_masters_with_static_pods_form_a_cluster_behind_the_vip() {
     let moto = Moto::start();
     let f = Fleet::new(moto);
     let text = std::fs::read_to_string(common::repo().join("examples/cluster-vip.yaml")).unwrap();
-    let spec = haimg::spec::load_str(&text, "cluster-vip.yaml").unwrap().spec;
+    let spec = haimg::spec::load_str(&text, "cluster-vip.yaml")
+        .unwrap()
+        .spec;
     let t = haimg::render::templates::Templates::embedded();
     let mut nodes = Vec::new();
     for g in haimg::render::master_groups(&spec) {
-        let haimg::render::Group::VipMaster { node, .. } = g else { unreachable!() };
+        let haimg::render::Group::FixedMaster { node, .. } = g else {
+            unreachable!()
+        };
         let ud = haimg::render::user_data(&spec, g, &t).unwrap();
         let doc = haimg::yaml::parse(&ud.text).unwrap().value;
         let mut cfg = haimg::node::config::NodeConfig::from_yaml(
-            doc["write_files"].as_array().unwrap().iter().find(|w| w["path"] == "/etc/haimg/node.yaml").unwrap()["content"].as_str().unwrap(),
+            doc["write_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["path"] == "/etc/haimg/node.yaml")
+                .unwrap()["content"]
+                .as_str()
+                .unwrap(),
             "node.yaml",
         )
         .unwrap();
         cfg.agent = settings();
-        let id = Identity { instance_id: "unused".into(), hostname: "unused".into(), private_ip: "0.0.0.0".into(), az: "unused".into() };
+        let id = Identity {
+            instance_id: "unused".into(),
+            hostname: "unused".into(),
+            private_ip: "0.0.0.0".into(),
+            az: "unused".into(),
+        };
         let mut n = f.node(node.name.as_str(), id, &haimg::yaml::to_string(&cfg));
-        for w in doc["write_files"].as_array().unwrap().iter().filter(|w| w["path"] != "/etc/haimg/node.yaml") {
-            let p = n.root.join(w["path"].as_str().unwrap().trim_start_matches('/'));
+        for w in doc["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["path"] != "/etc/haimg/node.yaml")
+        {
+            let p = n
+                .root
+                .join(w["path"].as_str().unwrap().trim_start_matches('/'));
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, w["content"].as_str().unwrap()).unwrap();
         }
         // No instance metadata on these machines: prove it is not needed.
-        n.extra_env.push(("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), "http://127.0.0.1:9/".into()));
+        n.extra_env.push((
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+            "http://127.0.0.1:9/".into(),
+        ));
         nodes.push(n);
     }
     f.run_all(&nodes, "bootstrap", BOUND);
     let inits = f.events_of("init");
     assert_eq!(inits.len(), 1);
-    assert_eq!(inits[0]["endpoint"], "10.0.0.100:6443", "controlPlaneEndpoint is the VIP");
-    assert_eq!(inits[0]["bindPort"], 6444, "the API server moves to 6444 for haproxy");
-    assert!(inits[0]["certSANs"].as_array().unwrap().iter().any(|s| s == "10.0.0.100"), "the VIP is a certificate SAN");
+    assert_eq!(
+        inits[0]["endpoint"], "10.0.0.100:6443",
+        "controlPlaneEndpoint is the VIP"
+    );
+    assert_eq!(
+        inits[0]["bindPort"], 6444,
+        "the API server moves to 6444 for haproxy"
+    );
+    assert!(
+        inits[0]["certSANs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "10.0.0.100"),
+        "the VIP is a certificate SAN"
+    );
     let init_node = inits[0]["node"].as_str().unwrap();
-    let expected_ip = nodes.iter().find(|n| n.name == init_node).map(|n| if n.name == "m1" { "10.0.0.11" } else if n.name == "m2" { "10.0.0.12" } else { "10.0.0.13" }).unwrap();
-    assert_eq!(inits[0]["kubeletExtraArgs"]["node-ip"], expected_ip, "the kubelet is pinned to the node address, never the VIP");
+    let expected_ip = nodes
+        .iter()
+        .find(|n| n.name == init_node)
+        .map(|n| {
+            if n.name == "m1" {
+                "10.0.0.11"
+            } else if n.name == "m2" {
+                "10.0.0.12"
+            } else {
+                "10.0.0.13"
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        inits[0]["kubeletExtraArgs"]["node-ip"], expected_ip,
+        "the kubelet is pinned to the node address, never the VIP"
+    );
     let cp = joins(&f, true);
     assert_eq!(cp.len(), 2);
-    assert!(cp.iter().all(|e| e["endpoint"] == "10.0.0.100:6443" && e["bindPort"] == 6444));
+    assert!(cp
+        .iter()
+        .all(|e| e["endpoint"] == "10.0.0.100:6443" && e["bindPort"] == 6444));
+}
+
+/// The user-data a node gets, applied to a fleet node: node.yaml (with test timings) and
+/// every other file it writes, at its path under the node's root.
+fn node_from_user_data(f: &Fleet, name: &str, id: Identity, user_data: &str) -> Node {
+    let doc = haimg::yaml::parse(user_data).unwrap().value;
+    let files = doc["write_files"].as_array().unwrap();
+    let node_yaml = files
+        .iter()
+        .find(|w| w["path"] == "/etc/haimg/node.yaml")
+        .unwrap();
+    let mut cfg = haimg::node::config::NodeConfig::from_yaml(
+        node_yaml["content"].as_str().unwrap(),
+        "node.yaml",
+    )
+    .unwrap();
+    cfg.agent = settings();
+    let n = f.node(name, id, &haimg::yaml::to_string(&cfg));
+    for w in files.iter().filter(|w| w["path"] != "/etc/haimg/node.yaml") {
+        let p = n
+            .root
+            .join(w["path"].as_str().unwrap().trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, w["content"].as_str().unwrap()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = u32::from_str_radix(w["permissions"].as_str().unwrap(), 8).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn static_credentials_bootstrap_offline_with_the_pre_generated_ca() {
+    // An external nginx endpoint with static credentials: no Parameter Store, no instance
+    // metadata for the masters, and every AWS call would fail (the endpoint is a closed port).
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("cluster.yaml");
+    std::fs::copy(
+        common::repo().join("tests/fixtures/external-nginx-static.yaml"),
+        &spec_path,
+    )
+    .unwrap();
+    let mut spec = haimg::spec::load(Some(&spec_path)).unwrap().spec;
+    let haimg::spec::Credentials::Static { file, material } = &mut spec.credentials else {
+        panic!("static")
+    };
+    let (m, _, created) = haimg::spec::credentials::load_or_create(file, dir.path()).unwrap();
+    assert!(created);
+    *material = Some(Box::new(m.clone()));
+    let t = haimg::render::templates::Templates::embedded();
+    let f = Fleet::new(Moto::start());
+    let dead = (
+        "AWS_ENDPOINT_URL".to_string(),
+        "http://127.0.0.1:9/".to_string(),
+    );
+    let mut nodes = Vec::new();
+    for g in haimg::render::master_groups(&spec) {
+        let haimg::render::Group::FixedMaster { node, .. } = g else {
+            unreachable!()
+        };
+        let ud = haimg::render::user_data(&spec, g, &t).unwrap();
+        let id = Identity {
+            instance_id: "unused".into(),
+            hostname: "unused".into(),
+            private_ip: "0.0.0.0".into(),
+            az: "unused".into(),
+        };
+        let mut n = node_from_user_data(&f, node.name.as_str(), id, &ud.text);
+        n.extra_env.push((
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+            "http://127.0.0.1:9/".into(),
+        ));
+        n.extra_env.push(dead.clone());
+        nodes.push(n);
+    }
+    let wg = haimg::render::Group::Worker(&spec.worker_pools[0]);
+    let ud = haimg::render::user_data(&spec, wg, &t).unwrap();
+    let id = Identity {
+        instance_id: "i-0000000000000w001".into(),
+        hostname: "ip-10-0-2-1.us-west-2.compute.internal".into(),
+        private_ip: "10.0.2.1".into(),
+        az: "us-west-2a".into(),
+    };
+    let mut w = node_from_user_data(&f, "w1", id, &ud.text);
+    w.extra_env.push(dead);
+    nodes.push(w);
+    // Everyone starts at once: the joiners find no API server at first and retry.
+    f.run_all(&nodes, "bootstrap", BOUND);
+
+    assert_eq!(
+        f.events_of("init-existing-ca").len(),
+        1,
+        "kubeadm init used the pre-generated CA"
+    );
+    let inits = f.events_of("init");
+    assert_eq!(inits.len(), 1);
+    assert_eq!(
+        inits[0]["node"], "m1",
+        "the first listed master initializes"
+    );
+    assert_eq!(inits[0]["endpoint"], "10.0.0.9:8443");
+    assert_eq!(
+        inits[0]["bindPort"], 8443,
+        "behind external load balancers the API server keeps the client port"
+    );
+    let ca = std::fs::read_to_string(f.cluster_dir.join("ca.crt")).unwrap();
+    assert_eq!(ca, m.ca_cert, "the cluster's CA is the one every node pins");
+    assert_eq!(joins(&f, true).len(), 2);
+    assert_eq!(joins(&f, false).len(), 1);
+    for n in &nodes {
+        let log = f.log(n, "bootstrap");
+        for s in [m.token.expose(), m.certificate_key.expose()] {
+            assert!(!log.contains(s), "{}: a secret reached the log", n.name);
+        }
+        assert!(
+            !n.root.join("etc/haimg/kubeadm-join.yaml").exists()
+                && !n.root.join("etc/haimg/kubeadm-init.yaml").exists(),
+            "{}: kubeadm config with secrets left behind",
+            n.name
+        );
+    }
 }

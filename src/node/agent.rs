@@ -54,6 +54,8 @@ pub mod paths {
     pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
     pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
     pub const CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
+    pub const CA_KEY: &str = "/etc/kubernetes/pki/ca.key";
+    pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
     pub const CNI_MANIFEST: &str = "/usr/share/haimg/cni/manifest.yaml";
     /// Kubeadm config files holding secrets: 0600, removed after use.
     pub const INIT_CONFIG: &str = "/etc/haimg/kubeadm-init.yaml";

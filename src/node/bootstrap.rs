@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use super::agent::{paths, write_secret_file, Agent, SecretFile};
 use super::backoff::Backoff;
-use super::config::{NodeEndpoint, Role};
+use super::config::{NodeEndpoint, Role, StaticJoin};
 use super::join::{EtcdHealth, JoinMaterial, Phase, State};
 use super::store::{Acquired, Created, Election};
 use super::{kubeadm, pki, secret};
@@ -48,6 +48,9 @@ pub async fn run(agent: &Agent) -> Result<()> {
         Duration::from_millis(s.poll_max_millis),
         Duration::from_secs(s.join_timeout_seconds),
     );
+    if let Some(st) = &agent.cfg.credentials {
+        return run_static(agent, st, backoff).await;
+    }
     let margin = Duration::from_secs(s.min_remaining_seconds);
     loop {
         let step = match agent.cfg.role {
@@ -62,6 +65,54 @@ pub async fn run(agent: &Agent) -> Result<()> {
                     return Err(Error::Timeout(format!(
                         "bootstrap: still waiting after {}s: {why}",
                         s.join_timeout_seconds
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Static credentials (`spec.credentials.source: static`, no Parameter Store): the first
+/// master runs `kubeadm init` with the pre-generated token, certificate key and CA; every
+/// other node retries `kubeadm join` with them until the API answers (bounded by
+/// `agent.joinTimeoutSeconds`). No election is needed: the spec names the first master.
+async fn run_static(agent: &Agent, st: &StaticJoin, mut backoff: Backoff) -> Result<()> {
+    let endpoint = resolve_endpoint(agent).await?;
+    if st.init {
+        let key = st.certificate_key.clone().ok_or_else(|| {
+            Error::Runtime("static credentials: the init node has no certificate key".into())
+        })?;
+        for p in [paths::CA_CERT, paths::CA_KEY] {
+            let path = agent.path(p);
+            if !path.exists() {
+                return Err(Error::Runtime(format!("static credentials: {} is missing: the first master's user-data places the cluster CA there", path.display())));
+            }
+        }
+        kubeadm_init(agent, &endpoint, &st.token, &key).await?;
+        apply_cni(agent).await?;
+        tracing::info!(endpoint = %endpoint, "cluster initialized with static credentials");
+        return Ok(());
+    }
+    let now = SystemTime::now();
+    let m = JoinMaterial {
+        endpoint,
+        token: st.token.clone(),
+        ca_cert_hashes: st.ca_cert_hashes.clone(),
+        certificate_key: st.certificate_key.clone(),
+        kubernetes_version: agent.cfg.kubernetes.version.to_string(),
+        issued_at: now,
+        expires_at: now,
+        generation: 0,
+    };
+    loop {
+        match join(agent, &m, st.certificate_key.as_ref()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "join with static credentials failed (is the first master up yet?)");
+                if !backoff.wait().await {
+                    return Err(Error::Timeout(format!(
+                        "bootstrap: no successful join with static credentials after {}s; the last error: {e}",
+                        agent.cfg.agent.join_timeout_seconds
                     )));
                 }
             }
@@ -200,7 +251,6 @@ pub async fn resolve_endpoint(agent: &Agent) -> Result<String> {
 }
 
 async fn init(agent: &Agent) -> Result<Step> {
-    let s = &agent.cfg.agent;
     let endpoint = resolve_endpoint(agent).await?;
     let now = SystemTime::now();
     let state = State {
@@ -213,40 +263,8 @@ async fn init(agent: &Agent) -> Result<Step> {
 
     let token = secret::bootstrap_token();
     let key = secret::certificate_key();
-    let token_ttl = Duration::from_secs(s.token_ttl_seconds);
-    let config_path = agent.path(paths::INIT_CONFIG);
-    {
-        let _cleanup = SecretFile(config_path.clone());
-        write_secret_file(
-            &config_path,
-            &kubeadm::init_config(
-                &agent.cfg,
-                &agent.id,
-                &endpoint,
-                Some(&token),
-                token_ttl,
-                &key,
-            ),
-        )?;
-        let cfg = config_path.to_string_lossy();
-        let mut args = vec!["init", "--config", &cfg, "--upload-certs"];
-        args.extend(static_pods_flag(agent));
-        if let Err(e) = agent
-            .kubeadm(&args, Duration::from_secs(s.kubeadm_timeout_seconds))
-            .await
-        {
-            reset(agent).await;
-            return Err(e);
-        }
-    }
-    let manifest = agent.path(paths::CNI_MANIFEST);
-    agent
-        .kubectl(
-            &["apply", "-f", &manifest.to_string_lossy()],
-            Duration::from_secs(300),
-        )
-        .await
-        .map_err(|e| Error::Runtime(format!("applying the CNI manifest: {e}")))?;
+    kubeadm_init(agent, &endpoint, &token, &key).await?;
+    apply_cni(agent).await?;
     let material = material(agent, &endpoint, token, key, 1)?;
     match agent
         .store
@@ -283,6 +301,48 @@ async fn init(agent: &Agent) -> Result<Step> {
     agent.store.put("state", &ready, false, true).await?;
     tracing::info!(endpoint = %endpoint, "cluster initialized; join material published");
     Ok(Step::Done)
+}
+
+/// `kubeadm init --upload-certs` with this token and certificate key in a 0600 config file
+/// (removed afterwards); a failed init is reset so the next attempt starts clean.
+async fn kubeadm_init(
+    agent: &Agent,
+    endpoint: &str,
+    token: &secret::Secret,
+    key: &secret::Secret,
+) -> Result<()> {
+    let s = &agent.cfg.agent;
+    let token_ttl = Duration::from_secs(s.token_ttl_seconds);
+    let config_path = agent.path(paths::INIT_CONFIG);
+    let _cleanup = SecretFile(config_path.clone());
+    write_secret_file(
+        &config_path,
+        &kubeadm::init_config(&agent.cfg, &agent.id, endpoint, Some(token), token_ttl, key),
+    )?;
+    let cfg = config_path.to_string_lossy();
+    let mut args = vec!["init", "--config", &cfg, "--upload-certs"];
+    args.extend(static_pods_flag(agent));
+    if let Err(e) = agent
+        .kubeadm(&args, Duration::from_secs(s.kubeadm_timeout_seconds))
+        .await
+    {
+        reset(agent).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// kubeadm installs no CNI (seed 002 §6.4): apply the image's manifest.
+async fn apply_cni(agent: &Agent) -> Result<()> {
+    let manifest = agent.path(paths::CNI_MANIFEST);
+    agent
+        .kubectl(
+            &["apply", "-f", &manifest.to_string_lossy()],
+            Duration::from_secs(300),
+        )
+        .await
+        .map_err(|e| Error::Runtime(format!("applying the CNI manifest: {e}")))?;
+    Ok(())
 }
 
 /// Builds fresh join material from a token and key that kubeadm has just accepted.
@@ -369,11 +429,38 @@ fn static_pods_flag(agent: &Agent) -> Option<&'static str> {
 }
 
 /// Best-effort `kubeadm reset -f`, so the next attempt (or the next holder) starts clean.
+/// kubeadm empties /etc/kubernetes/manifests; VIP-mode masters get their keepalived and
+/// haproxy static pods (written by cloud-init, not by kubeadm) back, or a retried join
+/// would run without them.
 async fn reset(agent: &Agent) {
+    let keep: Vec<(std::path::PathBuf, Vec<u8>)> = if static_pods_flag(agent).is_some() {
+        let dir = agent.path(paths::MANIFESTS);
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.path(), std::fs::read(e.path()).ok()?)))
+            .filter(|(p, _)| {
+                p.file_name()
+                    .is_some_and(|n| n == "keepalived.yaml" || n == "haproxy.yaml")
+            })
+            .collect()
+    } else {
+        vec![]
+    };
     if let Err(e) = agent
         .kubeadm(&["reset", "--force"], Duration::from_secs(300))
         .await
     {
         tracing::warn!(error = %e, "kubeadm reset failed");
+    }
+    for (path, data) in keep {
+        let restored = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, data));
+        if let Err(e) = restored {
+            tracing::warn!(error = %e, path = %path.display(), "could not restore a static pod manifest");
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! `/etc/haimg/node.yaml` (DESIGN §7): what cloud-init hands the node agent.
 //!
-//! Written by `haimg render` into the user-data, read by `haimg node …`. It holds no
-//! secret of any kind: join material lives only in SSM Parameter Store and in 0600 files
-//! the agent writes at run time.
+//! Written by `haimg render` into the user-data, read by `haimg node …`. With the default
+//! credential source it holds no secret of any kind: join material lives only in SSM
+//! Parameter Store and in 0600 files the agent writes at run time. Only with
+//! `spec.credentials.source: static` does it carry a token (and, on masters, the
+//! certificate key); the file is then written 0600.
 
 use std::collections::BTreeMap;
 
@@ -95,6 +97,9 @@ pub struct NodeConfig {
     /// A fixed identity (VIP-mode masters): used instead of instance metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<FixedIdentity>,
+    /// Static join credentials (`spec.credentials.source: static`), used instead of SSM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<StaticJoin>,
     /// Timings and local endpoints of the agent; defaults suit AWS, tests shorten them.
     #[serde(default, skip_serializing_if = "AgentSettings::is_default")]
     pub agent: AgentSettings,
@@ -223,6 +228,20 @@ impl NodeEndpoint {
             } => *api_server_bind_port,
         }
     }
+}
+
+/// One-shot join credentials written into the user-data (see `spec::credentials`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticJoin {
+    /// This node runs `kubeadm init` (the first master, which also gets the CA key);
+    /// every other node joins.
+    pub init: bool,
+    pub token: super::secret::Secret,
+    /// Masters only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_key: Option<super::secret::Secret>,
+    pub ca_cert_hashes: Vec<String>,
 }
 
 /// A node's fixed name and address.

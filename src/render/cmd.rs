@@ -54,10 +54,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let loaded = crate::spec::load(args.config.as_deref())?;
+    let mut loaded = crate::spec::load(args.config.as_deref())?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
+    let spec_dir = args
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let secret_output = load_static_credentials(&mut loaded.spec, &spec_dir)?;
     let spec = &loaded.spec;
     let t = match &args.templates {
         Some(dir) => Templates::with_overrides(dir)?,
@@ -79,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
     let node_names: Vec<String> = masters
         .iter()
         .filter_map(|g| {
-            if let Group::VipMaster { node, .. } = g {
+            if let Group::FixedMaster { node, .. } = g {
                 Some(node.name.to_string())
             } else {
                 None
@@ -88,7 +95,7 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     if let Some(n) = &args.node {
         if node_names.is_empty() {
-            return Err(Error::Usage("--node: only VIP-mode clusters (spec.controlPlane.endpoint.type: vip) have per-node masters".into()));
+            return Err(Error::Usage("--node: only clusters with fixed masters (spec.controlPlane.endpoint.type: vip or external) have per-node masters".into()));
         }
         if !node_names.contains(n) {
             let hint = crate::spec::schema::did_you_mean(n, &node_names)
@@ -103,9 +110,9 @@ pub fn run(args: Args) -> Result<()> {
     let Some(out) = &args.out else {
         let group = match (pool, &args.node) {
             (Some(p), _) => Group::Worker(p),
-            (None, Some(n)) => *masters.iter().find(|g| matches!(g, Group::VipMaster { node, .. } if node.name.as_str() == n.as_str())).expect("checked above"),
+            (None, Some(n)) => *masters.iter().find(|g| matches!(g, Group::FixedMaster { node, .. } if node.name.as_str() == n.as_str())).expect("checked above"),
             (None, None) if !node_names.is_empty() => {
-                return Err(Error::Usage(format!("--role master: in VIP mode every master differs; choose one with --node ({})", node_names.join(", "))));
+                return Err(Error::Usage(format!("--role master: with fixed masters every master differs; choose one with --node ({})", node_names.join(", "))));
             }
             (None, None) => Group::Master,
         };
@@ -132,7 +139,9 @@ pub fn run(args: Args) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     for a in &artifacts {
         let path = out.join(&a.path);
-        write_atomically(&path, a.contents.as_bytes())?;
+        let secret = secret_output
+            && (a.path.starts_with("cloud-init/") || a.path.starts_with("launch-templates/"));
+        write_atomically(&path, a.contents.as_bytes(), secret)?;
         writeln!(stdout, "{}", path.display()).map_err(Error::io("<stdout>"))?;
     }
     eprintln!(
@@ -142,6 +151,25 @@ pub fn run(args: Args) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Fills in static credentials (generating the file on first use, loudly). Returns whether
+/// user-data will then hold secrets, so the files that carry it are written 0600.
+fn load_static_credentials(spec: &mut ClusterSpec, spec_dir: &Path) -> Result<bool> {
+    let crate::spec::Credentials::Static { file, material } = &mut spec.credentials else {
+        return Ok(false);
+    };
+    let (m, path, created) = crate::spec::credentials::load_or_create(file, spec_dir)?;
+    if created {
+        eprintln!(
+            "warning: generated static join credentials (token, certificate key, cluster CA) into {} (0600). \
+             Keep that file secret and out of version control; every render reuses it.",
+            path.display()
+        );
+    }
+    eprintln!("warning: STATIC CREDENTIALS: the user-data written now holds a bootstrap token, masters' also the certificate key and the first master's the CA key; masters must join within 2 h and workers within 24 h of the first master's init");
+    *material = Some(Box::new(m));
+    Ok(true)
 }
 
 fn find_pool<'a>(spec: &'a ClusterSpec, name: &str) -> Result<&'a crate::spec::WorkerPool> {
@@ -182,13 +210,23 @@ fn only_pool(spec: &ClusterSpec) -> Result<&crate::spec::WorkerPool> {
 
 /// Writes through a temporary file in the same directory and renames it into place, so a
 /// reader never sees half a file.
-fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+/// `secret` files are created 0600.
+fn write_atomically(path: &Path, data: &[u8], secret: bool) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("haimg")
     ));
-    std::fs::write(&tmp, data).map_err(Error::io(&tmp))?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(Error::io(&tmp))?;
+    f.write_all(data).map_err(Error::io(&tmp))?;
+    drop(f);
     std::fs::rename(&tmp, path).map_err(Error::io(path))
 }

@@ -10,9 +10,12 @@
 //! autoscaling/master.json, autoscaling/worker-<pool>.json
 //! load-balancer/{load-balancer,target-group,target-group-attributes,listener}.json
 //! iam/master-policy.json, iam/worker-policy.json
+//! vip/<node>/{keepalived.conf,check_apiserver.sh,haproxy.cfg}  VIP mode
+//! external-lb/<lb node>/{keepalived.conf,check_apiserver.sh,haproxy.cfg} | nginx.conf
 //! ```
 
 pub mod cmd;
+mod external;
 pub mod names;
 pub mod templates;
 mod userdata;
@@ -24,10 +27,10 @@ use serde_json::Value;
 use crate::error::Result;
 use crate::node::config::{
     FixedIdentity, NodeAutoscaling, NodeConfig, NodeEndpoint, NodeKubernetes, NodeSsm, Role,
-    NODE_CONFIG_KIND,
+    StaticJoin, NODE_CONFIG_KIND,
 };
 use crate::spec::types::PoolName;
-use crate::spec::{ClusterSpec, Endpoint, ImageSource, Vip, VipNode, WorkerPool};
+use crate::spec::{ClusterSpec, Credentials, Endpoint, ImageSource, VipNode, WorkerPool};
 use templates::Templates;
 pub use userdata::{UserData, USER_DATA_LIMIT};
 
@@ -43,18 +46,14 @@ pub struct Artifact {
 #[derive(Debug, Clone, Copy)]
 pub enum Group<'a> {
     Master,
-    VipMaster {
-        node: &'a VipNode,
-        index: usize,
-        vip: &'a Vip,
-    },
+    FixedMaster { node: &'a VipNode, index: usize },
     Worker(&'a WorkerPool),
 }
 
 impl Group<'_> {
     pub fn role(&self) -> Role {
         match self {
-            Group::Master | Group::VipMaster { .. } => Role::Master,
+            Group::Master | Group::FixedMaster { .. } => Role::Master,
             Group::Worker(_) => Role::Worker,
         }
     }
@@ -62,7 +61,7 @@ impl Group<'_> {
     pub fn stem(&self) -> String {
         match self {
             Group::Master => "master".into(),
-            Group::VipMaster { node, .. } => format!("master-{}", node.name),
+            Group::FixedMaster { node, .. } => format!("master-{}", node.name),
             Group::Worker(p) => format!("worker-{}", p.name),
         }
     }
@@ -70,13 +69,13 @@ impl Group<'_> {
     pub fn asg_name(&self, spec: &ClusterSpec) -> Option<String> {
         match self {
             Group::Master => Some(names::master_group(&spec.name)),
-            Group::VipMaster { .. } => None,
+            Group::FixedMaster { .. } => None,
             Group::Worker(p) => Some(names::worker_group(&spec.name, &p.name)),
         }
     }
     fn pool_tag(&self) -> &str {
         match self {
-            Group::Master | Group::VipMaster { .. } => "control-plane",
+            Group::Master | Group::FixedMaster { .. } => "control-plane",
             Group::Worker(p) => p.name.as_str(),
         }
     }
@@ -86,11 +85,11 @@ impl Group<'_> {
 pub fn master_groups(spec: &ClusterSpec) -> Vec<Group<'_>> {
     match &spec.control_plane.endpoint {
         Endpoint::Nlb { .. } => vec![Group::Master],
-        Endpoint::Vip(vip) => vip
-            .nodes
+        e => e
+            .fixed_masters()
             .iter()
             .enumerate()
-            .map(|(index, node)| Group::VipMaster { node, index, vip })
+            .map(|(index, node)| Group::FixedMaster { node, index })
             .collect(),
     }
 }
@@ -99,7 +98,7 @@ pub fn master_groups(spec: &ClusterSpec) -> Vec<Group<'_>> {
 pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
     let mut node_labels = std::collections::BTreeMap::new();
     let pool = match group {
-        Group::Master | Group::VipMaster { .. } => None,
+        Group::Master | Group::FixedMaster { .. } => None,
         Group::Worker(p) => {
             node_labels.insert("haimg.dev/pool".to_string(), p.name.to_string());
             node_labels.extend(p.labels.clone());
@@ -126,7 +125,14 @@ pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
                 address: v.address,
                 port: v.port,
                 api_server_bind_port: v.api_server_port(),
-                static_pods: matches!(group, Group::VipMaster { .. }),
+                static_pods: matches!(group, Group::FixedMaster { .. }),
+            },
+            // Dedicated load balancers: the API servers keep the client port, no static pods.
+            Endpoint::External(e) => NodeEndpoint::Vip {
+                address: e.address,
+                port: e.port,
+                api_server_bind_port: e.port,
+                static_pods: false,
             },
         },
         kubernetes: NodeKubernetes {
@@ -141,11 +147,26 @@ pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
             lifecycle_hook_name: names::LIFECYCLE_HOOK.into(),
         }),
         node: match group {
-            Group::VipMaster { node, .. } => Some(FixedIdentity {
+            Group::FixedMaster { node, .. } => Some(FixedIdentity {
                 name: node.name.to_string(),
                 address: node.address,
             }),
             _ => None,
+        },
+        credentials: match &spec.credentials {
+            Credentials::Ssm => None,
+            Credentials::Static { material, .. } => {
+                let m = material
+                    .as_ref()
+                    .expect("static credentials are loaded before rendering");
+                Some(StaticJoin {
+                    init: matches!(group, Group::FixedMaster { index: 0, .. }),
+                    token: m.token.clone(),
+                    certificate_key: (group.role() == Role::Master)
+                        .then(|| m.certificate_key.clone()),
+                    ca_cert_hashes: vec![m.ca_cert_hash()],
+                })
+            }
         },
         agent: Default::default(),
     }
@@ -242,7 +263,7 @@ fn launch_template(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Va
         .asg_name(spec)
         .unwrap_or_else(|| format!("{}-{}", spec.name, group.stem()));
     let (instance_type, instance_profile, root) = match group {
-        Group::Master | Group::VipMaster { .. } => (
+        Group::Master | Group::FixedMaster { .. } => (
             &spec.control_plane.instance_type,
             &spec.control_plane.instance_profile,
             spec.control_plane.root_volume_gib,
@@ -311,7 +332,7 @@ struct AsgCtx {
 fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Value> {
     let name = group.asg_name(spec).unwrap_or_default();
     let (min, max, desired) = match group {
-        Group::Master | Group::VipMaster { .. } => {
+        Group::Master | Group::FixedMaster { .. } => {
             let n = u32::from(spec.control_plane.count);
             (n, n, n)
         }
@@ -524,7 +545,7 @@ pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<A
             None
         };
         selected.extend(master_groups(spec).into_iter().filter(|g| match (g, node) {
-            (Group::VipMaster { node: vn, .. }, Some(n)) => vn.name.as_str() == n,
+            (Group::FixedMaster { node: vn, .. }, Some(n)) => vn.name.as_str() == n,
             _ => true,
         }));
     }
@@ -555,7 +576,7 @@ pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<A
         }
     }
     for g in &selected {
-        if let Group::VipMaster { node, .. } = g {
+        if let Group::FixedMaster { node, .. } = g {
             for f in vip::files(spec, *g, t)? {
                 if let Some(name) = f.vip_name {
                     out.push(Artifact {
@@ -565,6 +586,9 @@ pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<A
                 }
             }
         }
+    }
+    if matches!(sel, Selection::All | Selection::Master(None)) {
+        out.extend(external::artifacts(spec, t)?);
     }
     let (master_policy, worker_policy) = policies(spec, t)?;
     if want_master {

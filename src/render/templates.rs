@@ -51,6 +51,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../vip/haproxy.pod.yaml.tera"),
     ),
     (
+        "vip/nginx.conf.tera",
+        include_str!("../../vip/nginx.conf.tera"),
+    ),
+    (
         "launch-templates/launch-template.json.tera",
         include_str!("../../launch-templates/launch-template.json.tera"),
     ),

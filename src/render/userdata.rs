@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::templates::Templates;
 use super::{node_config, Group};
 use crate::error::{Error, Result};
-use crate::spec::ClusterSpec;
+use crate::node::config::StaticJoin;
+use crate::spec::{ClusterSpec, Credentials};
 
 /// EC2 accepts at most 16 KB of user-data, measured before base64.
 pub const USER_DATA_LIMIT: usize = 16 * 1024;
@@ -39,32 +40,67 @@ impl UserData {
 struct Ctx {
     description: String,
     files: Vec<super::vip::NodeFile>,
+    /// Join material comes from SSM (the default) rather than the user-data: the masters
+    /// then run the SSM-backed refresh and reconcile timers.
+    ssm_credentials: bool,
+    role_master: bool,
+    ca_key: bool,
 }
 
 pub fn render(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<UserData> {
     let node = node_config(spec, group);
+    let mut files = vec![super::vip::NodeFile {
+        path: crate::node::config::NODE_CONFIG_PATH.into(),
+        // With static credentials the node config holds the token: root only.
+        permissions: if node.credentials.is_some() {
+            "0600"
+        } else {
+            "0644"
+        },
+        content: crate::yaml::to_string(&node),
+        vip_name: None,
+    }];
+    if let (
+        Some(StaticJoin { init: true, .. }),
+        Credentials::Static {
+            material: Some(m), ..
+        },
+    ) = (&node.credentials, &spec.credentials)
+    {
+        // kubeadm init uses a CA it finds in place: the one whose hash every node pins.
+        files.push(super::vip::NodeFile {
+            path: "/etc/kubernetes/pki/ca.crt".into(),
+            permissions: "0644",
+            content: m.ca_cert.clone(),
+            vip_name: None,
+        });
+        files.push(super::vip::NodeFile {
+            path: "/etc/kubernetes/pki/ca.key".into(),
+            permissions: "0600",
+            content: m.ca_key.expose().to_string(),
+            vip_name: None,
+        });
+    }
+    files.extend(super::vip::files(spec, group, t)?);
+    let ca_key = files.iter().any(|f| f.path.ends_with("/ca.key"));
     let ctx = Ctx {
+        ssm_credentials: node.credentials.is_none(),
+        role_master: group.role() == crate::node::config::Role::Master,
+        ca_key,
         description: format!(
             "haimg {} user-data: cluster {}, {}",
             env!("CARGO_PKG_VERSION"),
             spec.name,
             match group {
                 Group::Master => "control plane".to_string(),
-                Group::VipMaster { node, .. } => format!("control-plane node {}", node.name),
+                Group::FixedMaster { node, .. } => format!("control-plane node {}", node.name),
                 Group::Worker(p) => format!("worker pool {}", p.name),
             }
         ),
-        files: std::iter::once(super::vip::NodeFile {
-            path: crate::node::config::NODE_CONFIG_PATH.into(),
-            permissions: "0644",
-            content: crate::yaml::to_string(&node),
-            vip_name: None,
-        })
-        .chain(super::vip::files(spec, group, t)?)
-        .collect(),
+        files,
     };
     let template = match group {
-        Group::Master | Group::VipMaster { .. } => "cloud-init/master.yaml.tera",
+        Group::Master | Group::FixedMaster { .. } => "cloud-init/master.yaml.tera",
         Group::Worker(_) => "cloud-init/worker.yaml.tera",
     };
     let text = t.render(template, &ctx)?;

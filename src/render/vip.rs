@@ -7,7 +7,9 @@ use sha2::{Digest, Sha256};
 use super::templates::Templates;
 use super::Group;
 use crate::error::Result;
-use crate::spec::ClusterSpec;
+use std::net::IpAddr;
+
+use crate::spec::{ClusterSpec, VipNode};
 
 /// A file the user-data writes on the node.
 #[derive(Debug, Clone, Serialize)]
@@ -46,9 +48,9 @@ struct CheckCtx {
 }
 
 #[derive(Serialize)]
-struct Server {
-    name: String,
-    address: String,
+pub(super) struct Server {
+    pub(super) name: String,
+    pub(super) address: String,
 }
 
 #[derive(Serialize)]
@@ -67,7 +69,7 @@ struct PodCtx {
 }
 
 /// `host:port` with IPv6 hosts in brackets.
-fn host_port(ip: &std::net::IpAddr, port: u16) -> String {
+pub(super) fn host_port(ip: &std::net::IpAddr, port: u16) -> String {
     match ip {
         std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         v4 => format!("{v4}:{port}"),
@@ -76,7 +78,9 @@ fn host_port(ip: &std::net::IpAddr, port: u16) -> String {
 
 /// The files a VIP-mode master's user-data writes (none for other groups).
 pub fn files(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Vec<NodeFile>> {
-    let Group::VipMaster { node, index, vip } = group else {
+    let (Group::FixedMaster { node, index }, crate::spec::Endpoint::Vip(vip)) =
+        (group, &spec.control_plane.endpoint)
+    else {
         return Ok(vec![]);
     };
     let description = format!(
@@ -86,66 +90,35 @@ pub fn files(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Vec<Node
         host_port(&vip.address, vip.port),
         node.name
     );
-    // VRRP PASS authentication is at most 8 characters and travels in clear: derive it from
-    // the cluster and router id, so it separates clusters without pretending to be a secret.
-    let digest = Sha256::digest(format!("haimg/{}/{}", spec.name, vip.router_id));
-    let auth_pass: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    let prefix = if vip.address.is_ipv4() { 32 } else { 128 };
-    let keepalived = KeepalivedCtx {
-        description: description.clone(),
-        router_name: format!("haimg_{}_{}", spec.name, node.name).replace('-', "_"),
-        instance_name: format!("haimg_{}_api", spec.name).replace('-', "_"),
-        interface: vip.interface.clone(),
-        router_id: vip.router_id,
-        priority: TOP_PRIORITY - index,
-        self_address: node.address.to_string(),
-        peers: vip
-            .nodes
-            .iter()
-            .filter(|n| n.name != node.name)
-            .map(|n| n.address.to_string())
-            .collect(),
-        auth_pass,
-        vip_cidr: format!("{}/{prefix}", vip.address),
-    };
     let mut out = vec![
         NodeFile {
             path: "/etc/keepalived/keepalived.conf".into(),
             permissions: "0644",
-            content: t.render("vip/keepalived.conf.tera", &keepalived)?,
+            content: keepalived(
+                t,
+                &description,
+                spec,
+                node,
+                index,
+                &vip.nodes,
+                &vip.interface,
+                vip.router_id,
+                vip.address,
+            )?,
             vip_name: Some("keepalived.conf"),
         },
         NodeFile {
             path: "/etc/keepalived/check_apiserver.sh".into(),
             permissions: "0755",
-            content: t.render(
-                "vip/check_apiserver.sh.tera",
-                &CheckCtx {
-                    description: description.clone(),
-                    vip: vip.address.to_string(),
-                    port: vip.port,
-                },
-            )?,
+            content: check_script(t, &description, vip.address, vip.port)?,
             vip_name: Some("check_apiserver.sh"),
         },
     ];
     if vip.haproxy {
-        let haproxy = HaproxyCtx {
-            description: description.clone(),
-            bind: format!("*:{}", vip.port),
-            servers: vip
-                .nodes
-                .iter()
-                .map(|n| Server {
-                    name: n.name.to_string(),
-                    address: host_port(&n.address, vip.api_server_port()),
-                })
-                .collect(),
-        };
         out.push(NodeFile {
             path: "/etc/haproxy/haproxy.cfg".into(),
             permissions: "0644",
-            content: t.render("vip/haproxy.cfg.tera", &haproxy)?,
+            content: haproxy(t, &description, vip.port, &vip.nodes, vip.api_server_port())?,
             vip_name: Some("haproxy.cfg"),
         });
     }
@@ -170,4 +143,81 @@ pub fn files(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Vec<Node
         });
     }
     Ok(out)
+}
+
+/// keepalived.conf for `node` (position `index` in `all`, the VRRP peers) holding `address`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn keepalived(
+    t: &Templates,
+    description: &str,
+    spec: &ClusterSpec,
+    node: &VipNode,
+    index: usize,
+    all: &[VipNode],
+    interface: &str,
+    router_id: u8,
+    address: IpAddr,
+) -> Result<String> {
+    // VRRP PASS authentication is at most 8 characters and travels in clear: derive it from
+    // the cluster and router id, so it separates clusters without pretending to be a secret.
+    let digest = Sha256::digest(format!("haimg/{}/{}", spec.name, router_id));
+    let auth_pass: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let prefix = if address.is_ipv4() { 32 } else { 128 };
+    let ctx = KeepalivedCtx {
+        description: description.to_string(),
+        router_name: format!("haimg_{}_{}", spec.name, node.name).replace('-', "_"),
+        instance_name: format!("haimg_{}_api", spec.name).replace('-', "_"),
+        interface: interface.to_string(),
+        router_id,
+        priority: TOP_PRIORITY - index,
+        self_address: node.address.to_string(),
+        peers: all
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| n.address.to_string())
+            .collect(),
+        auth_pass,
+        vip_cidr: format!("{address}/{prefix}"),
+    };
+    t.render("vip/keepalived.conf.tera", &ctx)
+}
+
+/// The keepalived health check: the API answers through this node, and through the VIP
+/// while this node holds it.
+pub(super) fn check_script(
+    t: &Templates,
+    description: &str,
+    vip: IpAddr,
+    port: u16,
+) -> Result<String> {
+    t.render(
+        "vip/check_apiserver.sh.tera",
+        &CheckCtx {
+            description: description.to_string(),
+            vip: vip.to_string(),
+            port,
+        },
+    )
+}
+
+/// haproxy.cfg: TCP on `port`, round robin over `servers` on `backend_port`.
+pub(super) fn haproxy(
+    t: &Templates,
+    description: &str,
+    port: u16,
+    servers: &[VipNode],
+    backend_port: u16,
+) -> Result<String> {
+    let ctx = HaproxyCtx {
+        description: description.to_string(),
+        bind: format!("*:{port}"),
+        servers: servers
+            .iter()
+            .map(|n| Server {
+                name: n.name.to_string(),
+                address: host_port(&n.address, backend_port),
+            })
+            .collect(),
+    };
+    t.render("vip/haproxy.cfg.tera", &ctx)
 }

@@ -9,6 +9,7 @@
 //!    that relate fields (etcd quorum, CIDR overlaps, pool sizes, …), producing a
 //!    [`ClusterSpec`] in which every default is applied and nothing is optional.
 
+pub mod credentials;
 mod resolve;
 pub mod schema;
 pub mod types;
@@ -36,6 +37,7 @@ pub struct ClusterSpec {
     pub control_plane: ControlPlane,
     pub worker_pools: Vec<WorkerPool>,
     pub ssm: Ssm,
+    pub credentials: Credentials,
     /// User tags, already checked against the reserved prefixes.
     pub tags: BTreeMap<String, String>,
 }
@@ -70,6 +72,59 @@ pub struct ControlPlane {
 pub enum Endpoint {
     Nlb { internal: bool },
     Vip(Vip),
+    External(External),
+}
+
+impl Endpoint {
+    /// The masters' fixed identities (VIP and external modes; NLB masters run in an ASG).
+    pub fn fixed_masters(&self) -> &[VipNode] {
+        match self {
+            Endpoint::Nlb { .. } => &[],
+            Endpoint::Vip(v) => &v.nodes,
+            Endpoint::External(e) => &e.nodes,
+        }
+    }
+    /// The address and port clients use, when fixed.
+    pub fn fixed_address(&self) -> Option<(std::net::IpAddr, u16)> {
+        match self {
+            Endpoint::Nlb { .. } => None,
+            Endpoint::Vip(v) => Some((v.address, v.port)),
+            Endpoint::External(e) => Some((e.address, e.port)),
+        }
+    }
+}
+
+/// Dedicated load balancer nodes in front of the masters (seeds 003, 004).
+#[derive(Debug, Clone, PartialEq)]
+pub struct External {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    /// The masters (backends, API servers on `port`).
+    pub nodes: Vec<VipNode>,
+    pub software: LbSoftware,
+    /// The load balancer nodes (keepalived priority order for haproxy; one for nginx).
+    pub lb_nodes: Vec<VipNode>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LbSoftware {
+    /// haproxy + keepalived on every LB node, sharing the VIP.
+    Haproxy { interface: String, router_id: u8 },
+    /// A single nginx `stream` proxy: not HA.
+    Nginx,
+}
+
+/// Where nodes get join credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credentials {
+    /// Parameter Store, kept fresh by the masters (the default).
+    Ssm,
+    /// Generated once into a local file and written into the user-data (one-shot, offline).
+    /// `material` is filled by [`credentials::load_or_create`] before rendering.
+    Static {
+        file: String,
+        material: Option<Box<credentials::StaticMaterial>>,
+    },
 }
 
 /// A keepalived VIP on the masters (DESIGN §4, VIP mode).

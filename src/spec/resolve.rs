@@ -168,23 +168,48 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
     );
 
     let tags = resolve_tags(&mut cx, &s.tags);
-    if let (
-        Some(ControlPlane {
-            endpoint: Endpoint::Vip(v),
-            ..
-        }),
-        Some(n),
-    ) = (&control_plane, &network)
-    {
-        for (field, net) in [
-            ("podSubnet", n.pod_subnet),
-            ("serviceSubnet", n.service_subnet),
-        ] {
-            if net.contains(&v.address) {
-                cx.error("/spec/controlPlane/endpoint/address", format!("the VIP {} is inside the {field} {net}: it would collide with pod or service addresses", v.address));
+    if let (Some(cp), Some(n)) = (&control_plane, &network) {
+        if let Some((address, _)) = cp.endpoint.fixed_address() {
+            for (field, net) in [
+                ("podSubnet", n.pod_subnet),
+                ("serviceSubnet", n.service_subnet),
+            ] {
+                if net.contains(&address) {
+                    cx.error("/spec/controlPlane/endpoint/address", format!("the endpoint address {address} is inside the {field} {net}: it would collide with pod or service addresses"));
+                }
             }
         }
     }
+    let credentials = match (s.credentials.source, &control_plane) {
+        (None | Some(wire::CredentialSourceFile::Ssm), _) => {
+            if s.credentials.file.is_some() {
+                cx.error(
+                    "/spec/credentials/file",
+                    "only `source: static` keeps credentials in a file",
+                );
+            }
+            Some(Credentials::Ssm)
+        }
+        (Some(wire::CredentialSourceFile::Static), cp) => {
+            if let Some(ControlPlane {
+                endpoint: Endpoint::Nlb { .. },
+                ..
+            }) = cp
+            {
+                cx.error("/spec/credentials/source", "static credentials are for offline VIP or external-endpoint clusters; an NLB cluster is on AWS, where Parameter Store (`source: ssm`) keeps join material fresh and out of the user-data");
+            }
+            let default = name.as_ref().map(|n| format!("{n}-credentials.yaml"));
+            let file = s.credentials.file.clone().or(default);
+            if file.as_deref() == Some("") {
+                cx.error("/spec/credentials/file", "must not be empty");
+            }
+            cx.warn("/spec/credentials/source", "static credentials: the bootstrap token and certificate key are written into every node's user-data, where anyone who can read instance user-data can join the cluster; masters must join within 2 h and workers within 24 h of the first master's init");
+            file.map(|file| Credentials::Static {
+                file,
+                material: None,
+            })
+        }
+    };
 
     let spec = (|| {
         Some(ClusterSpec {
@@ -199,6 +224,7 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
                 prefix: prefix?,
                 kms_key_id: kms_key_id?,
             },
+            credentials: credentials?,
             tags: tags?,
         })
     })();
@@ -326,6 +352,7 @@ fn resolve_control_plane(
             internal: internal.unwrap_or(true),
         }),
         wire::EndpointFile::Vip(v) => resolve_vip(cx, v, count).map(Endpoint::Vip),
+        wire::EndpointFile::External(e) => resolve_external(cx, e, count).map(Endpoint::External),
     };
     Some(ControlPlane {
         count: count?,
@@ -342,38 +369,13 @@ pub const DEFAULT_HAPROXY_IMAGE: &str = "docker.io/library/haproxy:2.8.14";
 
 fn resolve_vip(cx: &mut Ctx, v: &wire::VipFile, count: Option<u8>) -> Option<Vip> {
     let at = "/spec/controlPlane/endpoint";
-    let ip = |cx: &mut Ctx, pointer: &str, s: &str| match s.parse::<std::net::IpAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            cx.error(pointer, format!("`{s}` is not an IP address"));
-            None
-        }
-    };
     let address = ip(cx, &format!("{at}/address"), &v.address);
-    let port = match v.port.unwrap_or(6443) {
-        p @ 1..=65535 => Some(p as u16),
-        p => {
-            cx.error(
-                &format!("{at}/port"),
-                format!("{p} is not a TCP port (1-65535)"),
-            );
-            None
-        }
-    };
+    let port = tcp_port(cx, &format!("{at}/port"), v.port.unwrap_or(6443));
     let haproxy = v.haproxy.unwrap_or(true);
     if haproxy && port == Some(STACKED_API_SERVER_PORT) {
         cx.error(&format!("{at}/port"), format!("{STACKED_API_SERVER_PORT} is where the API servers listen when haproxy runs on the masters: give the VIP another port"));
     }
-    let router_id = match v.router_id {
-        r @ 1..=255 => Some(r as u8),
-        r => {
-            cx.error(
-                &format!("{at}/routerId"),
-                format!("{r} is not a VRRP virtual router id (1-255)"),
-            );
-            None
-        }
-    };
+    let router_id = vrrp_router_id(cx, &format!("{at}/routerId"), v.router_id);
     let interface = cx.parse::<InterfaceName>(
         &format!("{at}/interface"),
         v.interface.as_deref().unwrap_or("eth0"),
@@ -383,11 +385,77 @@ fn resolve_vip(cx: &mut Ctx, v: &wire::VipFile, count: Option<u8>) -> Option<Vip
             cx.error(&format!("{at}/nodes"), format!("{} node(s) listed, but controlPlane.count is {n}: list every master, in priority order", v.nodes.len()));
         }
     }
-    let mut nodes = Vec::new();
+    let nodes = resolve_nodes(cx, &format!("{at}/nodes"), &v.nodes, address, "VIP");
+    let keepalived_image = cx.parse::<ImageRef>(
+        &format!("{at}/images/keepalived"),
+        v.images
+            .keepalived
+            .as_deref()
+            .unwrap_or(DEFAULT_KEEPALIVED_IMAGE),
+    );
+    let haproxy_image = cx.parse::<ImageRef>(
+        &format!("{at}/images/haproxy"),
+        v.images.haproxy.as_deref().unwrap_or(DEFAULT_HAPROXY_IMAGE),
+    );
+    Some(Vip {
+        nodes: nodes?,
+        address: address?,
+        port: port?,
+        interface: interface?.to_string(),
+        router_id: router_id?,
+        haproxy,
+        keepalived_image: keepalived_image?.to_string(),
+        haproxy_image: haproxy_image?.to_string(),
+    })
+}
+
+fn ip(cx: &mut Ctx, pointer: &str, s: &str) -> Option<std::net::IpAddr> {
+    match s.parse::<std::net::IpAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.error(pointer, format!("`{s}` is not an IP address"));
+            None
+        }
+    }
+}
+
+fn tcp_port(cx: &mut Ctx, pointer: &str, p: i64) -> Option<u16> {
+    match p {
+        p @ 1..=65535 => Some(p as u16),
+        p => {
+            cx.error(pointer, format!("{p} is not a TCP port (1-65535)"));
+            None
+        }
+    }
+}
+
+fn vrrp_router_id(cx: &mut Ctx, pointer: &str, r: i64) -> Option<u8> {
+    match r {
+        r @ 1..=255 => Some(r as u8),
+        r => {
+            cx.error(
+                pointer,
+                format!("{r} is not a VRRP virtual router id (1-255)"),
+            );
+            None
+        }
+    }
+}
+
+/// Named nodes with unique names and addresses, none of them holding `shared` (the address
+/// clients use, which keepalived moves between nodes).
+fn resolve_nodes(
+    cx: &mut Ctx,
+    at: &str,
+    nodes: &[wire::VipNodeFile],
+    shared: Option<std::net::IpAddr>,
+    shared_what: &str,
+) -> Option<Vec<VipNode>> {
+    let mut out = Vec::new();
     let mut names = HashSet::new();
     let mut addresses = HashSet::new();
-    for (i, n) in v.nodes.iter().enumerate() {
-        let np = format!("{at}/nodes/{i}");
+    for (i, n) in nodes.iter().enumerate() {
+        let np = format!("{at}/{i}");
         let name = cx.parse::<NodeName>(&format!("{np}/name"), &n.name);
         if !names.insert(n.name.clone()) {
             cx.error(
@@ -403,35 +471,108 @@ fn resolve_vip(cx: &mut Ctx, v: &wire::VipFile, count: Option<u8>) -> Option<Vip
                     format!("duplicate node address {a}"),
                 );
             }
-            if Some(a) == address {
-                cx.error(&format!("{at}/address"), format!("the VIP {a} is also the address of node `{}`: keepalived would move a node's own address", n.name));
+            if Some(a) == shared {
+                cx.error("/spec/controlPlane/endpoint/address", format!("the {shared_what} {a} is also the address of node `{}`: keepalived would move a node's own address", n.name));
             }
         }
         if let (Some(name), Some(address)) = (name, addr) {
-            nodes.push(VipNode { name, address });
+            out.push(VipNode { name, address });
         }
     }
-    let keepalived_image = cx.parse::<ImageRef>(
-        &format!("{at}/images/keepalived"),
-        v.images
-            .keepalived
-            .as_deref()
-            .unwrap_or(DEFAULT_KEEPALIVED_IMAGE),
+    (out.len() == nodes.len()).then_some(out)
+}
+
+fn resolve_external(cx: &mut Ctx, e: &wire::ExternalFile, count: Option<u8>) -> Option<External> {
+    let at = "/spec/controlPlane/endpoint";
+    let address = ip(cx, &format!("{at}/address"), &e.address);
+    let port = tcp_port(cx, &format!("{at}/port"), e.port.unwrap_or(6443));
+    if let Some(n) = count {
+        if e.nodes.len() != n as usize {
+            cx.error(
+                &format!("{at}/nodes"),
+                format!(
+                    "{} node(s) listed, but controlPlane.count is {n}: list every master",
+                    e.nodes.len()
+                ),
+            );
+        }
+    }
+    let lb = &e.load_balancer;
+    let lat = format!("{at}/loadBalancer");
+    let software = match lb.software {
+        wire::LbSoftwareFile::Haproxy => {
+            if lb.nodes.len() < 2 {
+                cx.error(&format!("{lat}/nodes"), format!("{} load balancer node(s): a haproxy + keepalived pair needs at least 2 (use `software: nginx` for a single, non-HA proxy)", lb.nodes.len()));
+            }
+            let router_id = match lb.router_id {
+                Some(r) => vrrp_router_id(cx, &format!("{lat}/routerId"), r),
+                None => {
+                    cx.error(&format!("{lat}/routerId"), "haproxy + keepalived needs a VRRP virtual router id (1-255), unique on the network segment");
+                    None
+                }
+            };
+            let interface = cx.parse::<InterfaceName>(
+                &format!("{lat}/interface"),
+                lb.interface.as_deref().unwrap_or("eth0"),
+            );
+            Some(LbSoftware::Haproxy {
+                interface: interface?.to_string(),
+                router_id: router_id?,
+            })
+        }
+        wire::LbSoftwareFile::Nginx => {
+            if lb.nodes.len() != 1 {
+                cx.error(&format!("{lat}/nodes"), format!("{} load balancer node(s): `software: nginx` renders one proxy on one node (for HA use `software: haproxy`)", lb.nodes.len()));
+            }
+            for field in ["interface", "routerId"] {
+                if (field == "interface" && lb.interface.is_some())
+                    || (field == "routerId" && lb.router_id.is_some())
+                {
+                    cx.error(
+                        &format!("{lat}/{field}"),
+                        "only a haproxy + keepalived pair holds a VIP: remove this field for nginx",
+                    );
+                }
+            }
+            Some(LbSoftware::Nginx)
+        }
+    };
+    let shared = matches!(lb.software, wire::LbSoftwareFile::Haproxy)
+        .then_some(address)
+        .flatten();
+    let nodes = resolve_nodes(
+        cx,
+        &format!("{at}/nodes"),
+        &e.nodes,
+        address,
+        "endpoint address",
     );
-    let haproxy_image = cx.parse::<ImageRef>(
-        &format!("{at}/images/haproxy"),
-        v.images.haproxy.as_deref().unwrap_or(DEFAULT_HAPROXY_IMAGE),
-    );
-    (nodes.len() == v.nodes.len()).then_some(())?;
-    Some(Vip {
+    let lb_nodes = resolve_nodes(cx, &format!("{lat}/nodes"), &lb.nodes, shared, "VIP");
+    if let (Some(a), wire::LbSoftwareFile::Nginx, [n]) = (
+        address,
+        lb.software,
+        lb_nodes.as_deref().unwrap_or_default(),
+    ) {
+        if n.address != a {
+            cx.error(&format!("{at}/address"), format!("with nginx, clients reach the proxy node itself: the address must be {} (the node's), not {a}", n.address));
+        }
+    }
+    if let (Some(m), Some(l)) = (&nodes, &lb_nodes) {
+        for (i, n) in l.iter().enumerate() {
+            if let Some(master) = m
+                .iter()
+                .find(|x| x.address == n.address || x.name == n.name)
+            {
+                cx.error(&format!("{lat}/nodes/{i}"), format!("load balancer node `{}` is also master `{}`: dedicated load balancer nodes must be separate hosts (for load balancing on the masters use `type: vip`)", n.name, master.name));
+            }
+        }
+    }
+    Some(External {
         address: address?,
         port: port?,
-        interface: interface?.to_string(),
-        router_id: router_id?,
-        haproxy,
-        nodes,
-        keepalived_image: keepalived_image?.to_string(),
-        haproxy_image: haproxy_image?.to_string(),
+        nodes: nodes?,
+        software: software?,
+        lb_nodes: lb_nodes?,
     })
 }
 

@@ -344,8 +344,21 @@ fn known_keys(root: &Value, pointer: &str, instance: Option<&Value>) -> Vec<Stri
     // Of a tagged union (`type: nlb | vip`), only the variant the document names.
     let tag = instance.and_then(|i| i.get("type")).and_then(Value::as_str);
     let matches_tag = |n: &&Value| {
-        let Some(t) = n.get("properties").and_then(|p| p.get("type")) else { return true };
-        let consts: Vec<&str> = t.get("const").and_then(Value::as_str).into_iter().chain(t.get("enum").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)).collect();
+        let Some(t) = n.get("properties").and_then(|p| p.get("type")) else {
+            return true;
+        };
+        let consts: Vec<&str> = t
+            .get("const")
+            .and_then(Value::as_str)
+            .into_iter()
+            .chain(
+                t.get("enum")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str),
+            )
+            .collect();
         consts.is_empty() || tag.is_none_or(|tag| consts.contains(&tag))
     };
     let mut keys: Vec<String> = nodes

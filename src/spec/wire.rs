@@ -51,6 +51,9 @@ pub struct SpecFile {
     pub worker_pools: Vec<WorkerPoolFile>,
     #[serde(default)]
     pub ssm: SsmFile,
+    /// Where nodes get their join credentials (token, CA hash, certificate key).
+    #[serde(default)]
+    pub credentials: CredentialsFile,
     /// Extra tags on everything haimg creates. Keys under `aws:`, `haimg:` and
     /// `kubernetes.io/cluster/` are reserved.
     #[serde(default)]
@@ -118,6 +121,45 @@ pub enum EndpointFile {
     /// A virtual IP held by keepalived on the masters (on-prem, or any network without a
     /// managed load balancer), with haproxy on every master by default.
     Vip(VipFile),
+    /// Dedicated load balancer nodes outside the cluster (seeds 003 and 004): a haproxy +
+    /// keepalived pair holding a VIP, or a single nginx `stream` proxy (not HA).
+    External(ExternalFile),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalFile {
+    /// The address clients use: the pair's VIP (haproxy), or the nginx node's address.
+    pub address: String,
+    /// The port clients use (default 6443).
+    pub port: Option<i64>,
+    /// The masters, the load balancer's backends: exactly `controlPlane.count` of them.
+    pub nodes: Vec<VipNodeFile>,
+    pub load_balancer: ExternalLbFile,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalLbFile {
+    /// `haproxy`: haproxy and keepalived on every load balancer node (at least 2), sharing
+    /// the VIP `address`. `nginx`: one nginx `stream` proxy on one node, which is a single
+    /// point of failure.
+    pub software: LbSoftwareFile,
+    /// The interface that carries the VIP on the load balancer nodes (haproxy only;
+    /// default eth0).
+    #[schemars(with = "Option<InterfaceName>")]
+    pub interface: Option<String>,
+    /// VRRP virtual router id, 1-255 (haproxy only).
+    pub router_id: Option<i64>,
+    /// The load balancer nodes, in keepalived priority order.
+    pub nodes: Vec<VipNodeFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LbSoftwareFile {
+    Haproxy,
+    Nginx,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -182,6 +224,27 @@ pub struct WorkerPoolFile {
     /// Extra Kubernetes node labels for this pool's nodes.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialsFile {
+    /// `ssm` (default): the agent keeps fresh join material in Parameter Store, rotated
+    /// before it expires. `static`: one-shot offline bootstrap; the token, certificate key
+    /// and cluster CA are generated once into `file` and written into the user-data. Nodes
+    /// must join within the token's 24 h and masters within the certificate key's 2 h
+    /// after the first master initializes. VIP and external endpoints only.
+    pub source: Option<CredentialSourceFile>,
+    /// Where static credentials are kept (0600; created by `haimg render` when missing),
+    /// relative to the spec file. Default `<metadata.name>-credentials.yaml`.
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialSourceFile {
+    Ssm,
+    Static,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -266,7 +266,12 @@ impl Fleet {
         let mut children: Vec<_> = nodes.iter().map(|n| self.spawn(n, sub)).collect();
         for (n, child) in nodes.iter().zip(children.iter_mut()) {
             let status = wait_child(child, timeout);
-            assert!(status.is_some_and(|s| s.success()), "{} `{sub}` failed:\n{}", n.name, self.log(n, sub));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "{} `{sub}` failed:\n{}",
+                n.name,
+                self.log(n, sub)
+            );
         }
     }
 
@@ -355,8 +360,13 @@ impl Recorder {
                 }
                 let mut body = vec![0; len];
                 let _ = reader.read_exact(&mut body);
-                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-                reqs.lock().unwrap().push((at, String::from_utf8_lossy(&body).into_owned()));
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64();
+                reqs.lock()
+                    .unwrap()
+                    .push((at, String::from_utf8_lossy(&body).into_owned()));
                 let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{response}", response.len());
             }
         });

@@ -41,11 +41,25 @@ pub fn decode_user_data(b64: &str) -> String {
 /// schema on each user-data (the file, and what the launch template carries), the
 /// launch template invariants, and the secrets scan.
 pub fn check_tree(root: &Path) {
+    check_tree_with(root, false)
+}
+
+/// `static_credentials`: user-data (and the launch templates that carry it) may hold join
+/// secrets, and must then be 0600; every other file still holds none.
+pub fn check_tree_with(root: &Path, static_credentials: bool) {
     let mut aws = Vec::new();
     for rel in files(root) {
         let path = root.join(&rel);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_no_secrets(&rel, &text);
+        let carries_user_data =
+            rel.starts_with("cloud-init/") || rel.starts_with("launch-templates/");
+        if static_credentials && carries_user_data {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{rel}: holds static credentials, must be 0600");
+        } else {
+            assert_no_secrets(&rel, &text);
+        }
         if rel.ends_with(".json") {
             aws.push(format!("{}={}", operation_of(&rel), path.display()));
         }
@@ -133,7 +147,10 @@ pub fn check_node_yaml(rel: &str, text: &str) {
     for key in ["runcmd", "bootcmd"] {
         let cmds = format!("{:?}", doc.get(key).cloned().unwrap_or_default());
         for tool in ["curl", "wget", "apt", "snap", "pip"] {
-            assert!(!cmds.contains(tool), "{rel}: {key} runs {tool}: an air-gapped node downloads nothing");
+            assert!(
+                !cmds.contains(tool),
+                "{rel}: {key} runs {tool}: an air-gapped node downloads nothing"
+            );
         }
     }
 }
@@ -179,4 +196,3 @@ pub fn assert_no_secrets(rel: &str, text: &str) {
         }
     }
 }
-

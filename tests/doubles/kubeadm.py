@@ -239,7 +239,23 @@ def main(argv):
         fail_if_asked("init")
         i = docs["InitConfiguration"]
         with locked_state() as s:
-            if not os.path.exists(os.path.join(CLUSTER, "ca.crt")):
+            own_crt, own_key = path("/etc/kubernetes/pki/ca.crt"), path("/etc/kubernetes/pki/ca.key")
+            if os.path.exists(own_crt) or os.path.exists(own_key):
+                # kubeadm uses a CA it finds in place: both halves, and they must match.
+                if not (os.path.exists(own_crt) and os.path.exists(own_key)):
+                    die("init: /etc/kubernetes/pki has only one of ca.crt and ca.key", 1)
+                if oct(os.stat(own_key).st_mode & 0o777) != "0o600":
+                    die("init: /etc/kubernetes/pki/ca.key must be 0600", 1)
+                pub = lambda args: subprocess.run(args, check=True, capture_output=True).stdout
+                if pub(["openssl", "x509", "-in", own_crt, "-noout", "-pubkey"]) != pub(["openssl", "pkey", "-in", own_key, "-pubout"]):
+                    die("init: ca.key does not match ca.crt", 1)
+                if b"CA:TRUE" not in pub(["openssl", "x509", "-in", own_crt, "-noout", "-text"]):
+                    die("init: ca.crt is not a CA certificate", 1)
+                import shutil
+                shutil.copy(own_crt, os.path.join(CLUSTER, "ca.crt"))
+                shutil.copy(own_key, os.path.join(CLUSTER, "ca.key"))
+                event(cmd="init-existing-ca")
+            elif not os.path.exists(os.path.join(CLUSTER, "ca.crt")):
                 subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=kubernetes",
                                 "-keyout", os.path.join(CLUSTER, "ca.key"), "-out", os.path.join(CLUSTER, "ca.crt")], check=True, capture_output=True)
             for t in i.get("bootstrapTokens", []):
@@ -263,6 +279,8 @@ def main(argv):
         time.sleep(float(os.environ.get("FAKE_KUBEADM_JOIN_SECONDS", "0")))
         fail_if_asked("join")
         with locked_state() as s:
+            if not os.path.exists(os.path.join(CLUSTER, "ca.crt")):
+                die(f"join: could not reach the API server at {bt.get('apiServerEndpoint')}: no cluster yet", 1)
             exp = s["tokens"].get(bt.get("token"))
             if exp is None or exp < time.time():
                 die("join: the bootstrap token is unknown or expired", 1)
