@@ -13,10 +13,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Bake a node image (AMI) from a recipe: pinned packages, pre-pulled images, no SSH.
+    Bake(crate::bake::cmd::Args),
     /// Render cloud-init user-data, launch templates, Auto Scaling groups, the NLB and IAM
     /// policies from a cluster spec (no AWS access needed).
     Render(crate::render::cmd::Args),
-    /// Check a cluster spec and report every problem at once (exit 0 or 2).
+    /// Check a cluster spec and image recipes; report every problem at once (exit 0 or 2).
     Validate(crate::validate::Args),
     /// Print the JSON Schema of cluster.yaml.
     Schema,
@@ -27,6 +29,7 @@ enum Command {
 impl Cli {
     pub fn run(self) -> Result<()> {
         match self.command {
+            Command::Bake(a) => crate::bake::cmd::run(a),
             Command::Render(a) => crate::render::cmd::run(a),
             Command::Validate(a) => crate::validate::run(a),
             Command::Node(a) => crate::node::run(a),

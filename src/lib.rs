@@ -4,15 +4,19 @@
 //! Modules are cut by domain:
 //! * [`spec`]: the cluster spec, its validation and JSON Schema;
 //! * [`render`]: user-data, launch templates, Auto Scaling groups, NLB and IAM policies;
-//! * [`node`]: the node agent's configuration (and, later, the agent itself);
+//! * [`recipe`]: image recipes (what goes into a node image, pinned);
+//! * [`bake`]: plan and run an AMI bake (SSM Run Command, no SSH);
+//! * [`node`]: the node agent (bootstrap, refresh, reconcile, watch);
 //! * [`yaml`]: the one place YAML is read and written;
 //! * [`kubernetes`]: supported Kubernetes releases and their kubeadm APIs.
 
 pub mod aws;
+pub mod bake;
 pub mod cli;
 pub mod error;
 pub mod kubernetes;
 pub mod node;
+pub mod recipe;
 pub mod render;
 pub mod spec;
 pub mod validate;

@@ -140,3 +140,76 @@ fn unknown_pool_is_a_usage_error_with_suggestion() {
         stderr(&o)
     );
 }
+
+/// The bad-recipe corpus: every file under tests/bad-recipes must make `haimg validate
+/// RECIPE` and `haimg bake RECIPE --dry-run` exit 2, name the field and the file, and
+/// never panic or print a result.
+#[test]
+fn every_bad_recipe_exits_2_naming_the_field() {
+    let dir = repo().join("tests/bad-recipes");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    assert!(
+        entries.len() >= 20,
+        "the corpus has {} cases, at least 20 are required",
+        entries.len()
+    );
+    let mut failures = Vec::new();
+    for path in &entries {
+        let expect = expectation(&std::fs::read_to_string(path).unwrap());
+        for args in [vec!["validate"], vec!["bake", "--dry-run"]] {
+            let mut cmd = haimg();
+            // Any AWS call would fail: bad input must be caught before AWS is touched.
+            cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+                .args(&args)
+                .arg(path);
+            let o = run(cmd);
+            let err = stderr(&o);
+            let name = path.file_name().unwrap().to_string_lossy();
+            if o.status.code() != Some(2) {
+                failures.push(format!(
+                    "{name} ({}): exit {:?}, expected 2\n{err}",
+                    args[0],
+                    o.status.code()
+                ));
+            } else if err.contains("panicked") {
+                failures.push(format!("{name}: panicked\n{err}"));
+            } else if !err.contains(&expect) {
+                failures.push(format!("{name}: message does not name `{expect}`:\n{err}"));
+            } else if !err.contains(&*path.to_string_lossy()) {
+                failures.push(format!("{name}: message does not name the file:\n{err}"));
+            } else if !o.stdout.is_empty() {
+                failures.push(format!("{name}: wrote to stdout on failure"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n---\n")
+    );
+}
+
+#[test]
+fn the_shipped_recipes_are_valid() {
+    for (name, _) in haimg::recipe::EMBEDDED {
+        let o = run({
+            let mut c = haimg();
+            c.args(["validate", name]);
+            c
+        });
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let file = repo().join(format!("image-recipes/{name}.yaml"));
+        let o = run({
+            let mut c = haimg();
+            c.arg("validate").arg(&file);
+            c
+        });
+        assert!(o.status.success(), "{}: {}", file.display(), stderr(&o));
+    }
+}

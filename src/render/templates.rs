@@ -51,6 +51,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../vip/haproxy.pod.yaml.tera"),
     ),
     (
+        "image-recipes/provision.sh.tera",
+        include_str!("../../image-recipes/provision.sh.tera"),
+    ),
+    (
         "vip/nginx.conf.tera",
         include_str!("../../vip/nginx.conf.tera"),
     ),
@@ -139,6 +143,7 @@ impl Templates {
         tera.register_filter("comment", comment_filter);
         tera.register_filter("conf", conf_filter);
         tera.register_filter("sh", sh_filter);
+        tera.register_filter("heredoc", heredoc_filter);
         Ok(Self { tera })
     }
 
@@ -219,6 +224,28 @@ fn sh_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
     Ok(Value::String(format!("'{}'", s.replace('\'', "'\\''"))))
 }
 
+/// The body of a quoted shell here-document (`<<'DELIM'`, no expansion): refused when a
+/// line equals the delimiter (it would end the document early); ends with a newline.
+fn heredoc_filter(v: &Value, args: &HashMap<String, Value>) -> tera::Result<Value> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| tera::Error::msg("heredoc takes a string"))?;
+    let delim = args
+        .get("delimiter")
+        .and_then(Value::as_str)
+        .ok_or_else(|| tera::Error::msg("heredoc needs delimiter=\"…\""))?;
+    if s.lines().any(|l| l == delim) {
+        return Err(tera::Error::msg(format!(
+            "a line of the here-document body is its delimiter `{delim}`"
+        )));
+    }
+    let mut out = s.to_string();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(Value::String(out))
+}
+
 /// Text for a `#` comment line: line breaks become spaces, so nothing escapes the comment.
 fn comment_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
     let s = v
@@ -268,7 +295,7 @@ mod tests {
             } else if name.ends_with(".conf.tera") || name.ends_with(".cfg.tera") {
                 &["| conf", "| comment"]
             } else if name.ends_with(".sh.tera") {
-                &["| sh", "| comment"]
+                &["| sh", "| comment", "| heredoc("]
             } else {
                 // YAML: a JSON number or string is a valid YAML scalar too.
                 &["| yaml_str", "| block(indent=", "| comment", "| json"]

@@ -1,0 +1,759 @@
+//! The bake, against AWS (DESIGN §5): cache lookup, base image, staging, builder, SSM Run
+//! Command, image, tags, copies, parameters.
+//!
+//! # Guarantees
+//! - Everything the bake creates before the image is complete (the builder instance, the
+//!   staging bucket and object, an unfinished image and its snapshots) is recorded in
+//!   [`Created`] the moment it exists and removed by [`cleanup`] on every path: success,
+//!   script failure, timeout, API error and Ctrl-C (the caller races the flow against the
+//!   signal and cleans up either way). `--keep-builder` keeps only the instance.
+//! - A bake whose hash already has an image launches nothing (unless `--force`).
+//! - Every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use aws_sdk_ec2::types as ec2t;
+use base64::Engine;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde::Serialize;
+
+use super::Plan;
+use crate::error::{Error, Result};
+use crate::recipe::{Base, Recipe};
+
+/// SSM's `AWS-RunShellScript` takes at most this many bytes of commands (documents'
+/// parameters are limited to 64 KB; stay well inside).
+pub const COMMAND_LIMIT: usize = 48 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub subnet_id: Option<String>,
+    pub instance_profile: String,
+    pub instance_type: String,
+    pub keep_builder: bool,
+    pub force: bool,
+    pub copy_to: Vec<String>,
+    /// Bound on the provisioning script.
+    pub script_timeout: Duration,
+    /// Bound on waiting for the SSM agent, the instance to stop and the image.
+    pub wait_timeout: Duration,
+    /// Poll interval of every wait.
+    pub poll: Duration,
+    /// The haimg binary staged onto the builder.
+    pub binary: PathBuf,
+}
+
+/// What the bake made.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub image_id: String,
+    pub recipe_hash: String,
+    pub cached: bool,
+    pub region: String,
+    pub ami_name: String,
+    pub copies: BTreeMap<String, String>,
+    pub parameters: Vec<String>,
+}
+
+/// Resources that exist only for the bake, or until it completes.
+#[derive(Debug, Default, Clone)]
+pub struct Created {
+    pub instance: Option<String>,
+    pub bucket: Option<String>,
+    pub object: Option<String>,
+    /// Images (region, id) not yet complete: deregistered with their snapshots on failure.
+    pub unfinished_images: Vec<(String, String)>,
+}
+
+pub type Tracker = Arc<Mutex<Created>>;
+
+fn progress(msg: impl std::fmt::Display) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "haimg bake: {msg}");
+}
+
+/// The base AMI id: as pinned, or read from its SSM parameter.
+pub async fn resolve_base(sdk: &SdkConfig, recipe: &Recipe) -> Result<String> {
+    match &recipe.base {
+        Base::Ami(id) => Ok(id.to_string()),
+        Base::SsmParameter(p) => {
+            let ssm = aws_sdk_ssm::Client::new(sdk);
+            let out = ssm
+                .get_parameter()
+                .name(p.as_str())
+                .send()
+                .await
+                .map_err(Error::aws(format!(
+                    "ssm GetParameter {p} (the recipe's base image)"
+                )))?;
+            let id = out.parameter().and_then(|p| p.value()).unwrap_or_default();
+            crate::spec::types::AmiId::try_from(id)
+                .map(|a| a.to_string())
+                .map_err(|e| Error::Runtime(format!("base image parameter {p}: {e}")))
+        }
+    }
+}
+
+/// An available image of ours with this recipe hash.
+pub async fn find_cached(ec2: &aws_sdk_ec2::Client, hash: &str) -> Result<Option<String>> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(
+            ec2t::Filter::builder()
+                .name("tag:haimg:recipe-sha256")
+                .values(hash)
+                .build(),
+        )
+        .filters(
+            ec2t::Filter::builder()
+                .name("state")
+                .values("available")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(Error::aws(format!(
+            "ec2 DescribeImages tag:haimg:recipe-sha256={hash}"
+        )))?;
+    let mut images: Vec<_> = out
+        .images()
+        .iter()
+        .filter_map(|i| Some((i.creation_date()?.to_string(), i.image_id()?.to_string())))
+        .collect();
+    images.sort();
+    Ok(images.pop().map(|(_, id)| id))
+}
+
+/// The whole bake after planning. Records what it creates in `created`.
+pub async fn run(
+    sdk: &SdkConfig,
+    plan: &Plan,
+    opts: &Options,
+    created: Tracker,
+) -> Result<Outcome> {
+    let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
+    let ec2 = aws_sdk_ec2::Client::new(sdk);
+    let total = 8 + usize::from(!opts.copy_to.is_empty());
+    let mut n = 0;
+    let mut step = |what: &str| {
+        n += 1;
+        progress(format!("[{n}/{total}] {what}"));
+    };
+
+    step(&format!(
+        "looking for an image with recipe hash {}",
+        plan.short_hash()
+    ));
+    if !opts.force {
+        if let Some(id) = find_cached(&ec2, &plan.recipe_hash).await? {
+            progress(format!(
+                "{id} already has recipe hash {}: nothing to bake (--force bakes anyway)",
+                plan.short_hash()
+            ));
+            return Ok(Outcome {
+                image_id: id,
+                recipe_hash: plan.recipe_hash.clone(),
+                cached: true,
+                region,
+                ami_name: plan.ami_name.clone(),
+                copies: BTreeMap::new(),
+                parameters: plan.parameters().to_vec(),
+            });
+        }
+    }
+
+    step("staging the haimg binary");
+    let url = stage(sdk, plan, opts, &created).await?;
+
+    step("launching the builder");
+    let instance = launch(&ec2, plan, opts).await?;
+    created.lock().unwrap().instance = Some(instance.clone());
+    progress(format!(
+        "builder {instance} (no key pair, IMDSv2, tagged haimg:bake={})",
+        plan.short_hash()
+    ));
+
+    step("running the provisioning script through SSM Run Command");
+    let commands = commands(plan, &url)?;
+    run_script(sdk, &instance, commands, opts).await?;
+
+    step("stopping the builder");
+    ec2.stop_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .map_err(Error::aws(format!("ec2 StopInstances {instance}")))?;
+    wait_instance_state(&ec2, &instance, "stopped", opts).await?;
+
+    step(&format!("creating image {}", plan.ami_name));
+    let image = ec2
+        .create_image()
+        .instance_id(&instance)
+        .name(&plan.ami_name)
+        .description(format!(
+            "haimg recipe {} sha256 {}",
+            plan.recipe, plan.recipe_hash
+        ))
+        .send()
+        .await
+        .map_err(Error::aws(format!("ec2 CreateImage from {instance}")))?
+        .image_id()
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::Runtime(format!("CreateImage from {instance} returned no image id"))
+        })?;
+    created
+        .lock()
+        .unwrap()
+        .unfinished_images
+        .push((region.clone(), image.clone()));
+    wait_image(&ec2, &image, opts).await?;
+
+    step("tagging the image and its snapshots");
+    tag_image(&ec2, &image, &plan.tags).await?;
+
+    let mut copies = BTreeMap::new();
+    if !opts.copy_to.is_empty() {
+        step(&format!("copying to {}", opts.copy_to.join(", ")));
+        copies = copy(sdk, plan, &region, &image, opts, &created).await?;
+    }
+
+    step("publishing SSM parameters");
+    publish(sdk, plan, &image).await?;
+    for (r, id) in &copies {
+        let cfg = sdk
+            .to_builder()
+            .region(aws_config::Region::new(r.clone()))
+            .build();
+        publish(&cfg, plan, id).await?;
+    }
+    created.lock().unwrap().unfinished_images.clear();
+    Ok(Outcome {
+        image_id: image,
+        recipe_hash: plan.recipe_hash.clone(),
+        cached: false,
+        region,
+        ami_name: plan.ami_name.clone(),
+        copies,
+        parameters: plan.parameters().to_vec(),
+    })
+}
+
+fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
+    // Path-style addressing where an endpoint is overridden (S3-compatible servers and
+    // emulators have no per-bucket host names).
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Stages the binary in a bucket of its own (removed with the object by [`cleanup`]) and
+/// returns a presigned GET URL valid for the bake.
+async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) -> Result<String> {
+    let s3 = s3_client(sdk);
+    let mut suffix = [0u8; 4];
+    getrandom::fill(&mut suffix).map_err(|e| Error::Runtime(format!("random: {e}")))?;
+    let bucket = format!("haimg-bake-{}-{}", plan.short_hash(), super::hex(&suffix));
+    let mut create = s3.create_bucket().bucket(&bucket);
+    if let Some(r) = sdk
+        .region()
+        .map(|r| r.to_string())
+        .filter(|r| r != "us-east-1")
+    {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                    r.as_str(),
+                ))
+                .build(),
+        );
+    }
+    create
+        .send()
+        .await
+        .map_err(Error::aws(format!("s3 CreateBucket {bucket}")))?;
+    created.lock().unwrap().bucket = Some(bucket.clone());
+    let key = format!("haimg-{}", env!("CARGO_PKG_VERSION"));
+    let body = aws_sdk_s3::primitives::ByteStream::from_path(&opts.binary)
+        .await
+        .map_err(|e| Error::Runtime(format!("reading {}: {e}", opts.binary.display())))?;
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .body(body)
+        .send()
+        .await
+        .map_err(Error::aws(format!("s3 PutObject s3://{bucket}/{key}")))?;
+    created.lock().unwrap().object = Some(key.clone());
+    let presigning = aws_sdk_s3::presigning::PresigningConfig::expires_in(
+        opts.script_timeout + Duration::from_secs(600),
+    )
+    .map_err(|e| Error::Runtime(format!("presigning: {e}")))?;
+    let req = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(&key)
+        .presigned(presigning)
+        .await
+        .map_err(Error::aws(format!("presigning s3://{bucket}/{key}")))?;
+    Ok(req.uri().to_string())
+}
+
+async fn launch(ec2: &aws_sdk_ec2::Client, plan: &Plan, opts: &Options) -> Result<String> {
+    let tags = |rt: ec2t::ResourceType| {
+        ec2t::TagSpecification::builder()
+            .resource_type(rt)
+            .tags(
+                ec2t::Tag::builder()
+                    .key("Name")
+                    .value(format!("haimg-bake-{}", plan.short_hash()))
+                    .build(),
+            )
+            .tags(
+                ec2t::Tag::builder()
+                    .key("haimg:bake")
+                    .value(&plan.recipe_hash)
+                    .build(),
+            )
+            .tags(
+                ec2t::Tag::builder()
+                    .key("haimg:recipe")
+                    .value(&plan.recipe)
+                    .build(),
+            )
+            .build()
+    };
+    let mut req = ec2
+        .run_instances()
+        .image_id(&plan.base_image)
+        .instance_type(ec2t::InstanceType::from(opts.instance_type.as_str()))
+        .min_count(1)
+        .max_count(1)
+        .iam_instance_profile(
+            ec2t::IamInstanceProfileSpecification::builder()
+                .name(&opts.instance_profile)
+                .build(),
+        )
+        .metadata_options(
+            ec2t::InstanceMetadataOptionsRequest::builder()
+                .http_tokens(ec2t::HttpTokensState::Required)
+                .http_put_response_hop_limit(1)
+                .http_endpoint(ec2t::InstanceMetadataEndpointState::Enabled)
+                .build(),
+        )
+        .block_device_mappings(
+            ec2t::BlockDeviceMapping::builder()
+                .device_name("/dev/sda1")
+                .ebs(
+                    ec2t::EbsBlockDevice::builder()
+                        .volume_size(20)
+                        .volume_type(ec2t::VolumeType::Gp3)
+                        .encrypted(true)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .instance_initiated_shutdown_behavior(ec2t::ShutdownBehavior::Stop)
+        .tag_specifications(tags(ec2t::ResourceType::Instance))
+        .tag_specifications(tags(ec2t::ResourceType::Volume));
+    if let Some(s) = &opts.subnet_id {
+        req = req.subnet_id(s);
+    }
+    let out = req.send().await.map_err(Error::aws(format!(
+        "ec2 RunInstances (builder from {})",
+        plan.base_image
+    )))?;
+    out.instances()
+        .first()
+        .and_then(|i| i.instance_id())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Runtime("RunInstances returned no instance".into()))
+}
+
+/// The Run Command lines: run-time inputs, then the script, gzipped and base64-encoded so
+/// it fits the parameter limit and passes through unchanged.
+pub fn commands(plan: &Plan, binary_url: &str) -> Result<Vec<String>> {
+    let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+    gz.write_all(plan.script.as_bytes())
+        .expect("writing to memory");
+    let packed =
+        base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip to memory"));
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let lines = vec![
+        "set -eu".to_string(),
+        format!("export HAIMG_BINARY_URL={}", q(binary_url)),
+        format!("export HAIMG_RECIPE_SHA256={}", q(&plan.recipe_hash)),
+        format!("echo {packed} | base64 -d | gunzip > /root/haimg-provision.sh"),
+        "exec bash /root/haimg-provision.sh".to_string(),
+    ];
+    let size: usize = lines.iter().map(|l| l.len() + 1).sum();
+    if size > COMMAND_LIMIT {
+        return Err(Error::Runtime(format!("the packed provisioning script is {size} bytes; SSM Run Command takes at most {COMMAND_LIMIT}")));
+    }
+    Ok(lines)
+}
+
+fn is_invalid_instance<E: std::fmt::Debug>(e: &E) -> bool {
+    let s = format!("{e:?}");
+    s.contains("InvalidInstanceId")
+}
+
+async fn run_script(
+    sdk: &SdkConfig,
+    instance: &str,
+    commands: Vec<String>,
+    opts: &Options,
+) -> Result<()> {
+    let ssm = aws_sdk_ssm::Client::new(sdk);
+    // The SSM agent registers a minute or so after boot: SendCommand answers
+    // InvalidInstanceId until then (the real-world way to wait for it).
+    let deadline = Instant::now() + opts.wait_timeout;
+    let command_id = loop {
+        let sent = ssm
+            .send_command()
+            .instance_ids(instance)
+            .document_name("AWS-RunShellScript")
+            .comment("haimg bake")
+            .timeout_seconds(600)
+            .parameters("commands", commands.clone())
+            .parameters(
+                "executionTimeout",
+                vec![opts.script_timeout.as_secs().to_string()],
+            )
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                break out
+                    .command()
+                    .and_then(|c| c.command_id())
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::Runtime("SendCommand returned no command id".into()))?
+            }
+            Err(e) if is_invalid_instance(&e) && Instant::now() < deadline => {
+                progress(format!("waiting for the SSM agent on {instance}"));
+                tokio::time::sleep(opts.poll).await;
+            }
+            Err(e) => return Err(Error::aws(format!("ssm SendCommand to {instance}"))(e)),
+        }
+    };
+    progress(format!("command {command_id} sent to {instance}"));
+    let deadline = Instant::now() + opts.script_timeout;
+    let mut shown = 0usize;
+    loop {
+        let inv = ssm
+            .get_command_invocation()
+            .command_id(&command_id)
+            .instance_id(instance)
+            .send()
+            .await;
+        let inv = match inv {
+            Ok(i) => i,
+            // Right after SendCommand the invocation may not exist yet.
+            Err(e) if format!("{e:?}").contains("InvocationDoesNotExist") => {
+                tokio::time::sleep(opts.poll).await;
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::aws(format!(
+                    "ssm GetCommandInvocation {command_id} on {instance}"
+                ))(e))
+            }
+        };
+        let out = inv.standard_output_content().unwrap_or_default();
+        if out.len() > shown {
+            for line in out[shown..].lines() {
+                if line.starts_with("==> ") {
+                    progress(format!("builder {}", line.trim_start_matches("==> ")));
+                } else {
+                    eprintln!("  | {line}");
+                }
+            }
+            shown = out.len();
+        }
+        use aws_sdk_ssm::types::CommandInvocationStatus as S;
+        match inv.status() {
+            Some(S::Success) => return Ok(()),
+            Some(S::Pending | S::InProgress | S::Delayed) | None => {}
+            Some(other) => {
+                let err = inv.standard_error_content().unwrap_or_default();
+                let tail: Vec<&str> = err.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Error::Runtime(format!(
+                    "the provisioning script ended {} (exit {}) on {instance}:\n{}",
+                    other.as_str(),
+                    inv.response_code(),
+                    tail.join("\n")
+                )));
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = ssm
+                .cancel_command()
+                .command_id(&command_id)
+                .instance_ids(instance)
+                .send()
+                .await;
+            return Err(Error::Timeout(format!(
+                "the provisioning script did not finish within {}s on {instance} (command {command_id} cancelled)",
+                opts.script_timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(opts.poll).await;
+    }
+}
+
+async fn wait_instance_state(
+    ec2: &aws_sdk_ec2::Client,
+    instance: &str,
+    want: &str,
+    opts: &Options,
+) -> Result<()> {
+    let deadline = Instant::now() + opts.wait_timeout;
+    loop {
+        let out = ec2
+            .describe_instances()
+            .instance_ids(instance)
+            .send()
+            .await
+            .map_err(Error::aws(format!("ec2 DescribeInstances {instance}")))?;
+        let state = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| {
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+            });
+        if state.as_deref() == Some(want) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "{instance} is {state:?}, not {want}, after {}s",
+                opts.wait_timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(opts.poll).await;
+    }
+}
+
+async fn wait_image(ec2: &aws_sdk_ec2::Client, image: &str, opts: &Options) -> Result<()> {
+    let deadline = Instant::now() + opts.wait_timeout;
+    loop {
+        let out = ec2
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(Error::aws(format!("ec2 DescribeImages {image}")))?;
+        let state = out
+            .images()
+            .first()
+            .and_then(|i| i.state())
+            .map(|s| s.as_str().to_string());
+        match state.as_deref() {
+            Some("available") => return Ok(()),
+            Some("failed" | "error" | "invalid" | "deregistered") => {
+                return Err(Error::Runtime(format!(
+                    "image {image} is {}",
+                    state.unwrap_or_default()
+                )))
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "image {image} still {state:?} after {}s",
+                opts.wait_timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(opts.poll).await;
+    }
+}
+
+async fn snapshots_of(ec2: &aws_sdk_ec2::Client, image: &str) -> Result<Vec<String>> {
+    let out = ec2
+        .describe_images()
+        .image_ids(image)
+        .send()
+        .await
+        .map_err(Error::aws(format!("ec2 DescribeImages {image}")))?;
+    Ok(out
+        .images()
+        .iter()
+        .flat_map(|i| i.block_device_mappings())
+        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+        .collect())
+}
+
+async fn tag_image(
+    ec2: &aws_sdk_ec2::Client,
+    image: &str,
+    tags: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut ids = vec![image.to_string()];
+    ids.extend(snapshots_of(ec2, image).await?);
+    let mut req = ec2.create_tags().set_resources(Some(ids.clone()));
+    for (k, v) in tags {
+        req = req.tags(ec2t::Tag::builder().key(k).value(v).build());
+    }
+    req.send()
+        .await
+        .map_err(Error::aws(format!("ec2 CreateTags on {}", ids.join(", "))))?;
+    Ok(())
+}
+
+/// Copies the image to every region at once; each copy is tagged like the original.
+async fn copy(
+    sdk: &SdkConfig,
+    plan: &Plan,
+    source_region: &str,
+    image: &str,
+    opts: &Options,
+    created: &Tracker,
+) -> Result<BTreeMap<String, String>> {
+    let mut set = tokio::task::JoinSet::new();
+    for r in &opts.copy_to {
+        let cfg = sdk
+            .to_builder()
+            .region(aws_config::Region::new(r.clone()))
+            .build();
+        let (r, plan, src, image, opts, created) = (
+            r.clone(),
+            plan.clone(),
+            source_region.to_string(),
+            image.to_string(),
+            opts.clone(),
+            created.clone(),
+        );
+        set.spawn(async move {
+            let ec2 = aws_sdk_ec2::Client::new(&cfg);
+            let id = ec2
+                .copy_image()
+                .source_region(&src)
+                .source_image_id(&image)
+                .name(&plan.ami_name)
+                .description(format!(
+                    "haimg recipe {} sha256 {} (copy of {src}/{image})",
+                    plan.recipe, plan.recipe_hash
+                ))
+                .send()
+                .await
+                .map_err(Error::aws(format!("ec2 CopyImage {src}/{image} to {r}")))?
+                .image_id()
+                .map(str::to_string)
+                .ok_or_else(|| Error::Runtime(format!("CopyImage to {r} returned no image id")))?;
+            created
+                .lock()
+                .unwrap()
+                .unfinished_images
+                .push((r.clone(), id.clone()));
+            wait_image(&ec2, &id, &opts).await?;
+            tag_image(&ec2, &id, &plan.tags).await?;
+            progress(format!("{r}: {id}"));
+            Ok::<_, Error>((r, id))
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(res) = set.join_next().await {
+        let (r, id) = res.map_err(|e| Error::Runtime(format!("copy task: {e}")))??;
+        out.insert(r, id);
+    }
+    Ok(out)
+}
+
+async fn publish(sdk: &SdkConfig, plan: &Plan, image: &str) -> Result<()> {
+    let ssm = aws_sdk_ssm::Client::new(sdk);
+    for name in plan.parameters() {
+        ssm.put_parameter()
+            .name(&name)
+            .value(image)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .description(format!(
+                "haimg image, recipe {} sha256 {}",
+                plan.recipe,
+                plan.short_hash()
+            ))
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(Error::aws(format!("ssm PutParameter {name}")))?;
+    }
+    Ok(())
+}
+
+/// Removes what the bake created and does not keep. Best effort per resource, every
+/// resource attempted; returns what could not be removed.
+pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> Vec<String> {
+    let mut left = Vec::new();
+    if let Some(i) = &created.instance {
+        if keep_builder {
+            progress(format!(
+                "keeping builder {i} (--keep-builder): terminate it yourself"
+            ));
+        } else {
+            let ec2 = aws_sdk_ec2::Client::new(sdk);
+            match ec2.terminate_instances().instance_ids(i).send().await {
+                Ok(_) => progress(format!("terminated builder {i}")),
+                Err(e) => left.push(format!(
+                    "builder instance {i}: {}",
+                    aws_sdk_ec2::error::DisplayErrorContext(&e)
+                )),
+            }
+        }
+    }
+    for (region, image) in &created.unfinished_images {
+        let cfg = sdk
+            .to_builder()
+            .region(aws_config::Region::new(region.clone()))
+            .build();
+        let ec2 = aws_sdk_ec2::Client::new(&cfg);
+        let snaps = snapshots_of(&ec2, image).await.unwrap_or_default();
+        match ec2.deregister_image().image_id(image).send().await {
+            Ok(_) => progress(format!("deregistered unfinished image {region}/{image}")),
+            Err(e) => left.push(format!(
+                "image {region}/{image}: {}",
+                aws_sdk_ec2::error::DisplayErrorContext(&e)
+            )),
+        }
+        for s in snaps {
+            if let Err(e) = ec2.delete_snapshot().snapshot_id(&s).send().await {
+                left.push(format!(
+                    "snapshot {region}/{s}: {}",
+                    aws_sdk_ec2::error::DisplayErrorContext(&e)
+                ));
+            }
+        }
+    }
+    if let Some(b) = &created.bucket {
+        let s3 = s3_client(sdk);
+        if let Some(k) = &created.object {
+            if let Err(e) = s3.delete_object().bucket(b).key(k).send().await {
+                left.push(format!(
+                    "staged object s3://{b}/{k}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ));
+            }
+        }
+        match s3.delete_bucket().bucket(b).send().await {
+            Ok(_) => progress(format!("removed staging bucket {b}")),
+            Err(e) => left.push(format!(
+                "staging bucket {b}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )),
+        }
+    }
+    left
+}

@@ -1,0 +1,309 @@
+//! `haimg bake`: content-addressed, no-SSH AMI builds (DESIGN §5, §8).
+//!
+//! [`plan`] is pure: from a recipe, the resolved base AMI and the haimg binary's digest to
+//! the provisioning script, the recipe hash, the AMI name, the tags and the steps. Only
+//! [`flow`] talks to AWS, and only [`cmd`] to the user.
+
+pub mod cmd;
+pub mod flow;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+use crate::recipe::Recipe;
+use crate::render::templates::Templates;
+
+pub const SCRIPT_TEMPLATE: &str = "image-recipes/provision.sh.tera";
+
+/// The systemd units the image carries (enabled by user-data, per role).
+pub const UNITS: &[(&str, &str)] = &[
+    (
+        "haimg-watch.service",
+        include_str!("../../systemd/haimg-watch.service"),
+    ),
+    (
+        "haimg-refresh.service",
+        include_str!("../../systemd/haimg-refresh.service"),
+    ),
+    (
+        "haimg-refresh.timer",
+        include_str!("../../systemd/haimg-refresh.timer"),
+    ),
+    (
+        "haimg-reconcile.service",
+        include_str!("../../systemd/haimg-reconcile.service"),
+    ),
+    (
+        "haimg-reconcile.timer",
+        include_str!("../../systemd/haimg-reconcile.timer"),
+    ),
+];
+
+/// What a bake will do, before it does anything.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub recipe: String,
+    pub recipe_hash: String,
+    pub base_image: String,
+    pub ami_name: String,
+    pub tags: BTreeMap<String, String>,
+    pub steps: Vec<String>,
+    pub script: String,
+}
+
+impl Plan {
+    /// `haimg-<recipe>-<first 12 hex of the hash>`.
+    pub fn short_hash(&self) -> &str {
+        &self.recipe_hash[..12]
+    }
+    /// The SSM parameters the bake publishes.
+    pub fn parameters(&self) -> [String; 2] {
+        [
+            format!("/haimg/images/{}/latest", self.recipe),
+            format!("/haimg/images/{}/{}", self.recipe, self.recipe_hash),
+        ]
+    }
+}
+
+#[derive(Serialize)]
+struct Unit {
+    name: &'static str,
+    content: &'static str,
+}
+
+#[derive(Serialize)]
+struct ScriptCtx<'a> {
+    description: String,
+    recipe: &'a str,
+    haimg_version: &'static str,
+    haimg_sha256: &'a str,
+    codename: &'static str,
+    arch: &'static str,
+    kubernetes_version: String,
+    kubernetes_minor: String,
+    key_fingerprint: &'a str,
+    cni_url: &'a str,
+    cni_sha256: &'a str,
+    apt_snapshot: &'a str,
+    step_count: usize,
+    pins: Vec<String>,
+    extra_images: Vec<&'a str>,
+    units: Vec<Unit>,
+    cgroup_v2: bool,
+}
+
+/// The steps the script announces, in order (its `step` calls).
+pub fn steps(recipe: &Recipe) -> Vec<String> {
+    let mut s = vec![
+        "apt sources",
+        "kubernetes apt repository",
+        "pinned packages",
+        "kernel modules and sysctls",
+        "swap off",
+    ];
+    if recipe.ubuntu.boots_cgroup_v1() {
+        s.push("cgroup v2 on the kernel command line");
+    }
+    s.extend([
+        "containerd",
+        "pre-pull images",
+        "haimg and its systemd units",
+        "hardening: no SSH",
+        "image manifest",
+        "verify",
+        "clean for imaging",
+    ]);
+    s.into_iter().map(String::from).collect()
+}
+
+/// Every `name=version` apt installs, Kubernetes first.
+pub fn pins(recipe: &Recipe) -> Vec<String> {
+    let k = format!(
+        "{}-{}",
+        recipe.kubernetes_version, recipe.kubernetes_package_revision
+    );
+    let mut out: Vec<String> = ["kubeadm", "kubelet", "kubectl"]
+        .iter()
+        .map(|p| format!("{p}={k}"))
+        .collect();
+    out.extend(recipe.packages.iter().map(|(p, v)| format!("{p}={v}")));
+    out
+}
+
+/// Renders the provisioning script for a recipe and a haimg binary digest.
+pub fn script(recipe: &Recipe, haimg_sha256: &str, t: &Templates) -> Result<String> {
+    let v = recipe.kubernetes_version;
+    let steps = steps(recipe);
+    let ctx = ScriptCtx {
+        description: format!(
+            "haimg {} provisioning script: recipe {}, Kubernetes {v}, Ubuntu {}",
+            env!("CARGO_PKG_VERSION"),
+            recipe.name,
+            recipe.ubuntu.codename()
+        ),
+        recipe: &recipe.name,
+        haimg_version: env!("CARGO_PKG_VERSION"),
+        haimg_sha256,
+        codename: recipe.ubuntu.codename(),
+        arch: recipe.architecture.as_str(),
+        kubernetes_version: v.to_string(),
+        kubernetes_minor: format!("v{}.{}", v.major, v.minor),
+        key_fingerprint: &recipe.kubernetes_key_fingerprint,
+        cni_url: &recipe.cni.manifest_url,
+        cni_sha256: recipe.cni.manifest_sha256.as_deref().unwrap_or(""),
+        apt_snapshot: recipe.apt_snapshot.as_deref().unwrap_or(""),
+        step_count: steps.len(),
+        pins: pins(recipe),
+        extra_images: recipe.extra_images.iter().map(|i| i.as_str()).collect(),
+        units: UNITS
+            .iter()
+            .map(|(name, content)| Unit { name, content })
+            .collect(),
+        cgroup_v2: recipe.ubuntu.boots_cgroup_v1(),
+    };
+    t.render(SCRIPT_TEMPLATE, &ctx)
+}
+
+/// The recipe hash (DESIGN §5): sha256 over a canonical serialization of the resolved
+/// recipe (with the resolved base AMI id), the rendered script and the haimg version.
+pub fn recipe_hash(recipe: &Recipe, base_ami: &str, script: &str) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Canonical<'a> {
+        format: &'static str,
+        recipe: &'a Recipe,
+        resolved_base_ami: &'a str,
+        script_sha256: String,
+        haimg_version: &'static str,
+    }
+    let c = Canonical {
+        format: "haimg.dev/recipe-hash/v1",
+        recipe,
+        resolved_base_ami: base_ami,
+        script_sha256: hex(&Sha256::digest(script.as_bytes())),
+        haimg_version: env!("CARGO_PKG_VERSION"),
+    };
+    // Struct fields serialize in declaration order and maps are BTreeMaps: canonical.
+    let bytes = serde_json::to_vec(&c).expect("plain data serializes");
+    hex(&Sha256::digest(&bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The plan for a recipe whose base AMI is `base_ami`, baking the haimg binary whose
+/// sha256 is `haimg_sha256`.
+pub fn plan(recipe: &Recipe, base_ami: &str, haimg_sha256: &str, t: &Templates) -> Result<Plan> {
+    let script = script(recipe, haimg_sha256, t)?;
+    let recipe_hash = recipe_hash(recipe, base_ami, &script);
+    let mut tags = BTreeMap::from([
+        (
+            "Name".to_string(),
+            format!("haimg-{}-{}", recipe.name, &recipe_hash[..12]),
+        ),
+        ("haimg:recipe".to_string(), recipe.name.clone()),
+        ("haimg:recipe-sha256".to_string(), recipe_hash.clone()),
+        (
+            "haimg:kubernetes-version".to_string(),
+            recipe.kubernetes_version.to_string(),
+        ),
+        (
+            "haimg:version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("haimg:base-ami".to_string(), base_ami.to_string()),
+        (
+            "haimg:cni".to_string(),
+            format!("{} {}", recipe.cni.name, recipe.cni.version),
+        ),
+    ]);
+    for p in pins(recipe) {
+        let (name, version) = p.split_once('=').expect("pins are name=version");
+        // EC2 tag values allow letters, digits, spaces and _ . : / = + - @ (and ~ is not
+        // guaranteed): keep the version readable.
+        tags.insert(format!("haimg:pkg/{name}"), version.replace('~', "_"));
+    }
+    if let Some(s) = &recipe.apt_snapshot {
+        tags.insert("haimg:apt-snapshot".into(), s.clone());
+    }
+    Ok(Plan {
+        recipe: recipe.name.clone(),
+        ami_name: format!("haimg-{}-{}", recipe.name, &recipe_hash[..12]),
+        recipe_hash,
+        base_image: base_ami.to_string(),
+        tags,
+        steps: steps(recipe),
+        script,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe() -> Recipe {
+        crate::recipe::load(None).unwrap().recipe
+    }
+
+    #[test]
+    fn the_script_announces_exactly_the_planned_steps() {
+        let r = recipe();
+        let s = script(&r, &"a".repeat(64), &Templates::embedded()).unwrap();
+        let announced: Vec<&str> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("step \""))
+            .map(|l| l.trim_end_matches('"'))
+            .collect();
+        assert_eq!(announced.len(), steps(&r).len());
+        for (a, p) in announced.iter().zip(steps(&r)) {
+            assert!(a.starts_with(p.as_str()), "{a} vs {p}");
+        }
+    }
+
+    #[test]
+    fn the_hash_covers_recipe_base_script_and_binary() {
+        let t = Templates::embedded();
+        let r = recipe();
+        let base = plan(&r, "ami-0123456789abcdef0", &"a".repeat(64), &t).unwrap();
+        assert_eq!(
+            base.recipe_hash,
+            plan(&r, "ami-0123456789abcdef0", &"a".repeat(64), &t)
+                .unwrap()
+                .recipe_hash,
+            "deterministic"
+        );
+        assert_ne!(
+            base.recipe_hash,
+            plan(&r, "ami-0123456789abcdef1", &"a".repeat(64), &t)
+                .unwrap()
+                .recipe_hash,
+            "base AMI"
+        );
+        assert_ne!(
+            base.recipe_hash,
+            plan(&r, "ami-0123456789abcdef0", &"b".repeat(64), &t)
+                .unwrap()
+                .recipe_hash,
+            "binary"
+        );
+        let mut r2 = r.clone();
+        r2.packages
+            .insert("haproxy".into(), "2.0.34-0ubuntu0.1".into());
+        assert_ne!(
+            base.recipe_hash,
+            plan(&r2, "ami-0123456789abcdef0", &"a".repeat(64), &t)
+                .unwrap()
+                .recipe_hash,
+            "a pin"
+        );
+        assert_eq!(
+            base.ami_name,
+            format!("haimg-ubuntu-20.04-k8s-{}", &base.recipe_hash[..12])
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Image recipes (DESIGN §5): what goes into a node image, pinned to exact versions.
+//!
+//! Loading mirrors the cluster spec: YAML with positions ([`crate::yaml`]), strict wire
+//! types (`deny_unknown_fields`), then typed rules that report every problem at once with
+//! file:line:col and field path (exit code 2).
+
+mod wire;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Diagnostic, Diagnostics, Error};
+use crate::spec::types::{AmiId, AmiParameter, ImageRef, KubernetesVersion};
+use crate::yaml::Document;
+
+pub const DEFAULT_NAME: &str = "ubuntu-20.04";
+/// Recipes shipped in the binary, by name (`haimg bake ubuntu-22.04` works air-gapped).
+pub const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "ubuntu-20.04",
+        include_str!("../../image-recipes/ubuntu-20.04.yaml"),
+    ),
+    (
+        "ubuntu-22.04",
+        include_str!("../../image-recipes/ubuntu-22.04.yaml"),
+    ),
+];
+
+/// A validated recipe. Field order is the canonical order hashed into the recipe hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recipe {
+    pub name: String,
+    pub base: Base,
+    pub ubuntu: Ubuntu,
+    pub architecture: Arch,
+    pub kubernetes_version: KubernetesVersion,
+    /// The pkgs.k8s.io package revision: kubeadm `1.30.4-<revision>`.
+    pub kubernetes_package_revision: String,
+    /// OpenPGP fingerprint of the pkgs.k8s.io signing key (40 hex digits).
+    pub kubernetes_key_fingerprint: String,
+    /// Exact apt versions of containerd, keepalived, haproxy (and any more), held.
+    pub packages: BTreeMap<String, String>,
+    /// Ubuntu snapshot archive timestamp (`20240601T000000Z`): the whole package set as
+    /// it was then.
+    pub apt_snapshot: Option<String>,
+    pub cni: Cni,
+    pub extra_images: Vec<ImageRef>,
+    pub hardening: Hardening,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Base {
+    Ami(AmiId),
+    SsmParameter(AmiParameter),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Ubuntu {
+    #[serde(rename = "20.04")]
+    Focal,
+    #[serde(rename = "22.04")]
+    Jammy,
+}
+
+impl Ubuntu {
+    pub fn codename(self) -> &'static str {
+        match self {
+            Ubuntu::Focal => "focal",
+            Ubuntu::Jammy => "jammy",
+        }
+    }
+    /// 20.04 boots cgroup v1; 22.04 already boots v2.
+    pub fn boots_cgroup_v1(self) -> bool {
+        self == Ubuntu::Focal
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+    /// The EC2 architecture name.
+    pub fn ec2(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::Amd64),
+            "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cni {
+    pub name: String,
+    pub version: String,
+    pub manifest_url: String,
+    pub manifest_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hardening {
+    pub ssh: String,
+}
+
+/// The packages every recipe pins besides kubeadm, kubelet and kubectl.
+pub const REQUIRED_PACKAGES: &[&str] = &["containerd", "keepalived", "haproxy"];
+
+/// A loaded recipe and its warnings.
+#[derive(Debug)]
+pub struct Loaded {
+    pub recipe: Recipe,
+    pub warnings: Vec<Diagnostic>,
+    pub source: String,
+}
+
+/// `arg` is a path to a recipe file, or the name of an embedded recipe; `None` is the
+/// default recipe.
+pub fn load(arg: Option<&str>) -> Result<Loaded, Error> {
+    let arg = arg.unwrap_or(DEFAULT_NAME);
+    let path = Path::new(arg);
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("cannot read recipe {arg}: {e}")))?;
+        return load_str(&text, arg);
+    }
+    let name = arg.trim_end_matches(".yaml");
+    match EMBEDDED.iter().find(|(n, _)| *n == name) {
+        Some((n, text)) => load_str(text, &format!("<embedded image-recipes/{n}.yaml>")),
+        None => Err(Error::Usage(format!(
+            "recipe {arg}: no such file, and no embedded recipe of that name (embedded: {})",
+            EMBEDDED
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+pub fn load_str(text: &str, source: &str) -> Result<Loaded, Error> {
+    let mut cx = Cx {
+        file: source.to_string(),
+        doc: None,
+        errors: vec![],
+        warnings: vec![],
+    };
+    let doc = crate::yaml::parse(text).map_err(|e| {
+        Error::Invalid(Diagnostics(vec![Diagnostic {
+            file: source.into(),
+            pos: e.pos,
+            path: String::new(),
+            message: format!("invalid YAML: {}", e.message),
+        }]))
+    })?;
+    let file: wire::RecipeFile = crate::yaml::from_document(&doc).map_err(|(pointer, msg)| {
+        Error::Invalid(Diagnostics(vec![Diagnostic {
+            file: source.into(),
+            pos: doc.value_pos(&pointer),
+            path: crate::spec::schema::dotted(&pointer),
+            message: msg,
+        }]))
+    })?;
+    cx.doc = Some(doc);
+    let recipe = wire::resolve(&mut cx, &file);
+    match recipe {
+        Some(recipe) if cx.errors.is_empty() => Ok(Loaded {
+            recipe,
+            warnings: cx.warnings,
+            source: source.into(),
+        }),
+        _ => Err(Error::Invalid(Diagnostics(cx.errors))),
+    }
+}
+
+/// Collects diagnostics while resolving.
+pub(crate) struct Cx {
+    file: String,
+    doc: Option<Document>,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Cx {
+    fn diag(&self, pointer: &str, message: String) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            pos: self.doc.as_ref().and_then(|d| d.value_pos(pointer)),
+            path: crate::spec::schema::dotted(pointer),
+            message,
+        }
+    }
+    fn error(&mut self, pointer: &str, message: impl Into<String>) {
+        let d = self.diag(pointer, message.into());
+        self.errors.push(d);
+    }
+    fn warn(&mut self, pointer: &str, message: impl Into<String>) {
+        let d = self.diag(pointer, message.into());
+        self.warnings.push(d);
+    }
+    fn parse<T: for<'s> TryFrom<&'s str, Error = String>>(
+        &mut self,
+        pointer: &str,
+        s: &str,
+    ) -> Option<T> {
+        match T::try_from(s) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(pointer, e);
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The recipe file as written, and the rules that turn it into a [`Recipe`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecipeFile {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: MetadataFile,
+    pub spec: SpecFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataFile {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpecFile {
+    pub base: BaseFile,
+    pub ubuntu: String,
+    pub architecture: String,
+    pub kubernetes_version: String,
+    #[serde(default)]
+    pub kubernetes_package_revision: Option<String>,
+    pub kubernetes_key_fingerprint: String,
+    pub packages: BTreeMap<String, String>,
+    #[serde(default)]
+    pub apt_snapshot: Option<String>,
+    pub cni: CniFile,
+    #[serde(default)]
+    pub extra_images: Vec<String>,
+    pub hardening: HardeningFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BaseFile {
+    pub ami: Option<String>,
+    pub ssm_parameter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CniFile {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub manifest_url: Option<String>,
+    #[serde(default)]
+    pub manifest_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardeningFile {
+    pub ssh: String,
+}
+
+const KUBERNETES_PACKAGES: &[&str] = &[
+    "kubeadm",
+    "kubelet",
+    "kubectl",
+    "kubernetes-cni",
+    "cri-tools",
+];
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A Debian version as apt takes it exactly: `[epoch:]upstream[-revision]`, no wildcards
+/// or relations.
+fn is_exact_debian_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
+}
+
+pub(super) fn resolve(cx: &mut Cx, f: &RecipeFile) -> Option<Recipe> {
+    if f.api_version != crate::spec::wire::API_VERSION {
+        cx.error(
+            "/apiVersion",
+            format!(
+                "`{}` is not supported: use {}",
+                f.api_version,
+                crate::spec::wire::API_VERSION
+            ),
+        );
+    }
+    if f.kind != "ImageRecipe" {
+        cx.error(
+            "/kind",
+            format!("`{}`: a recipe's kind is ImageRecipe", f.kind),
+        );
+    }
+    let name = &f.metadata.name;
+    let name_ok = (1..=48).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !name_ok {
+        cx.error("/metadata/name", format!("`{name}` is not a recipe name: 1-48 lowercase letters, digits, '-' and '.', starting with a letter (it names the AMI and an SSM parameter path)"));
+    }
+    let s = &f.spec;
+    let base = match (&s.base.ami, &s.base.ssm_parameter) {
+        (Some(a), None) => cx.parse::<AmiId>("/spec/base/ami", a).map(Base::Ami),
+        (None, Some(p)) => cx
+            .parse::<AmiParameter>("/spec/base/ssmParameter", p)
+            .map(Base::SsmParameter),
+        _ => {
+            cx.error("/spec/base", "give exactly one base image: `ami` (an id: reproducible, and `--dry-run` needs no AWS) or `ssmParameter` (e.g. Canonical's /aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id)");
+            None
+        }
+    };
+    let ubuntu = match s.ubuntu.as_str() {
+        "20.04" => Some(Ubuntu::Focal),
+        "22.04" => Some(Ubuntu::Jammy),
+        other => {
+            cx.error(
+                "/spec/ubuntu",
+                format!("`{other}` is not a supported Ubuntu release (20.04, 22.04)"),
+            );
+            None
+        }
+    };
+    let architecture = match s.architecture.as_str() {
+        "amd64" => Some(Arch::Amd64),
+        "arm64" => Some(Arch::Arm64),
+        other => {
+            cx.error(
+                "/spec/architecture",
+                format!("`{other}` is not an architecture: amd64 or arm64"),
+            );
+            None
+        }
+    };
+    let kubernetes_version =
+        cx.parse::<KubernetesVersion>("/spec/kubernetesVersion", &s.kubernetes_version);
+    if let Some(v) = &kubernetes_version {
+        if let Err(e) = crate::kubernetes::check_supported(v) {
+            cx.error("/spec/kubernetesVersion", e);
+        }
+        if let Some(w) = crate::kubernetes::known_issues(v) {
+            cx.warn("/spec/kubernetesVersion", w);
+        }
+    }
+    let revision = s
+        .kubernetes_package_revision
+        .clone()
+        .unwrap_or_else(|| "1.1".into());
+    if !is_exact_debian_version(&revision) || revision.contains(':') || revision.contains('-') {
+        cx.error(
+            "/spec/kubernetesPackageRevision",
+            format!("`{revision}` is not a Debian revision (e.g. 1.1: kubeadm 1.30.4-1.1)"),
+        );
+    }
+    let fingerprint: String = s
+        .kubernetes_key_fingerprint
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_uppercase();
+    if !is_hex(&fingerprint, 40) {
+        cx.error("/spec/kubernetesKeyFingerprint", "must be the 40-hex-digit OpenPGP fingerprint of the pkgs.k8s.io signing key: the bake refuses a repository key that does not match it");
+    }
+    for p in REQUIRED_PACKAGES {
+        if !s.packages.contains_key(*p) {
+            cx.error("/spec/packages", format!("`{p}` is missing: containerd, keepalived and haproxy are pinned to exact versions"));
+        }
+    }
+    for (pkg, version) in &s.packages {
+        let at = format!("/spec/packages/{}", crate::yaml::escape(pkg));
+        if KUBERNETES_PACKAGES.contains(&pkg.as_str()) {
+            cx.error(&at, format!("`{pkg}` is pinned by kubernetesVersion (and kubernetesPackageRevision): remove it here"));
+        } else if !(pkg.len() >= 2
+            && pkg.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && pkg
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c)))
+        {
+            cx.error(&at, format!("`{pkg}` is not a Debian package name"));
+        } else if !is_exact_debian_version(version) {
+            cx.error(&at, format!("`{version}` is not an exact package version: give the full Debian version (e.g. 1.7.12-0ubuntu2~20.04.1), no wildcards or ranges"));
+        }
+    }
+    if let Some(ts) = &s.apt_snapshot {
+        let b = ts.as_bytes();
+        let ok = b.len() == 16
+            && b[8] == b'T'
+            && b[15] == b'Z'
+            && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+            && ts[..4] >= *"2023";
+        if !ok {
+            cx.error("/spec/aptSnapshot", format!("`{ts}` is not an Ubuntu snapshot timestamp: YYYYMMDDTHHMMSSZ, from 2023 on (e.g. 20241101T000000Z)"));
+        }
+    } else {
+        cx.warn("/spec", "no aptSnapshot: the pinned versions are taken from the live archive, where superseded versions disappear; pin aptSnapshot for bakes that can be repeated");
+    }
+    let cni = &s.cni;
+    if cni.name != "calico" {
+        cx.error("/spec/cni/name", format!("`{}` is not supported: haimg bakes calico (its IP autodetection is set so it never picks a VIP)", cni.name));
+    }
+    let version_ok = cni.version.strip_prefix('v').is_some_and(|v| {
+        let parts: Vec<&str> = v.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if !version_ok {
+        cx.error(
+            "/spec/cni/version",
+            format!(
+                "`{}` is not a calico release: vMAJOR.MINOR.PATCH (e.g. v3.28.1)",
+                cni.version
+            ),
+        );
+    }
+    let manifest_url = cni.manifest_url.clone().unwrap_or_else(|| {
+        format!(
+            "https://raw.githubusercontent.com/projectcalico/calico/{}/manifests/calico.yaml",
+            cni.version
+        )
+    });
+    if !manifest_url.starts_with("https://")
+        || manifest_url.contains(|c: char| c.is_whitespace() || "'\"`$\\".contains(c))
+    {
+        cx.error(
+            "/spec/cni/manifestUrl",
+            "must be an https:// URL without quotes, spaces or shell characters",
+        );
+    }
+    match &cni.manifest_sha256 {
+        Some(h) if !is_hex(h, 64) => cx.error("/spec/cni/manifestSha256", "must be 64 hex digits (sha256sum of the manifest)"),
+        Some(_) => {}
+        None => cx.warn("/spec/cni", "no manifestSha256: the bake cannot prove which CNI manifest it baked (the image manifest still records the hash it got)"),
+    }
+    let mut extra_images = Vec::new();
+    for (i, img) in s.extra_images.iter().enumerate() {
+        if let Some(r) = cx.parse::<ImageRef>(&format!("/spec/extraImages/{i}"), img) {
+            if !r.as_str().contains('/')
+                || !r
+                    .as_str()
+                    .split('/')
+                    .next()
+                    .is_some_and(|h| h.contains('.') || h.contains(':'))
+            {
+                cx.error(&format!("/spec/extraImages/{i}"), format!("`{img}`: name the registry (docker.io/library/haproxy:2.8.14): containerd's `ctr` pulls fully qualified references only"));
+            }
+            extra_images.push(r);
+        }
+    }
+    if s.hardening.ssh != "disabled" {
+        cx.error("/spec/hardening/ssh", format!("`{}`: haimg images have no SSH (the builder is driven by SSM Run Command and nodes by user-data); only `disabled` is accepted", s.hardening.ssh));
+    }
+    Some(Recipe {
+        name: name.clone(),
+        base: base?,
+        ubuntu: ubuntu?,
+        architecture: architecture?,
+        kubernetes_version: kubernetes_version?,
+        kubernetes_package_revision: revision,
+        kubernetes_key_fingerprint: fingerprint,
+        packages: s.packages.clone(),
+        apt_snapshot: s.apt_snapshot.clone(),
+        cni: Cni {
+            name: cni.name.clone(),
+            version: cni.version.clone(),
+            manifest_url,
+            manifest_sha256: cni.manifest_sha256.clone().map(|h| h.to_lowercase()),
+        },
+        extra_images,
+        hardening: Hardening {
+            ssh: s.hardening.ssh.clone(),
+        },
+    })
+}

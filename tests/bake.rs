@@ -1,0 +1,667 @@
+//! `haimg bake`: the plan offline, the script through shellcheck, and the whole flow
+//! against moto behind a recording, fault-injecting proxy (tests/doubles/awsproxy.py):
+//! cache miss and hit (counted RunInstances), tags, parameters, --copy-to, and no builder
+//! or staged object left behind after a failed script, a timeout, an API error or Ctrl-C.
+//! Results are checked with the AWS CLI, not with haimg's own reads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fleet::{wait_for_port, Moto};
+use common::*;
+
+const REGION: &str = "us-west-2";
+
+fn recipe_text(base: &str) -> String {
+    format!(
+        r#"apiVersion: haimg.dev/v1alpha1
+kind: ImageRecipe
+metadata:
+  name: test-k8s
+spec:
+  base:
+    {base}
+  ubuntu: "20.04"
+  architecture: amd64
+  kubernetesVersion: 1.30.4
+  kubernetesKeyFingerprint: DE15B14486CD377B9E876E1A234654DA9A296436
+  aptSnapshot: 20241101T000000Z
+  packages:
+    containerd: 1.7.12-0ubuntu2~20.04.1
+    keepalived: 1:2.0.19-2ubuntu0.2
+    haproxy: 2.0.33-0ubuntu0.1
+  cni:
+    name: calico
+    version: v3.28.1
+    manifestSha256: 9a0e3e4e4b1c5f0a3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819a2b
+  extraImages: [docker.io/library/haproxy:2.8.14]
+  hardening:
+    ssh: disabled
+"#
+    )
+}
+
+/// A stand-in for the haimg binary the image gets (small, so staging is quick).
+fn fake_binary(dir: &Path) -> PathBuf {
+    let p = dir.join("haimg-for-image");
+    std::fs::write(&p, b"#!/bin/sh\necho haimg 0.1.0\n").unwrap();
+    p
+}
+
+/// Replaces what changes between builds (the binary's digest and the hash over it).
+fn normalize(text: &str, plan: &serde_json::Value) -> String {
+    let hash = plan["recipeHash"].as_str().unwrap();
+    let sha = plan["script"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("readonly HAIMG_SHA256='"))
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
+    text.replace(hash, "<recipe-hash>")
+        .replace(&hash[..12], "<hash12>")
+        .replace(&sha, "<haimg-sha256>")
+}
+
+#[test]
+fn dry_run_with_a_pinned_ami_is_offline_and_matches_its_golden_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("recipe.yaml");
+    std::fs::write(&recipe, recipe_text("ami: ami-0123456789abcdef0")).unwrap();
+    let bin = fake_binary(dir.path());
+    // No credentials, no region, and every endpoint a closed port: any AWS call fails.
+    let run_dry = |output: &str| {
+        let mut c = haimg();
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(["bake", "--dry-run", "--output", output, "--haimg-binary"])
+            .arg(&bin)
+            .arg(&recipe);
+        run(c)
+    };
+    let json = run_dry("json");
+    assert!(json.status.success(), "{}", stderr(&json));
+    let plan: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    for k in [
+        "recipeHash",
+        "baseImage",
+        "tags",
+        "script",
+        "steps",
+        "amiName",
+    ] {
+        assert!(plan.get(k).is_some(), "dry-run JSON has {k}");
+    }
+    assert_eq!(plan["baseImage"], "ami-0123456789abcdef0");
+    assert_eq!(plan["tags"]["haimg:recipe-sha256"], plan["recipeHash"]);
+    let text = run_dry("text");
+    assert!(text.status.success(), "{}", stderr(&text));
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(
+        out.path().join("plan.txt"),
+        normalize(&stdout(&text), &plan),
+    )
+    .unwrap();
+    std::fs::write(
+        out.path().join("provision.sh"),
+        normalize(plan["script"].as_str().unwrap(), &plan),
+    )
+    .unwrap();
+    assert_golden("bake-pinned", out.path());
+    // Same inputs, same hash; another binary, another hash.
+    let again: serde_json::Value = serde_json::from_slice(&run_dry("json").stdout).unwrap();
+    assert_eq!(again["recipeHash"], plan["recipeHash"]);
+}
+
+fn shellcheck(text: &str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("provision.sh");
+    std::fs::write(&f, text).unwrap();
+    let o = run({
+        let mut c = Command::new(require_tool("shellcheck"));
+        c.arg(&f);
+        c
+    });
+    assert!(o.status.success(), "shellcheck {what}:\n{}", stdout(&o));
+}
+
+#[test]
+fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
+    let t = haimg::render::templates::Templates::embedded();
+    let mut recipes: Vec<(String, haimg::recipe::Recipe)> = haimg::recipe::EMBEDDED
+        .iter()
+        .map(|(n, _)| (n.to_string(), haimg::recipe::load(Some(n)).unwrap().recipe))
+        .collect();
+    recipes.push((
+        "test".into(),
+        haimg::recipe::load_str(&recipe_text("ami: ami-0123456789abcdef0"), "t")
+            .unwrap()
+            .recipe,
+    ));
+    for (name, r) in recipes {
+        let s = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();
+        shellcheck(&s, &name);
+        for pin in haimg::bake::pins(&r) {
+            assert!(s.contains(&format!("'{pin}'")), "{name}: pins {pin}");
+        }
+        for needle in [
+            "apt-mark hold",
+            "SystemdCgroup",
+            "sandbox_image",
+            "br_netfilter",
+            "swapoff -a",
+            "cloud-init clean",
+            "truncate -s 0 /etc/machine-id",
+            "image-manifest.json",
+            "step \"verify\"",
+            "systemctl mask ssh.service",
+            "--platform \"linux/${ARCH}\"",
+            "KUBERNETES_KEY_FINGERPRINT",
+        ] {
+            assert!(s.contains(needle), "{name}: script lacks {needle}");
+        }
+        assert_eq!(
+            s.contains("systemd.unified_cgroup_hierarchy=1"),
+            r.ubuntu == haimg::recipe::Ubuntu::Focal,
+            "{name}: cgroup v2 on 20.04 only"
+        );
+        for (unit, _) in haimg::bake::UNITS {
+            assert!(s.contains(unit), "{name}: installs {unit}");
+        }
+    }
+    // The checks can fail.
+    let r = std::panic::catch_unwind(|| shellcheck("#!/bin/bash\necho $1\n", "bad"));
+    assert!(r.is_err());
+}
+
+/// The script's Calico patch, run for real on a manifest excerpt in upstream's layout:
+/// autodetection follows the node's InternalIP, so it can never pick a VIP.
+#[test]
+fn the_calico_patch_makes_autodetection_follow_the_node_ip() {
+    let r = haimg::recipe::load(None).unwrap().recipe;
+    let s = haimg::bake::script(
+        &r,
+        &"ab".repeat(32),
+        &haimg::render::templates::Templates::embedded(),
+    )
+    .unwrap();
+    let start = s.find("python3 - \"${CNI_MANIFEST}\" <<'PY'\n").unwrap();
+    let body = &s[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    let body = &body[..body.find("\nPY\n").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let patch = dir.path().join("patch.py");
+    std::fs::write(&patch, body).unwrap();
+    let manifest = dir.path().join("calico.yaml");
+    let excerpt = "            - name: CLUSTER_TYPE\n              value: \"k8s,bgp\"\n            # Auto-detect the BGP IP address.\n            - name: IP\n              value: \"autodetect\"\n            # Enable IPIP\n            - name: CALICO_IPV4POOL_IPIP\n              value: \"Always\"\n";
+    std::fs::write(&manifest, excerpt).unwrap();
+    let py = |m: &Path| {
+        run({
+            let mut c = Command::new("python3");
+            c.arg(&patch).arg(m);
+            c
+        })
+    };
+    let o = py(&manifest);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let patched = std::fs::read_to_string(&manifest).unwrap();
+    assert!(patched.contains("              value: \"autodetect\"\n            - name: IP_AUTODETECTION_METHOD\n              value: \"kubernetes-internal-ip\"\n            # Enable IPIP"), "{patched}");
+    let doc = haimg::yaml::parse(&format!("env:\n{patched}"))
+        .unwrap()
+        .value;
+    assert_eq!(doc["env"].as_array().unwrap().len(), 4);
+    // Patching twice, or a manifest without the entry, fails the bake.
+    assert!(!py(&manifest).status.success());
+    std::fs::write(&manifest, "kind: ConfigMap\n").unwrap();
+    assert!(!py(&manifest).status.success());
+}
+
+struct Proxy {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    rules: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn start(moto: &Moto) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("calls.jsonl");
+        let rules = dir.path().join("rules.json");
+        let child = Command::new("python3")
+            .arg(repo().join("tests/doubles/awsproxy.py"))
+            .arg(moto.url())
+            .arg(&port_file)
+            .arg(&log)
+            .arg(&rules)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !port_file.exists() {
+            assert!(Instant::now() < deadline, "proxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let port: u16 = std::fs::read_to_string(&port_file)
+            .unwrap()
+            .parse()
+            .unwrap();
+        wait_for_port(port, "proxy");
+        Proxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            rules,
+            _dir: dir,
+        }
+    }
+    fn set_rules(&self, rules: serde_json::Value) {
+        std::fs::write(&self.rules, rules.to_string()).unwrap();
+    }
+    fn calls(&self, action: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("\"action\": \"{action}\"")))
+            .count()
+    }
+    fn reset_log(&self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The AWS CLI against moto directly.
+fn aws(moto: &Moto, region: &str, args: &[&str]) -> serde_json::Value {
+    let o = run({
+        let mut c = Command::new(venv().join("bin/aws"));
+        c.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .args([
+                "--endpoint-url",
+                &moto.url(),
+                "--region",
+                region,
+                "--output",
+                "json",
+            ])
+            .args(args);
+        c
+    });
+    assert!(o.status.success(), "aws {args:?}: {}", stderr(&o));
+    if o.stdout.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+}
+
+struct Setup {
+    moto: Moto,
+    proxy: Proxy,
+    dir: tempfile::TempDir,
+    recipe: PathBuf,
+    binary: PathBuf,
+    base: String,
+}
+
+/// moto with a base image published under a parameter (moto has none of the public
+/// `/aws/service/...` ones) and the builder's instance profile.
+fn setup() -> Setup {
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto);
+    let images = aws(
+        &moto,
+        REGION,
+        &["ec2", "describe-images", "--owners", "amazon"],
+    );
+    let base = images["Images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["Architecture"] == "x86_64")
+        .unwrap()["ImageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    aws(
+        &moto,
+        REGION,
+        &[
+            "ssm",
+            "put-parameter",
+            "--name",
+            "/test/ubuntu/20.04/ami-id",
+            "--type",
+            "String",
+            "--value",
+            &base,
+        ],
+    );
+    aws(
+        &moto,
+        REGION,
+        &[
+            "iam",
+            "create-instance-profile",
+            "--instance-profile-name",
+            "haimg-builder",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("recipe.yaml");
+    std::fs::write(
+        &recipe,
+        recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id"),
+    )
+    .unwrap();
+    let binary = fake_binary(dir.path());
+    Setup {
+        moto,
+        proxy,
+        dir,
+        recipe,
+        binary,
+        base,
+    }
+}
+
+impl Setup {
+    fn bake_cmd(&self, extra: &[&str]) -> Command {
+        let mut c = haimg();
+        c.env("AWS_ENDPOINT_URL", &self.proxy.url)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", REGION)
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(["bake", "--poll", "50ms", "--haimg-binary"])
+            .arg(&self.binary)
+            .arg(&self.recipe)
+            .args(extra);
+        c
+    }
+    fn bake(&self, extra: &[&str]) -> Output {
+        run(self.bake_cmd(extra))
+    }
+    /// No builder that is not terminated, and no staging bucket.
+    fn assert_nothing_left(&self, what: &str) {
+        let live = aws(
+            &self.moto,
+            REGION,
+            &[
+                "ec2",
+                "describe-instances",
+                "--filters",
+                "Name=tag-key,Values=haimg:bake",
+                "Name=instance-state-name,Values=pending,running,stopping,stopped",
+            ],
+        );
+        assert!(
+            live["Reservations"].as_array().unwrap().is_empty(),
+            "{what}: a builder is left: {live}"
+        );
+        let buckets = aws(&self.moto, REGION, &["s3api", "list-buckets"]);
+        let ours: Vec<_> = buckets["Buckets"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter(|b| b["Name"].as_str().unwrap().starts_with("haimg-bake-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(ours.is_empty(), "{what}: staging bucket(s) left: {ours:?}");
+    }
+    fn builders_ever(&self) -> usize {
+        let all = aws(
+            &self.moto,
+            REGION,
+            &[
+                "ec2",
+                "describe-instances",
+                "--filters",
+                "Name=tag-key,Values=haimg:bake",
+            ],
+        );
+        all["Reservations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["Instances"].as_array().unwrap().len())
+            .sum()
+    }
+}
+
+#[test]
+fn a_bake_against_moto_builds_once_then_hits_the_cache() {
+    let s = setup();
+    // The script "runs": its output streams back through GetCommandInvocation.
+    s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success", "StandardOutputContent": "==> [1/13] apt sources\n==> [13/13] clean for imaging\nhaimg-provision: OK\n"}}]));
+    let o = s.bake(&["--output", "json", "--copy-to", "us-east-1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("builder [13/13] clean for imaging"),
+        "progress is streamed: {}",
+        stderr(&o)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["cached"], false);
+    assert_eq!(out["region"], REGION);
+    let image = out["imageId"].as_str().unwrap().to_string();
+    let hash = out["recipeHash"].as_str().unwrap().to_string();
+    assert_eq!(s.proxy.calls("RunInstances"), 1);
+
+    // The builder: no key pair, IMDSv2 with hop limit 1, tagged; terminated afterwards.
+    let inst = aws(
+        &s.moto,
+        REGION,
+        &[
+            "ec2",
+            "describe-instances",
+            "--filters",
+            &format!("Name=tag:haimg:bake,Values={hash}"),
+        ],
+    );
+    let i = &inst["Reservations"][0]["Instances"][0];
+    assert!(i.get("KeyName").is_none(), "no key pair");
+    assert_eq!(i["MetadataOptions"]["HttpTokens"], "required");
+    assert_eq!(i["MetadataOptions"]["HttpPutResponseHopLimit"], 1);
+    assert_eq!(
+        i["ImageId"],
+        s.base.as_str(),
+        "launched from the base the parameter names"
+    );
+    assert_eq!(i["State"]["Name"], "terminated");
+    s.assert_nothing_left("success");
+
+    // The image and its snapshots carry the hash, versions and recipe.
+    let img = aws(
+        &s.moto,
+        REGION,
+        &["ec2", "describe-images", "--image-ids", &image],
+    );
+    let img = &img["Images"][0];
+    assert_eq!(img["Name"], format!("haimg-test-k8s-{}", &hash[..12]));
+    let tag = |tags: &serde_json::Value, k: &str| {
+        tags.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["Key"] == k)
+            .map(|t| t["Value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        tag(&img["Tags"], "haimg:recipe-sha256").as_deref(),
+        Some(hash.as_str())
+    );
+    assert_eq!(
+        tag(&img["Tags"], "haimg:recipe").as_deref(),
+        Some("test-k8s")
+    );
+    assert_eq!(
+        tag(&img["Tags"], "haimg:kubernetes-version").as_deref(),
+        Some("1.30.4")
+    );
+    assert_eq!(
+        tag(&img["Tags"], "haimg:pkg/kubeadm").as_deref(),
+        Some("1.30.4-1.1")
+    );
+    assert_eq!(
+        tag(&img["Tags"], "haimg:pkg/haproxy").as_deref(),
+        Some("2.0.33-0ubuntu0.1")
+    );
+    let snap = img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        .as_str()
+        .unwrap();
+    let snaps = aws(
+        &s.moto,
+        REGION,
+        &["ec2", "describe-snapshots", "--snapshot-ids", snap],
+    );
+    assert_eq!(
+        tag(&snaps["Snapshots"][0]["Tags"], "haimg:recipe-sha256").as_deref(),
+        Some(hash.as_str())
+    );
+
+    // Parameters, in both regions; the copy is tagged too.
+    for (region, id) in [
+        (REGION, image.clone()),
+        (
+            "us-east-1",
+            out["copies"]["us-east-1"].as_str().unwrap().to_string(),
+        ),
+    ] {
+        for p in [
+            "/haimg/images/test-k8s/latest".to_string(),
+            format!("/haimg/images/test-k8s/{hash}"),
+        ] {
+            let v = aws(&s.moto, region, &["ssm", "get-parameter", "--name", &p]);
+            assert_eq!(v["Parameter"]["Value"], id.as_str(), "{region} {p}");
+        }
+        let img = aws(
+            &s.moto,
+            region,
+            &["ec2", "describe-images", "--image-ids", &id],
+        );
+        assert_eq!(
+            tag(&img["Images"][0]["Tags"], "haimg:recipe-sha256").as_deref(),
+            Some(hash.as_str()),
+            "{region}"
+        );
+    }
+
+    // Second run: the same AMI, no instance launched.
+    s.proxy.reset_log();
+    let t0 = Instant::now();
+    let o = s.bake(&[]);
+    let took = t0.elapsed();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), image, "text output is the AMI id");
+    assert_eq!(
+        s.proxy.calls("RunInstances"),
+        0,
+        "a cache hit launches nothing"
+    );
+    let calls = std::fs::read_to_string(&s.proxy.log)
+        .unwrap()
+        .lines()
+        .count();
+    eprintln!("cache hit: {calls} API calls, {took:?}");
+    assert_eq!(s.builders_ever(), 1);
+}
+
+fn assert_failed_cleanly(s: &Setup, o: &Output, what: &str, message: &str) {
+    assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(o));
+    assert!(stderr(o).contains(message), "{what}: {}", stderr(o));
+    assert!(
+        stderr(o).contains("terminated builder"),
+        "{what}: {}",
+        stderr(o)
+    );
+    assert!(o.stdout.is_empty(), "{what}: no result on stdout");
+    s.assert_nothing_left(what);
+}
+
+#[test]
+fn a_failed_script_leaves_nothing_behind() {
+    let s = setup();
+    s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Failed", "ResponseCode": 1, "StandardErrorContent": "verify: FAILED: test kubeadm\nhaimg-provision: FAILED: verification failed"}}]));
+    let o = s.bake(&[]);
+    assert_failed_cleanly(&s, &o, "failed script", "verification failed");
+    assert_eq!(s.builders_ever(), 1);
+    let images = aws(
+        &s.moto,
+        REGION,
+        &["ec2", "describe-images", "--owners", "self"],
+    );
+    assert!(
+        images["Images"].as_array().unwrap().is_empty(),
+        "no image from a failed bake"
+    );
+}
+
+#[test]
+fn a_script_timeout_leaves_nothing_behind() {
+    let s = setup();
+    s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "InProgress"}}]));
+    let o = s.bake(&["--timeout", "1s"]);
+    assert_failed_cleanly(&s, &o, "timeout", "did not finish within 1s");
+    assert!(
+        s.proxy.calls("CancelCommand") >= 1,
+        "the command is cancelled"
+    );
+}
+
+#[test]
+fn an_api_error_after_launch_leaves_nothing_behind() {
+    let s = setup();
+    s.proxy.set_rules(serde_json::json!([
+        {"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success"}},
+        {"action": "ec2:CreateImage", "error": {"status": 400, "code": "InvalidParameterValue", "message": "injected fault"}}
+    ]));
+    let o = s.bake(&[]);
+    assert_failed_cleanly(&s, &o, "API error", "CreateImage");
+    assert!(stderr(&o).contains("injected fault"), "{}", stderr(&o));
+}
+
+#[test]
+fn ctrl_c_leaves_nothing_behind() {
+    let s = setup();
+    s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "InProgress"}}]));
+    let mut cmd = s.bake_cmd(&[]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.proxy.calls("GetCommandInvocation") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bake never reached the script"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe_sigint(child.id());
+    let o = child.wait_with_output().unwrap();
+    assert_failed_cleanly(&s, &o, "Ctrl-C", "interrupted");
+    let _ = &s.dir;
+}
+
+fn unsafe_sigint(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-s", "INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
