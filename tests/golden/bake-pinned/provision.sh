@@ -173,7 +173,7 @@ for image in "${images[@]}"; do
     echo "pulled ${image}"
 done
 
-step "haimg ${HAIMG_VERSION} and its systemd units"
+step "haimg and its systemd units (haimg ${HAIMG_VERSION})"
 retry curl -fsSL "${HAIMG_BINARY_URL}" -o /usr/local/bin/haimg.download
 echo "${HAIMG_SHA256}  /usr/local/bin/haimg.download" | sha256sum -c --quiet - || die "the staged haimg binary does not match its sha256"
 install -m 0755 /usr/local/bin/haimg.download /usr/local/bin/haimg
