@@ -450,9 +450,16 @@ impl Setup {
 fn a_bake_against_moto_builds_once_then_hits_the_cache() {
     let s = setup();
     // The script "runs": its output streams back through GetCommandInvocation.
-    s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success", "StandardOutputContent": "==> [1/13] apt sources\n==> [13/13] clean for imaging\nhaimg-provision: OK\n"}}]));
+    // The SSM agent is not registered for the first two SendCommands (InvalidInstanceId,
+    // as on a booting instance); then the script "runs" and its output streams back.
+    s.proxy.set_rules(serde_json::json!([
+        {"action": "ssm:SendCommand", "times": 2, "error": {"status": 400, "code": "InvalidInstanceId", "message": "Instances not in a valid state for account"}},
+        {"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success", "StandardOutputContent": "==> [1/13] apt sources\n==> [13/13] clean for imaging\nhaimg-provision: OK\n"}}
+    ]));
     let o = s.bake(&["--output", "json", "--copy-to", "us-east-1"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("waiting for the SSM agent"), "{}", stderr(&o));
+    assert_eq!(s.proxy.calls("SendCommand"), 3, "retried until the agent answered");
     assert!(
         stderr(&o).contains("builder [13/13] clean for imaging"),
         "progress is streamed: {}",
