@@ -458,8 +458,16 @@ fn a_bake_against_moto_builds_once_then_hits_the_cache() {
     ]));
     let o = s.bake(&["--output", "json", "--copy-to", "us-east-1"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("waiting for the SSM agent"), "{}", stderr(&o));
-    assert_eq!(s.proxy.calls("SendCommand"), 3, "retried until the agent answered");
+    assert!(
+        stderr(&o).contains("waiting for the SSM agent"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        s.proxy.calls("SendCommand"),
+        3,
+        "retried until the agent answered"
+    );
     assert!(
         stderr(&o).contains("builder [13/13] clean for imaging"),
         "progress is streamed: {}",
