@@ -459,7 +459,7 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
     let log = f.log(&leaving, "watch");
     let left = log
         .find("removed the local etcd member")
-        .expect("the watcher left etcd");
+        .unwrap_or_else(|| panic!("the watcher left etcd:\n{log}"));
     let done = log
         .find("lifecycle action completed")
         .expect("the watcher completed the action");

@@ -156,13 +156,7 @@ impl Etcd {
             {
                 Ok(_) => return Ok(()),
                 Err(e) if e.to_string().contains("member not found") => return Ok(()),
-                // Transient: the cluster is settling after a start or a loss, or the request
-                // timed out while it did.
-                Err(e)
-                    if ["unhealthy cluster", "timed out", "error sending request"]
-                        .iter()
-                        .any(|t| e.to_string().contains(t)) =>
-                {
+                Err(e) if is_transient(&e) => {
                     tracing::info!(member = format!("{id:x}"), error = %e, "etcd: retrying member remove");
                     if !backoff.wait().await {
                         return Err(e);
@@ -172,6 +166,37 @@ impl Etcd {
             }
         }
     }
+
+    /// [`Self::members`], retried (bounded) while etcd is settling or busy.
+    pub async fn members_retrying(&self, timeout: Duration) -> Result<Vec<Member>> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5), timeout);
+        loop {
+            match self.members().await {
+                Err(e) if is_transient(&e) => {
+                    tracing::info!(error = %e, "etcd: retrying member list");
+                    if !backoff.wait().await {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The cluster is settling after a start or a loss, or the request timed out or could not
+/// be sent while it did (a loaded machine, a restarting gateway).
+fn is_transient(e: &Error) -> bool {
+    let s = e.to_string();
+    [
+        "unhealthy cluster",
+        "timed out",
+        "error sending request",
+        "connection refused",
+        "leader changed",
+    ]
+    .iter()
+    .any(|t| s.contains(t))
 }
 
 /// Whether removing one more member keeps a majority of the remaining members alive:

@@ -102,7 +102,7 @@ async fn leave(agent: &Agent, asg: &super::config::NodeAutoscaling) -> Result<()
 
 async fn leave_etcd(agent: &Agent) -> Result<()> {
     let etcd = Etcd::new(&agent.cfg.agent.etcd, &agent.seams.root)?;
-    let members = etcd.members().await?;
+    let members = etcd.members_retrying(Duration::from_secs(60)).await?;
     let Some(me) = members.iter().find(|m| m.name == agent.id.hostname) else {
         return Ok(());
     };
