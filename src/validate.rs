@@ -9,7 +9,8 @@ pub struct Args {
     /// Cluster spec (default: ./cluster.yaml, else the embedded example).
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Image recipes to check too (files, or names of embedded recipes).
+    /// Image recipes to check (files, or names of embedded recipes). With recipes and no
+    /// -c, only the recipes are checked.
     #[arg(value_name = "RECIPE")]
     pub recipes: Vec<String>,
 }

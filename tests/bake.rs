@@ -596,6 +596,34 @@ fn a_bake_against_moto_builds_once_then_hits_the_cache() {
         .count();
     eprintln!("cache hit: {calls} API calls, {took:?}");
     assert_eq!(s.builders_ever(), 1);
+
+    // --force rebakes the same hash: a new image (the name is taken, so it gets a suffix),
+    // and the parameters move to it.
+    s.proxy.reset_log();
+    let o = s.bake(&["--force", "--output", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let forced: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s.proxy.calls("RunInstances"), 1);
+    assert_ne!(forced["imageId"], image.as_str());
+    assert!(
+        forced["amiName"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("haimg-test-k8s-{}-r", &hash[..12])),
+        "{forced}"
+    );
+    let v = aws(
+        &s.moto,
+        REGION,
+        &[
+            "ssm",
+            "get-parameter",
+            "--name",
+            "/haimg/images/test-k8s/latest",
+        ],
+    );
+    assert_eq!(v["Parameter"]["Value"], forced["imageId"]);
+    s.assert_nothing_left("forced rebake");
 }
 
 fn assert_failed_cleanly(s: &Setup, o: &Output, what: &str, message: &str) {
@@ -667,13 +695,51 @@ fn ctrl_c_leaves_nothing_behind() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    unsafe_sigint(child.id());
+    send_sigint(child.id());
     let o = child.wait_with_output().unwrap();
     assert_failed_cleanly(&s, &o, "Ctrl-C", "interrupted");
     let _ = &s.dir;
 }
 
-fn unsafe_sigint(pid: u32) {
+#[test]
+fn ctrl_c_while_run_instances_is_in_flight_still_terminates_the_builder() {
+    let s = setup();
+    // moto launches the instance at once; its answer is held back, so haimg never learns
+    // the id before the interrupt. Cleanup finds the builder by its run tag.
+    s.proxy
+        .set_rules(serde_json::json!([{"action": "ec2:RunInstances", "delay": 30}]));
+    let mut cmd = s.bake_cmd(&[]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.proxy.calls("RunInstances") == 0 {
+        assert!(Instant::now() < deadline, "the bake never launched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let live = || {
+        let v = aws(
+            &s.moto,
+            REGION,
+            &[
+                "ec2",
+                "describe-instances",
+                "--filters",
+                "Name=tag-key,Values=haimg:bake-run",
+                "Name=instance-state-name,Values=pending,running",
+            ],
+        );
+        v["Reservations"].as_array().unwrap().len()
+    };
+    while live() == 0 {
+        assert!(Instant::now() < deadline, "moto never launched the builder");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send_sigint(child.id());
+    let o = child.wait_with_output().unwrap();
+    assert_failed_cleanly(&s, &o, "Ctrl-C during RunInstances", "interrupted");
+}
+
+fn send_sigint(pid: u32) {
     let ok = Command::new("kill")
         .args(["-s", "INT", &pid.to_string()])
         .status()

@@ -513,39 +513,7 @@ async fn vip_masters_with_static_pods_form_a_cluster_behind_the_vip() {
             unreachable!()
         };
         let ud = haimg::render::user_data(&spec, g, &t).unwrap();
-        let doc = haimg::yaml::parse(&ud.text).unwrap().value;
-        let mut cfg = haimg::node::config::NodeConfig::from_yaml(
-            doc["write_files"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|w| w["path"] == "/etc/haimg/node.yaml")
-                .unwrap()["content"]
-                .as_str()
-                .unwrap(),
-            "node.yaml",
-        )
-        .unwrap();
-        cfg.agent = settings();
-        let id = Identity {
-            instance_id: "unused".into(),
-            hostname: "unused".into(),
-            private_ip: "0.0.0.0".into(),
-            az: "unused".into(),
-        };
-        let mut n = f.node(node.name.as_str(), id, &haimg::yaml::to_string(&cfg));
-        for w in doc["write_files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["path"] != "/etc/haimg/node.yaml")
-        {
-            let p = n
-                .root
-                .join(w["path"].as_str().unwrap().trim_start_matches('/'));
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, w["content"].as_str().unwrap()).unwrap();
-        }
+        let mut n = node_from_user_data(&f, node.name.as_str(), fixed_identity(), &ud.text);
         // No instance metadata on these machines: prove it is not needed.
         n.extra_env.push((
             "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
@@ -595,6 +563,16 @@ async fn vip_masters_with_static_pods_form_a_cluster_behind_the_vip() {
     assert!(cp
         .iter()
         .all(|e| e["endpoint"] == "10.0.0.100:6443" && e["bindPort"] == 6444));
+}
+
+/// What a fixed-address node (VIP or external endpoint) gets instead of instance metadata.
+fn fixed_identity() -> Identity {
+    Identity {
+        instance_id: "unused".into(),
+        hostname: "unused".into(),
+        private_ip: "0.0.0.0".into(),
+        az: "unused".into(),
+    }
 }
 
 /// The user-data a node gets, applied to a fleet node: node.yaml (with test timings) and
@@ -656,13 +634,10 @@ async fn static_credentials_bootstrap_offline_with_the_pre_generated_ca() {
             unreachable!()
         };
         let ud = haimg::render::user_data(&spec, g, &t).unwrap();
-        let id = Identity {
-            instance_id: "unused".into(),
-            hostname: "unused".into(),
-            private_ip: "0.0.0.0".into(),
-            az: "unused".into(),
-        };
-        let mut n = node_from_user_data(&f, node.name.as_str(), id, &ud.text);
+        let mut n = node_from_user_data(&f, node.name.as_str(), fixed_identity(), &ud.text);
+        // The first master's init takes a while, so the others first find no API server.
+        n.extra_env
+            .push(("FAKE_KUBEADM_INIT_SECONDS".into(), "2".into()));
         n.extra_env.push((
             "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
             "http://127.0.0.1:9/".into(),
@@ -704,6 +679,10 @@ async fn static_credentials_bootstrap_offline_with_the_pre_generated_ca() {
     assert_eq!(ca, m.ca_cert, "the cluster's CA is the one every node pins");
     assert_eq!(joins(&f, true).len(), 2);
     assert_eq!(joins(&f, false).len(), 1);
+    assert!(
+        f.events_of("join-start").len() > 3,
+        "the joiners retried while the first master initialized"
+    );
     for n in &nodes {
         let log = f.log(n, "bootstrap");
         for s in [m.token.expose(), m.certificate_key.expose()] {

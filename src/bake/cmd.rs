@@ -174,9 +174,7 @@ pub fn run(args: Args) -> Result<()> {
 
 fn dry_run_text(plan: &super::Plan) -> String {
     let mut s = String::new();
-    s.push_str(&format!(
-        "# haimg bake plan (dry run): nothing was created\n"
-    ));
+    s.push_str("# haimg bake plan (dry run): nothing was created\n");
     s.push_str(&format!("recipe:       {}\n", plan.recipe));
     s.push_str(&format!("recipe hash:  {}\n", plan.recipe_hash));
     s.push_str(&format!("base image:   {}\n", plan.base_image));

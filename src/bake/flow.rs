@@ -65,7 +65,14 @@ pub struct Outcome {
 /// Resources that exist only for the bake, or until it completes.
 #[derive(Debug, Default, Clone)]
 pub struct Created {
+    /// This run's id, tagged `haimg:bake-run` on the builder: cleanup finds a builder even
+    /// when Ctrl-C came while RunInstances was in flight and its id was never seen.
+    pub run_id: Option<String>,
     pub instance: Option<String>,
+    /// The image name this run gave CreateImage/CopyImage (unique per region), and the
+    /// regions it did so in: on failure every image of that name there is this run's.
+    pub image_name: Option<String>,
+    pub image_regions: Vec<String>,
     pub bucket: Option<String>,
     pub object: Option<String>,
     /// Images (region, id) not yet complete: deregistered with their snapshots on failure.
@@ -170,11 +177,28 @@ pub async fn run(
         }
     }
 
+    let run_id = random_hex::<4>()?;
+    created.lock().unwrap().run_id = Some(run_id.clone());
+    // Image names are unique per region: a forced rebake of a hash that has an image gets
+    // a suffix.
+    let mut ami_name = plan.ami_name.clone();
+    if opts.force && image_named(&ec2, &ami_name).await?.is_some() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        ami_name = format!("{ami_name}-r{secs}");
+        progress(format!(
+            "--force: an image named {} exists; this one is {ami_name}",
+            plan.ami_name
+        ));
+    }
+
     step("staging the haimg binary");
     let url = stage(sdk, plan, opts, &created).await?;
 
     step("launching the builder");
-    let instance = launch(&ec2, plan, opts).await?;
+    let instance = launch(&ec2, plan, opts, &run_id).await?;
     created.lock().unwrap().instance = Some(instance.clone());
     progress(format!(
         "builder {instance} (no key pair, IMDSv2, tagged haimg:bake={})",
@@ -193,11 +217,18 @@ pub async fn run(
         .map_err(Error::aws(format!("ec2 StopInstances {instance}")))?;
     wait_instance_state(&ec2, &instance, "stopped", opts).await?;
 
-    step(&format!("creating image {}", plan.ami_name));
+    step(&format!("creating image {ami_name}"));
+    {
+        let mut c = created.lock().unwrap();
+        c.image_name = Some(ami_name.clone());
+        c.image_regions = std::iter::once(region.clone())
+            .chain(opts.copy_to.iter().cloned())
+            .collect();
+    }
     let image = ec2
         .create_image()
         .instance_id(&instance)
-        .name(&plan.ami_name)
+        .name(&ami_name)
         .description(format!(
             "haimg recipe {} sha256 {}",
             plan.recipe, plan.recipe_hash
@@ -223,7 +254,7 @@ pub async fn run(
     let mut copies = BTreeMap::new();
     if !opts.copy_to.is_empty() {
         step(&format!("copying to {}", opts.copy_to.join(", ")));
-        copies = copy(sdk, plan, &region, &image, opts, &created).await?;
+        copies = copy(sdk, plan, &ami_name, &region, &image, opts, &created).await?;
     }
 
     step("publishing SSM parameters");
@@ -235,13 +266,17 @@ pub async fn run(
             .build();
         publish(&cfg, plan, id).await?;
     }
-    created.lock().unwrap().unfinished_images.clear();
+    {
+        let mut c = created.lock().unwrap();
+        c.unfinished_images.clear();
+        c.image_name = None;
+    }
     Ok(Outcome {
         image_id: image,
         recipe_hash: plan.recipe_hash.clone(),
         cached: false,
         region,
-        ami_name: plan.ami_name.clone(),
+        ami_name,
         copies,
         parameters: plan.parameters().to_vec(),
     })
@@ -260,9 +295,10 @@ fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
 /// returns a presigned GET URL valid for the bake.
 async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) -> Result<String> {
     let s3 = s3_client(sdk);
-    let mut suffix = [0u8; 4];
-    getrandom::fill(&mut suffix).map_err(|e| Error::Runtime(format!("random: {e}")))?;
-    let bucket = format!("haimg-bake-{}-{}", plan.short_hash(), super::hex(&suffix));
+    let bucket = format!("haimg-bake-{}-{}", plan.short_hash(), random_hex::<4>()?);
+    // Recorded before the call: a bucket created by a request that Ctrl-C interrupted is
+    // still removed (deleting one that was never made is not an error).
+    created.lock().unwrap().bucket = Some(bucket.clone());
     let mut create = s3.create_bucket().bucket(&bucket);
     if let Some(r) = sdk
         .region()
@@ -281,11 +317,12 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         .send()
         .await
         .map_err(Error::aws(format!("s3 CreateBucket {bucket}")))?;
-    created.lock().unwrap().bucket = Some(bucket.clone());
     let key = format!("haimg-{}", env!("CARGO_PKG_VERSION"));
     let body = aws_sdk_s3::primitives::ByteStream::from_path(&opts.binary)
         .await
         .map_err(|e| Error::Runtime(format!("reading {}: {e}", opts.binary.display())))?;
+    // Recorded first for the same reason as the bucket.
+    created.lock().unwrap().object = Some(key.clone());
     s3.put_object()
         .bucket(&bucket)
         .key(&key)
@@ -293,7 +330,6 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         .send()
         .await
         .map_err(Error::aws(format!("s3 PutObject s3://{bucket}/{key}")))?;
-    created.lock().unwrap().object = Some(key.clone());
     let presigning = aws_sdk_s3::presigning::PresigningConfig::expires_in(
         opts.script_timeout + Duration::from_secs(600),
     )
@@ -308,7 +344,12 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
     Ok(req.uri().to_string())
 }
 
-async fn launch(ec2: &aws_sdk_ec2::Client, plan: &Plan, opts: &Options) -> Result<String> {
+async fn launch(
+    ec2: &aws_sdk_ec2::Client,
+    plan: &Plan,
+    opts: &Options,
+    run_id: &str,
+) -> Result<String> {
     let tags = |rt: ec2t::ResourceType| {
         ec2t::TagSpecification::builder()
             .resource_type(rt)
@@ -328,6 +369,12 @@ async fn launch(ec2: &aws_sdk_ec2::Client, plan: &Plan, opts: &Options) -> Resul
                 ec2t::Tag::builder()
                     .key("haimg:recipe")
                     .value(&plan.recipe)
+                    .build(),
+            )
+            .tags(
+                ec2t::Tag::builder()
+                    .key("haimg:bake-run")
+                    .value(run_id)
                     .build(),
             )
             .build()
@@ -513,35 +560,23 @@ async fn run_script(
     }
 }
 
-async fn wait_instance_state(
-    ec2: &aws_sdk_ec2::Client,
-    instance: &str,
-    want: &str,
-    opts: &Options,
-) -> Result<()> {
+/// Polls `probe` every `opts.poll` until it reports done (`Ok(None)`), fails, or
+/// `opts.wait_timeout` passes; `Ok(Some(state))` means not yet, and names the state for the
+/// timeout message.
+async fn wait_until<F, Fut>(opts: &Options, what: &str, mut probe: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>>>,
+{
     let deadline = Instant::now() + opts.wait_timeout;
     loop {
-        let out = ec2
-            .describe_instances()
-            .instance_ids(instance)
-            .send()
-            .await
-            .map_err(Error::aws(format!("ec2 DescribeInstances {instance}")))?;
-        let state = out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|i| {
-                i.state()
-                    .and_then(|s| s.name())
-                    .map(|n| n.as_str().to_string())
-            });
-        if state.as_deref() == Some(want) {
-            return Ok(());
-        }
+        let state = match probe().await? {
+            None => return Ok(()),
+            Some(state) => state,
+        };
         if Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
-                "{instance} is {state:?}, not {want}, after {}s",
+                "{what} still {state} after {}s",
                 opts.wait_timeout.as_secs()
             )));
         }
@@ -549,9 +584,40 @@ async fn wait_instance_state(
     }
 }
 
+async fn wait_instance_state(
+    ec2: &aws_sdk_ec2::Client,
+    instance: &str,
+    want: &str,
+    opts: &Options,
+) -> Result<()> {
+    wait_until(
+        opts,
+        &format!("{instance} (waiting for {want})"),
+        || async {
+            let out = ec2
+                .describe_instances()
+                .instance_ids(instance)
+                .send()
+                .await
+                .map_err(Error::aws(format!("ec2 DescribeInstances {instance}")))?;
+            let state = out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find_map(|i| {
+                    i.state()
+                        .and_then(|s| s.name())
+                        .map(|n| n.as_str().to_string())
+                })
+                .unwrap_or_else(|| "unknown".into());
+            Ok((state != want).then_some(state))
+        },
+    )
+    .await
+}
+
 async fn wait_image(ec2: &aws_sdk_ec2::Client, image: &str, opts: &Options) -> Result<()> {
-    let deadline = Instant::now() + opts.wait_timeout;
-    loop {
+    wait_until(opts, &format!("image {image}"), || async {
         let out = ec2
             .describe_images()
             .image_ids(image)
@@ -562,25 +628,39 @@ async fn wait_image(ec2: &aws_sdk_ec2::Client, image: &str, opts: &Options) -> R
             .images()
             .first()
             .and_then(|i| i.state())
-            .map(|s| s.as_str().to_string());
-        match state.as_deref() {
-            Some("available") => return Ok(()),
-            Some("failed" | "error" | "invalid" | "deregistered") => {
-                return Err(Error::Runtime(format!(
-                    "image {image} is {}",
-                    state.unwrap_or_default()
-                )))
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        match state.as_str() {
+            "available" => Ok(None),
+            "failed" | "error" | "invalid" | "deregistered" => {
+                Err(Error::Runtime(format!("image {image} is {state}")))
             }
-            _ => {}
+            _ => Ok(Some(state)),
         }
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout(format!(
-                "image {image} still {state:?} after {}s",
-                opts.wait_timeout.as_secs()
-            )));
-        }
-        tokio::time::sleep(opts.poll).await;
-    }
+    })
+    .await
+}
+
+/// The id of this account's image named `name`, if any.
+async fn image_named(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<String>> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(ec2t::Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .map_err(Error::aws(format!("ec2 DescribeImages name={name}")))?;
+    Ok(out
+        .images()
+        .first()
+        .and_then(|i| i.image_id())
+        .map(str::to_string))
+}
+
+fn random_hex<const N: usize>() -> Result<String> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| Error::Runtime(format!("random: {e}")))?;
+    Ok(super::hex(&b))
 }
 
 async fn snapshots_of(ec2: &aws_sdk_ec2::Client, image: &str) -> Result<Vec<String>> {
@@ -616,9 +696,11 @@ async fn tag_image(
 }
 
 /// Copies the image to every region at once; each copy is tagged like the original.
+#[allow(clippy::too_many_arguments)]
 async fn copy(
     sdk: &SdkConfig,
     plan: &Plan,
+    ami_name: &str,
     source_region: &str,
     image: &str,
     opts: &Options,
@@ -630,7 +712,8 @@ async fn copy(
             .to_builder()
             .region(aws_config::Region::new(r.clone()))
             .build();
-        let (r, plan, src, image, opts, created) = (
+        let (name, r, plan, src, image, opts, created) = (
+            ami_name.to_string(),
             r.clone(),
             plan.clone(),
             source_region.to_string(),
@@ -644,7 +727,7 @@ async fn copy(
                 .copy_image()
                 .source_region(&src)
                 .source_image_id(&image)
-                .name(&plan.ami_name)
+                .name(&name)
                 .description(format!(
                     "haimg recipe {} sha256 {} (copy of {src}/{image})",
                     plan.recipe, plan.recipe_hash
@@ -698,23 +781,80 @@ async fn publish(sdk: &SdkConfig, plan: &Plan, image: &str) -> Result<()> {
 /// resource attempted; returns what could not be removed.
 pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> Vec<String> {
     let mut left = Vec::new();
-    if let Some(i) = &created.instance {
+    let ec2 = aws_sdk_ec2::Client::new(sdk);
+    // The recorded builder, and any other instance tagged with this run (one launched by a
+    // RunInstances that an interrupt cut short).
+    let mut builders: Vec<String> = created.instance.iter().cloned().collect();
+    if let Some(run) = &created.run_id {
+        match ec2
+            .describe_instances()
+            .filters(
+                ec2t::Filter::builder()
+                    .name("tag:haimg:bake-run")
+                    .values(run)
+                    .build(),
+            )
+            .filters(
+                ec2t::Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(
+                        ["pending", "running", "stopping", "stopped"]
+                            .map(String::from)
+                            .to_vec(),
+                    ))
+                    .build(),
+            )
+            .send()
+            .await
+        {
+            Ok(out) => builders.extend(
+                out.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(|i| i.instance_id().map(str::to_string)),
+            ),
+            Err(e) => left.push(format!(
+                "looking up builders tagged haimg:bake-run={run}: {}",
+                aws_sdk_ec2::error::DisplayErrorContext(&e)
+            )),
+        }
+    }
+    builders.sort();
+    builders.dedup();
+    for i in &builders {
         if keep_builder {
             progress(format!(
                 "keeping builder {i} (--keep-builder): terminate it yourself"
             ));
-        } else {
-            let ec2 = aws_sdk_ec2::Client::new(sdk);
-            match ec2.terminate_instances().instance_ids(i).send().await {
-                Ok(_) => progress(format!("terminated builder {i}")),
-                Err(e) => left.push(format!(
-                    "builder instance {i}: {}",
-                    aws_sdk_ec2::error::DisplayErrorContext(&e)
-                )),
+            continue;
+        }
+        match ec2.terminate_instances().instance_ids(i).send().await {
+            Ok(_) => progress(format!("terminated builder {i}")),
+            Err(e) => left.push(format!(
+                "builder instance {i}: {}",
+                aws_sdk_ec2::error::DisplayErrorContext(&e)
+            )),
+        }
+    }
+    // Unfinished images: the recorded ids, and any image this run named (a CreateImage or
+    // CopyImage that an interrupt cut short).
+    let mut images = created.unfinished_images.clone();
+    if let Some(name) = &created.image_name {
+        for region in &created.image_regions {
+            let cfg = sdk
+                .to_builder()
+                .region(aws_config::Region::new(region.clone()))
+                .build();
+            match image_named(&aws_sdk_ec2::Client::new(&cfg), name).await {
+                Ok(Some(id)) => images.push((region.clone(), id)),
+                Ok(None) => {}
+                Err(e) => left.push(format!("looking up image {region}/{name}: {e}")),
             }
         }
     }
-    for (region, image) in &created.unfinished_images {
+    images.sort();
+    images.dedup();
+    for (region, image) in &images {
         let cfg = sdk
             .to_builder()
             .region(aws_config::Region::new(region.clone()))
@@ -739,20 +879,23 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
     }
     if let Some(b) = &created.bucket {
         let s3 = s3_client(sdk);
+        let gone = |e: &str| e.contains("NoSuchBucket");
         if let Some(k) = &created.object {
             if let Err(e) = s3.delete_object().bucket(b).key(k).send().await {
-                left.push(format!(
-                    "staged object s3://{b}/{k}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ));
+                let e = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+                if !gone(&e) {
+                    left.push(format!("staged object s3://{b}/{k}: {e}"));
+                }
             }
         }
         match s3.delete_bucket().bucket(b).send().await {
             Ok(_) => progress(format!("removed staging bucket {b}")),
-            Err(e) => left.push(format!(
-                "staging bucket {b}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            )),
+            Err(e) => {
+                let e = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+                if !gone(&e) {
+                    left.push(format!("staging bucket {b}: {e}"));
+                }
+            }
         }
     }
     left

@@ -12,8 +12,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Diagnostic, Diagnostics, Error};
+use crate::spec::resolve::Ctx;
 use crate::spec::types::{AmiId, AmiParameter, ImageRef, KubernetesVersion};
-use crate::yaml::Document;
 
 pub const DEFAULT_NAME: &str = "ubuntu-20.04";
 /// Recipes shipped in the binary, by name (`haimg bake ubuntu-22.04` works air-gapped).
@@ -160,12 +160,6 @@ pub fn load(arg: Option<&str>) -> Result<Loaded, Error> {
 }
 
 pub fn load_str(text: &str, source: &str) -> Result<Loaded, Error> {
-    let mut cx = Cx {
-        file: source.to_string(),
-        doc: None,
-        errors: vec![],
-        warnings: vec![],
-    };
     let doc = crate::yaml::parse(text).map_err(|e| {
         Error::Invalid(Diagnostics(vec![Diagnostic {
             file: source.into(),
@@ -182,7 +176,7 @@ pub fn load_str(text: &str, source: &str) -> Result<Loaded, Error> {
             message: msg,
         }]))
     })?;
-    cx.doc = Some(doc);
+    let mut cx = Ctx::new(&doc, source);
     let recipe = wire::resolve(&mut cx, &file);
     match recipe {
         Some(recipe) if cx.errors.is_empty() => Ok(Loaded {
@@ -190,46 +184,52 @@ pub fn load_str(text: &str, source: &str) -> Result<Loaded, Error> {
             warnings: cx.warnings,
             source: source.into(),
         }),
-        _ => Err(Error::Invalid(Diagnostics(cx.errors))),
+        _ => Err(Error::Invalid(Diagnostics(
+            cx.errors.into_iter().map(|(_, d)| d).collect(),
+        ))),
     }
 }
 
-/// Collects diagnostics while resolving.
-pub(crate) struct Cx {
-    file: String,
-    doc: Option<Document>,
-    errors: Vec<Diagnostic>,
-    warnings: Vec<Diagnostic>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Cx {
-    fn diag(&self, pointer: &str, message: String) -> Diagnostic {
-        Diagnostic {
-            file: self.file.clone(),
-            pos: self.doc.as_ref().and_then(|d| d.value_pos(pointer)),
-            path: crate::spec::schema::dotted(pointer),
-            message,
-        }
-    }
-    fn error(&mut self, pointer: &str, message: impl Into<String>) {
-        let d = self.diag(pointer, message.into());
-        self.errors.push(d);
-    }
-    fn warn(&mut self, pointer: &str, message: impl Into<String>) {
-        let d = self.diag(pointer, message.into());
-        self.warnings.push(d);
-    }
-    fn parse<T: for<'s> TryFrom<&'s str, Error = String>>(
-        &mut self,
-        pointer: &str,
-        s: &str,
-    ) -> Option<T> {
-        match T::try_from(s) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.error(pointer, e);
-                None
-            }
-        }
+    /// DESIGN §5's example recipe, its `…` versions filled in: the contract's shape loads.
+    #[test]
+    fn the_design_example_recipe_loads() {
+        let text = r#"apiVersion: haimg.dev/v1alpha1
+kind: ImageRecipe
+metadata:
+  name: ubuntu-20.04-k8s
+spec:
+  base:
+    ssmParameter: /aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id
+  architecture: amd64
+  kubernetesVersion: 1.30.4
+  packages:
+    containerd: "1.7.12-0ubuntu2~20.04.1"
+    keepalived: "1:2.0.19-2ubuntu0.2"
+    haproxy: "2.0.33-0ubuntu0.1"
+  cni: {name: calico, version: v3.28.1}
+  extraImages: []
+  hardening: {ssh: disabled}
+"#;
+        let r = load_str(text, "design.yaml").unwrap().recipe;
+        assert_eq!(r.ubuntu, Ubuntu::Focal, "from the parameter path");
+        assert_eq!(
+            r.kubernetes_key_fingerprint,
+            wire::PKGS_K8S_IO_KEY_FINGERPRINT
+        );
+        let jammy = text.replace("/20.04/", "/22.04/");
+        assert_eq!(
+            load_str(&jammy, "j.yaml").unwrap().recipe.ubuntu,
+            Ubuntu::Jammy
+        );
+        let clash = text.replace(
+            "  architecture: amd64",
+            "  ubuntu: \"22.04\"\n  architecture: amd64",
+        );
+        let e = load_str(&clash, "c.yaml").unwrap_err().to_string();
+        assert!(e.contains("spec.ubuntu"), "{e}");
     }
 }

@@ -25,12 +25,16 @@ pub struct MetadataFile {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SpecFile {
     pub base: BaseFile,
-    pub ubuntu: String,
+    /// Default: the release Canonical's `ssmParameter` path names, else 20.04.
+    #[serde(default)]
+    pub ubuntu: Option<String>,
     pub architecture: String,
     pub kubernetes_version: String,
     #[serde(default)]
     pub kubernetes_package_revision: Option<String>,
-    pub kubernetes_key_fingerprint: String,
+    /// Default: [`PKGS_K8S_IO_KEY_FINGERPRINT`].
+    #[serde(default)]
+    pub kubernetes_key_fingerprint: Option<String>,
     pub packages: BTreeMap<String, String>,
     #[serde(default)]
     pub apt_snapshot: Option<String>,
@@ -64,6 +68,11 @@ pub struct HardeningFile {
     pub ssh: String,
 }
 
+/// The OpenPGP fingerprint of the pkgs.k8s.io repository signing key (the
+/// `isv:kubernetes` key that signs `core:/stable:/vX.Y/deb/Release`). Not checked from
+/// this machine (no network to the archive): a wrong value fails the bake's key step.
+pub const PKGS_K8S_IO_KEY_FINGERPRINT: &str = "DE15B14486CD377B9E876E1A234654DA9A296436";
+
 const KUBERNETES_PACKAGES: &[&str] = &[
     "kubeadm",
     "kubelet",
@@ -85,7 +94,7 @@ fn is_exact_debian_version(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
 }
 
-pub(super) fn resolve(cx: &mut Cx, f: &RecipeFile) -> Option<Recipe> {
+pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile) -> Option<Recipe> {
     if f.api_version != crate::spec::wire::API_VERSION {
         cx.error(
             "/apiVersion",
@@ -122,7 +131,13 @@ pub(super) fn resolve(cx: &mut Cx, f: &RecipeFile) -> Option<Recipe> {
             None
         }
     };
-    let ubuntu = match s.ubuntu.as_str() {
+    // The release Canonical's public parameter names (…/ubuntu/server/22.04/…), if any.
+    let named = s.base.ssm_parameter.as_deref().and_then(|p| {
+        ["20.04", "22.04"]
+            .into_iter()
+            .find(|r| p.contains(&format!("/{r}/")))
+    });
+    let ubuntu = match s.ubuntu.as_deref().or(named).unwrap_or("20.04") {
         "20.04" => Some(Ubuntu::Focal),
         "22.04" => Some(Ubuntu::Jammy),
         other => {
@@ -133,6 +148,14 @@ pub(super) fn resolve(cx: &mut Cx, f: &RecipeFile) -> Option<Recipe> {
             None
         }
     };
+    if let (Some(given), Some(named)) = (s.ubuntu.as_deref(), named) {
+        if given != named {
+            cx.error(
+                "/spec/ubuntu",
+                format!("{given}, but the base image parameter is for Ubuntu {named}"),
+            );
+        }
+    }
     let architecture = match s.architecture.as_str() {
         "amd64" => Some(Arch::Amd64),
         "arm64" => Some(Arch::Arm64),
@@ -166,6 +189,8 @@ pub(super) fn resolve(cx: &mut Cx, f: &RecipeFile) -> Option<Recipe> {
     }
     let fingerprint: String = s
         .kubernetes_key_fingerprint
+        .as_deref()
+        .unwrap_or(PKGS_K8S_IO_KEY_FINGERPRINT)
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect::<String>()

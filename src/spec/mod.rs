@@ -10,7 +10,7 @@
 //!    [`ClusterSpec`] in which every default is applied and nothing is optional.
 
 pub mod credentials;
-mod resolve;
+pub(crate) mod resolve;
 pub mod schema;
 pub mod types;
 pub mod wire;

@@ -32,14 +32,24 @@ const MAX_POD_SUBNET_PREFIX_V4: u8 = 24;
 /// kube-apiserver refuses a service network larger than 2^20 addresses (a /12 in IPv4).
 const MIN_SERVICE_SUBNET_PREFIX_V4: u8 = 12;
 
-struct Ctx<'a> {
+/// Collects diagnostics against a positioned document while resolving (the cluster spec
+/// here, image recipes in [`crate::recipe`]).
+pub(crate) struct Ctx<'a> {
     doc: &'a Document,
     file: &'a str,
-    errors: Vec<(String, Diagnostic)>,
-    warnings: Vec<Diagnostic>,
+    pub(crate) errors: Vec<(String, Diagnostic)>,
+    pub(crate) warnings: Vec<Diagnostic>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(doc: &'a Document, file: &'a str) -> Self {
+        Ctx {
+            doc,
+            file,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
     fn diag(&self, pointer: &str, message: String) -> Diagnostic {
         Diagnostic {
             file: self.file.into(),
@@ -48,16 +58,16 @@ impl Ctx<'_> {
             message,
         }
     }
-    fn error(&mut self, pointer: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, pointer: &str, message: impl Into<String>) {
         let d = self.diag(pointer, message.into());
         self.errors.push((pointer.to_string(), d));
     }
-    fn warn(&mut self, pointer: &str, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, pointer: &str, message: impl Into<String>) {
         let d = self.diag(pointer, message.into());
         self.warnings.push(d);
     }
     /// Parses `value` as `T`, recording the error at `pointer`.
-    fn parse<T: for<'s> TryFrom<&'s str, Error = String>>(
+    pub(crate) fn parse<T: for<'s> TryFrom<&'s str, Error = String>>(
         &mut self,
         pointer: &str,
         value: &str,

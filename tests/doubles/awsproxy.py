@@ -10,6 +10,9 @@ holds a list of rules, applied to the first matching request(s):
       merge keys into the upstream JSON response;
   {"action": "ec2:CreateImage", "error": {"status": 400, "code": "...", "message": "..."}}
       answer with an AWS error instead of forwarding (EC2 query XML or JSON protocol).
+  {"action": "ec2:RunInstances", "delay": 5}
+      forward, then hold the response this many seconds (an interrupt can land while a
+      call that already took effect is in flight).
 A rule with "times": N applies N times, then no more.
 """
 import http.client
@@ -95,6 +98,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         conn.request(self.command, self.path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
+        if rule and "delay" in rule:
+            import time
+            time.sleep(rule["delay"])
         if rule and "patch" in rule and data:
             doc = json.loads(data)
             doc.update(rule["patch"])
