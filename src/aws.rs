@@ -19,3 +19,31 @@ pub async fn load(region: Option<&str>, profile: Option<&str>) -> SdkConfig {
     }
     loader.load().await
 }
+
+/// Polls `probe` every `poll` until it reports done (`Ok(None)`), fails, or `timeout`
+/// passes; `Ok(Some(state))` means not yet, and names the state for the timeout message.
+pub async fn wait_until<F, Fut>(
+    timeout: std::time::Duration,
+    poll: std::time::Duration,
+    what: &str,
+    mut probe: F,
+) -> crate::error::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<Option<String>>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let state = match probe().await? {
+            None => return Ok(()),
+            Some(state) => state,
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(crate::error::Error::Timeout(format!(
+                "{what} still {state} after {}s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}

@@ -18,6 +18,13 @@ enum Command {
     /// Render cloud-init user-data, launch templates, Auto Scaling groups, the NLB and IAM
     /// policies from a cluster spec (no AWS access needed).
     Render(crate::render::cmd::Args),
+    /// Create or update the cluster's AWS resources from the rendered files (idempotent).
+    Up(crate::deploy::cmd::UpArgs),
+    /// Show the cluster's instances, API targets, phase and join material age (exit 1 when
+    /// degraded).
+    Status(crate::deploy::cmd::StatusArgs),
+    /// Delete everything haimg created for the cluster, SSM parameters included.
+    Down(crate::deploy::cmd::DownArgs),
     /// Check a cluster spec and image recipes; report every problem at once (exit 0 or 2).
     Validate(crate::validate::Args),
     /// Print the JSON Schema of cluster.yaml.
@@ -31,6 +38,9 @@ impl Cli {
         match self.command {
             Command::Bake(a) => crate::bake::cmd::run(a),
             Command::Render(a) => crate::render::cmd::run(a),
+            Command::Up(a) => crate::deploy::cmd::up(a),
+            Command::Status(a) => crate::deploy::cmd::status(a),
+            Command::Down(a) => crate::deploy::cmd::down(a),
             Command::Validate(a) => crate::validate::run(a),
             Command::Node(a) => crate::node::run(a),
             Command::Schema => {

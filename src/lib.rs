@@ -13,6 +13,7 @@
 pub mod aws;
 pub mod bake;
 pub mod cli;
+pub mod deploy;
 pub mod error;
 pub mod kubernetes;
 pub mod node;

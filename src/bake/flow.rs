@@ -560,28 +560,12 @@ async fn run_script(
     }
 }
 
-/// Polls `probe` every `opts.poll` until it reports done (`Ok(None)`), fails, or
-/// `opts.wait_timeout` passes; `Ok(Some(state))` means not yet, and names the state for the
-/// timeout message.
-async fn wait_until<F, Fut>(opts: &Options, what: &str, mut probe: F) -> Result<()>
+async fn wait_until<F, Fut>(opts: &Options, what: &str, probe: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<String>>>,
 {
-    let deadline = Instant::now() + opts.wait_timeout;
-    loop {
-        let state = match probe().await? {
-            None => return Ok(()),
-            Some(state) => state,
-        };
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout(format!(
-                "{what} still {state} after {}s",
-                opts.wait_timeout.as_secs()
-            )));
-        }
-        tokio::time::sleep(opts.poll).await;
-    }
+    crate::aws::wait_until(opts.wait_timeout, opts.poll, what, probe).await
 }
 
 async fn wait_instance_state(

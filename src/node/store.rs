@@ -129,6 +129,24 @@ impl Store {
     }
 }
 
+/// Whether `rel` (a name relative to `P`) is one of the parameters haimg writes (DESIGN §6):
+/// `state`, `cluster` (written by `haimg up`), `join/control-plane`, `join/worker`,
+/// `init/lock-<epoch>` and `rotation/<generation>/lock-<epoch>`. `haimg down` deletes these
+/// and nothing else, so a prefix shared by mistake never loses a stranger's parameter.
+pub fn is_layout_name(rel: &str) -> bool {
+    let lock = |s: &str| {
+        s.strip_prefix("lock-")
+            .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match rel.split('/').collect::<Vec<_>>().as_slice() {
+        ["state" | "cluster"] => true,
+        ["join", "control-plane" | "worker"] => true,
+        ["init", l] => lock(l),
+        ["rotation", g, l] => !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) && lock(l),
+        _ => false,
+    }
+}
+
 /// A lease-based mutual exclusion built from create-only parameter names
 /// `<dir>/lock-<epoch>`: whoever creates the lowest free epoch holds the lock; a lock
 /// whose lease ran out is taken over by creating the next epoch.
@@ -196,6 +214,40 @@ impl Election<'_> {
                 by: "another node".into(),
                 epoch: next,
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_layout_name;
+
+    #[test]
+    fn layout_names_are_exactly_what_haimg_writes() {
+        for n in [
+            "state",
+            "cluster",
+            "join/control-plane",
+            "join/worker",
+            "init/lock-1",
+            "init/lock-12",
+            "rotation/3/lock-1",
+        ] {
+            assert!(is_layout_name(n), "{n}");
+        }
+        for n in [
+            "",
+            "states",
+            "join",
+            "join/other",
+            "init/lock-",
+            "init/lock-x",
+            "init/lock-1/x",
+            "rotation/x/lock-1",
+            "rotation//lock-1",
+            "images/ubuntu/latest",
+        ] {
+            assert!(!is_layout_name(n), "{n}");
         }
     }
 }

@@ -64,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         .and_then(Path::parent)
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let secret_output = load_static_credentials(&mut loaded.spec, &spec_dir)?;
+    let secret_output = load_static_credentials(&mut loaded.spec, &spec_dir, true)?;
     let spec = &loaded.spec;
     let t = match &args.templates {
         Some(dir) => Templates::with_overrides(dir)?,
@@ -155,10 +155,27 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Fills in static credentials (generating the file on first use, loudly). Returns whether
 /// user-data will then hold secrets, so the files that carry it are written 0600.
-fn load_static_credentials(spec: &mut ClusterSpec, spec_dir: &Path) -> Result<bool> {
+///
+/// Without `may_create` (`status`, `down`: they never use user-data) a missing file is not
+/// created: throwaway material stands in, in memory only.
+pub(crate) fn load_static_credentials(
+    spec: &mut ClusterSpec,
+    spec_dir: &Path,
+    may_create: bool,
+) -> Result<bool> {
     let crate::spec::Credentials::Static { file, material } = &mut spec.credentials else {
         return Ok(false);
     };
+    if !may_create {
+        let path = spec_dir.join(&*file);
+        let m = if path.exists() {
+            crate::spec::credentials::load_or_create(file, spec_dir)?.0
+        } else {
+            crate::spec::credentials::generate(std::time::SystemTime::now())?
+        };
+        *material = Some(Box::new(m));
+        return Ok(true);
+    }
     let (m, path, created) = crate::spec::credentials::load_or_create(file, spec_dir)?;
     if created {
         eprintln!(

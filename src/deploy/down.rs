@@ -1,0 +1,334 @@
+//! `haimg down`: find what haimg made for the cluster, then delete it in reverse order.
+//!
+//! Found by name (from the spec) and by the `haimg:cluster` tag (so a pool removed from
+//! the spec is still found); a resource with our name but without our tag is reported and
+//! left alone. Every delete treats "not found" as done, so `down` can always be re-run,
+//! after a partial `up` or a partial `down`.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use serde::Serialize;
+
+use super::desired::{owned_by, Desired, CLUSTER_TAG};
+use super::observe::{self, Clients};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    pub groups: Vec<String>,
+    /// (id, name)
+    pub launch_templates: Vec<(String, String)>,
+    pub listener: Option<String>,
+    /// (name, ARN)
+    pub load_balancer: Option<(String, String)>,
+    pub target_group: Option<(String, String)>,
+    pub parameters: Vec<String>,
+    /// Resources with our names that are not tagged as ours: left alone.
+    pub foreign: Vec<String>,
+}
+
+impl Inventory {
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+            && self.launch_templates.is_empty()
+            && self.listener.is_none()
+            && self.load_balancer.is_none()
+            && self.target_group.is_none()
+            && self.parameters.is_empty()
+    }
+    /// One line per resource, in deletion order.
+    pub fn lines(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .groups
+            .iter()
+            .map(|g| format!("auto scaling group {g} (and its instances)"))
+            .collect();
+        v.extend(
+            self.launch_templates
+                .iter()
+                .map(|(id, n)| format!("launch template {n} ({id})")),
+        );
+        if let Some(l) = &self.listener {
+            v.push(format!("listener {l}"));
+        }
+        if let Some((n, _)) = &self.load_balancer {
+            v.push(format!("load balancer {n}"));
+        }
+        if let Some((n, _)) = &self.target_group {
+            v.push(format!("target group {n}"));
+        }
+        v.extend(self.parameters.iter().map(|p| format!("ssm parameter {p}")));
+        v
+    }
+}
+
+/// Everything haimg made for the cluster that still exists.
+pub async fn inventory(c: &Clients, d: &Desired) -> Result<Inventory> {
+    let cluster = &d.cluster;
+    let mut inv = Inventory::default();
+    // Groups: by tag, which also finds pools no longer in the spec.
+    let mut tagged: Vec<String> = Vec::new();
+    let mut pages = c
+        .asg
+        .describe_tags()
+        .filters(
+            aws_sdk_autoscaling::types::Filter::builder()
+                .name("key")
+                .values(CLUSTER_TAG)
+                .build(),
+        )
+        .filters(
+            aws_sdk_autoscaling::types::Filter::builder()
+                .name("value")
+                .values(cluster)
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(Error::aws(format!(
+            "autoscaling DescribeTags {CLUSTER_TAG}={cluster}"
+        )))?;
+        for t in page.tags() {
+            if t.key() == Some(CLUSTER_TAG) && t.value() == Some(cluster.as_str()) {
+                if let Some(id) = t.resource_id() {
+                    if !tagged.iter().any(|x| x == id) {
+                        tagged.push(id.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let named: Vec<String> = d
+        .groups
+        .iter()
+        .map(|g| g.asg.auto_scaling_group_name.clone())
+        .chain(tagged)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for (name, g, _) in observe::groups(c, &named).await? {
+        if owned_by(&g.tags, cluster) {
+            inv.groups.push(name);
+        } else {
+            inv.foreign.push(format!("auto scaling group {name}"));
+        }
+    }
+    // Launch templates: by tag, and by name to report foreign ones.
+    let out = c
+        .ec2
+        .describe_launch_templates()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{CLUSTER_TAG}"))
+                .values(cluster)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(Error::aws(format!(
+            "ec2 DescribeLaunchTemplates {CLUSTER_TAG}={cluster}"
+        )))?;
+    for t in out.launch_templates() {
+        inv.launch_templates.push((
+            t.launch_template_id().unwrap_or_default().into(),
+            t.launch_template_name().unwrap_or_default().into(),
+        ));
+    }
+    let lt_names: Vec<String> = d
+        .groups
+        .iter()
+        .map(|g| g.launch_template.launch_template_name.clone())
+        .filter(|n| !inv.launch_templates.iter().any(|(_, x)| x == n))
+        .collect();
+    for (name, _) in observe::launch_templates(c, &lt_names).await? {
+        inv.foreign.push(format!("launch template {name}"));
+    }
+    if let Some(api) = &d.api {
+        let (lb, tg, listener) = observe::api(
+            c,
+            &api.load_balancer.name,
+            &api.target_group.name,
+            api.listener.port,
+        )
+        .await?;
+        match lb {
+            Some(lb) if owned_by(&lb.tags, cluster) => {
+                inv.load_balancer = Some((api.load_balancer.name.clone(), lb.arn));
+                if let Some(l) = listener {
+                    inv.listener = Some(l.arn);
+                }
+            }
+            Some(_) => inv
+                .foreign
+                .push(format!("load balancer {}", api.load_balancer.name)),
+            None => {}
+        }
+        match tg {
+            Some(tg) if owned_by(&tg.tags, cluster) => {
+                inv.target_group = Some((api.target_group.name.clone(), tg.arn))
+            }
+            Some(_) => inv
+                .foreign
+                .push(format!("target group {}", api.target_group.name)),
+            None => {}
+        }
+    }
+    if let Some(prefix) = &d.ssm_prefix {
+        match observe::marker(c, prefix).await? {
+            Some(owner) if &owner != cluster => {
+                inv.foreign.push(format!(
+                    "ssm parameters under {prefix} (owned by cluster {owner})"
+                ));
+            }
+            _ => {
+                let mut names = observe::layout_parameters(c, prefix).await?;
+                // The marker goes last: while it exists, the prefix is still known as ours.
+                names.sort_by_key(|n| n.ends_with("/cluster"));
+                inv.parameters = names;
+            }
+        }
+    }
+    Ok(inv)
+}
+
+fn gone<E: ProvideErrorMetadata>(e: &E) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            "LoadBalancerNotFound"
+                | "TargetGroupNotFound"
+                | "ListenerNotFound"
+                | "InvalidLaunchTemplateId.NotFound"
+                | "InvalidLaunchTemplateName.NotFoundException"
+                | "ParameterNotFound"
+        )
+    ) || (e.code() == Some("ValidationError")
+        && e.message().is_some_and(|m| m.contains("not found")))
+}
+
+/// Deletes the inventory in reverse dependency order, waiting (bounded by `timeout`) for the
+/// groups' instances to go before what they use. Returns the lines of what was deleted.
+pub async fn delete(c: &Clients, inv: &Inventory, timeout: Duration, poll: Duration) -> Result<()> {
+    let step = |what: String| eprintln!("- deleted {what}");
+    for g in &inv.groups {
+        match c
+            .asg
+            .delete_auto_scaling_group()
+            .auto_scaling_group_name(g)
+            .force_delete(true)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if gone(&e) => {}
+            // Already being deleted (a `down` that was interrupted): wait for it below.
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_scaling_activity_in_progress_fault() || s.is_resource_in_use_fault()
+                }) => {}
+            Err(e) => {
+                return Err(Error::aws(format!(
+                    "autoscaling DeleteAutoScalingGroup {g}"
+                ))(e))
+            }
+        }
+    }
+    if !inv.groups.is_empty() {
+        eprintln!(
+            "  waiting for {} group(s) and their instances to go…",
+            inv.groups.len()
+        );
+        crate::aws::wait_until(timeout, poll, "auto scaling group deletion", || async {
+            let left = observe::groups(c, &inv.groups).await?;
+            Ok((!left.is_empty()).then(|| {
+                left.iter()
+                    .map(|(n, _, raw)| format!("{n}: {} instance(s)", raw.instances().len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }))
+        })
+        .await?;
+        for g in &inv.groups {
+            step(format!("auto scaling group {g}"));
+        }
+    }
+    for (id, name) in &inv.launch_templates {
+        match c
+            .ec2
+            .delete_launch_template()
+            .launch_template_id(id)
+            .send()
+            .await
+        {
+            Ok(_) => step(format!("launch template {name}")),
+            Err(e) if gone(&e) => {}
+            Err(e) => {
+                return Err(Error::aws(format!(
+                    "ec2 DeleteLaunchTemplate {name} ({id})"
+                ))(e))
+            }
+        }
+    }
+    if let Some(arn) = &inv.listener {
+        match c.elb.delete_listener().listener_arn(arn).send().await {
+            Ok(_) => step(format!("listener {arn}")),
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(Error::aws(format!("elbv2 DeleteListener {arn}"))(e)),
+        }
+    }
+    if let Some((name, arn)) = &inv.load_balancer {
+        match c
+            .elb
+            .delete_load_balancer()
+            .load_balancer_arn(arn)
+            .send()
+            .await
+        {
+            Ok(_) => step(format!("load balancer {name}")),
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(Error::aws(format!("elbv2 DeleteLoadBalancer {name}"))(e)),
+        }
+    }
+    if let Some((name, arn)) = &inv.target_group {
+        // A target group stays "in use" until its load balancer is fully gone.
+        crate::aws::wait_until(timeout, poll, &format!("target group {name}"), || async {
+            match c
+                .elb
+                .delete_target_group()
+                .target_group_arn(arn)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(None),
+                Err(e) if gone(&e) => Ok(None),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_in_use_exception()) =>
+                {
+                    Ok(Some("in use by its load balancer".to_string()))
+                }
+                Err(e) => Err(Error::aws(format!("elbv2 DeleteTargetGroup {name}"))(e)),
+            }
+        })
+        .await?;
+        step(format!("target group {name}"));
+    }
+    for chunk in inv.parameters.chunks(10) {
+        c.ssm
+            .delete_parameters()
+            .set_names(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(Error::aws(format!(
+                "ssm DeleteParameters {}",
+                chunk.join(",")
+            )))?;
+        for p in chunk {
+            step(format!("ssm parameter {p}"));
+        }
+    }
+    Ok(())
+}
