@@ -7,10 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fleet::{wait_for_port, Moto};
+use common::fleet::Moto;
+use common::proxy::{aws, Proxy};
 use common::*;
 
 const REGION: &str = "us-west-2";
@@ -220,94 +221,6 @@ fn the_calico_patch_makes_autodetection_follow_the_node_ip() {
     assert!(!py(&manifest).status.success());
     std::fs::write(&manifest, "kind: ConfigMap\n").unwrap();
     assert!(!py(&manifest).status.success());
-}
-
-struct Proxy {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    rules: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start(moto: &Moto) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let port_file = dir.path().join("port");
-        let log = dir.path().join("calls.jsonl");
-        let rules = dir.path().join("rules.json");
-        let child = Command::new("python3")
-            .arg(repo().join("tests/doubles/awsproxy.py"))
-            .arg(moto.url())
-            .arg(&port_file)
-            .arg(&log)
-            .arg(&rules)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !port_file.exists() {
-            assert!(Instant::now() < deadline, "proxy did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let port: u16 = std::fs::read_to_string(&port_file)
-            .unwrap()
-            .parse()
-            .unwrap();
-        wait_for_port(port, "proxy");
-        Proxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-            rules,
-            _dir: dir,
-        }
-    }
-    fn set_rules(&self, rules: serde_json::Value) {
-        std::fs::write(&self.rules, rules.to_string()).unwrap();
-    }
-    fn calls(&self, action: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&format!("\"action\": \"{action}\"")))
-            .count()
-    }
-    fn reset_log(&self) {
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The AWS CLI against moto directly.
-fn aws(moto: &Moto, region: &str, args: &[&str]) -> serde_json::Value {
-    let o = run({
-        let mut c = Command::new(venv().join("bin/aws"));
-        c.env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .args([
-                "--endpoint-url",
-                &moto.url(),
-                "--region",
-                region,
-                "--output",
-                "json",
-            ])
-            .args(args);
-        c
-    });
-    assert!(o.status.success(), "aws {args:?}: {}", stderr(&o));
-    if o.stdout.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
 }
 
 struct Setup {

@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod fleet;
+pub mod proxy;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

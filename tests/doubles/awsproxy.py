@@ -13,7 +13,8 @@ holds a list of rules, applied to the first matching request(s):
   {"action": "ec2:RunInstances", "delay": 5}
       forward, then hold the response this many seconds (an interrupt can land while a
       call that already took effect is in flight).
-A rule with "times": N applies N times, then no more.
+A rule with "times": N applies N times, then no more; with "after": N it lets the first N
+matching requests through untouched.
 """
 import http.client
 import http.server
@@ -28,6 +29,7 @@ UPSTREAM = urllib.parse.urlparse(sys.argv[1])
 PORT_FILE, LOG_FILE, RULES_FILE = sys.argv[2], sys.argv[3], sys.argv[4]
 lock = threading.Lock()
 used = {}
+seen = {}
 
 
 def classify(headers, body):
@@ -49,10 +51,15 @@ def matching_rule(service, region, action):
         rules = json.load(open(RULES_FILE))
     except (OSError, ValueError):
         return None
-    for i, r in enumerate(rules):
+    for r in rules:
+        i = json.dumps(r, sort_keys=True)  # counts follow the rule, not its position
         if r["action"] != f"{service}:{action}":
             continue
         if "region" in r and r["region"] != region:
+            continue
+        s = seen.get(i, 0)
+        seen[i] = s + 1
+        if s < r.get("after", 0):
             continue
         n = used.get(i, 0)
         if "times" in r and n >= r["times"]:

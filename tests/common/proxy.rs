@@ -1,0 +1,129 @@
+//! A recording, fault-injecting proxy in front of moto (tests/doubles/awsproxy.py), and
+//! the AWS CLI against moto: how the AWS-facing tests count calls, inject faults and check
+//! results without haimg's own reads.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::fleet::{wait_for_port, Moto};
+use super::{repo, run, stderr, venv};
+
+pub struct Proxy {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+    rules: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub fn start(moto: &Moto) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("calls.jsonl");
+        let rules = dir.path().join("rules.json");
+        let child = Command::new("python3")
+            .arg(repo().join("tests/doubles/awsproxy.py"))
+            .arg(moto.url())
+            .arg(&port_file)
+            .arg(&log)
+            .arg(&rules)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !port_file.exists() {
+            assert!(Instant::now() < deadline, "proxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let port: u16 = std::fs::read_to_string(&port_file)
+            .unwrap()
+            .parse()
+            .unwrap();
+        wait_for_port(port, "proxy");
+        Proxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            rules,
+            _dir: dir,
+        }
+    }
+    pub fn set_rules(&self, rules: serde_json::Value) {
+        std::fs::write(&self.rules, rules.to_string()).unwrap();
+    }
+    pub fn calls(&self, action: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("\"action\": \"{action}\"")))
+            .count()
+    }
+    pub fn reset_log(&self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The AWS CLI against moto directly.
+pub fn aws(moto: &Moto, region: &str, args: &[&str]) -> serde_json::Value {
+    let o = run({
+        let mut c = Command::new(venv().join("bin/aws"));
+        c.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .args([
+                "--endpoint-url",
+                &moto.url(),
+                "--region",
+                region,
+                "--output",
+                "json",
+            ])
+            .args(args);
+        c
+    });
+    assert!(o.status.success(), "aws {args:?}: {}", stderr(&o));
+    if o.stdout.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+}
+
+impl Proxy {
+    /// Every call since the log was last reset, as `service:Action`.
+    pub fn all_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!(
+                    "{}:{}",
+                    v["service"].as_str().unwrap(),
+                    v["action"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+    /// The calls that change something: all but Describe*, Get*, List*.
+    pub fn mutating_calls(&self) -> Vec<String> {
+        self.all_calls()
+            .into_iter()
+            .filter(|c| {
+                let action = c.split(':').nth(1).unwrap_or_default();
+                !["Describe", "Get", "List"]
+                    .iter()
+                    .any(|p| action.starts_with(p))
+            })
+            .collect()
+    }
+}
