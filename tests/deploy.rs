@@ -966,3 +966,49 @@ fn resources_of_others_are_never_touched_and_leftover_join_material_is_cleared()
         "down deletes haimg's parameters only"
     );
 }
+
+#[test]
+fn a_launch_template_not_yet_visible_to_auto_scaling_is_waited_out() {
+    let env = setup();
+    // AWS is eventually consistent: right after CreateLaunchTemplate, Auto Scaling may not
+    // see it yet. That is retried (bounded); a real rejection is not.
+    env.proxy.set_rules(json!([{
+        "action": "autoscaling:CreateAutoScalingGroup", "times": 2,
+        "error": {"status": 400, "code": "ValidationError",
+                  "message": "You must use a valid fully-formed launch template. The specified launch template, with template name demo-master, does not exist."}
+    }]));
+    env.proxy.reset_log();
+    let o = env.ok(&["up"]);
+    let creates = env
+        .proxy
+        .all_calls()
+        .iter()
+        .filter(|c| *c == "autoscaling:CreateAutoScalingGroup")
+        .count();
+    assert_eq!(creates, 4, "two refused, then both groups: {}", stderr(&o));
+    env.ok(&["down", "--yes", "--poll", "100ms"]);
+
+    env.proxy.set_rules(json!([{
+        "action": "autoscaling:CreateAutoScalingGroup",
+        "error": {"status": 400, "code": "ValidationError", "message": "Max bound, 2, must be greater than or equal to min bound, 3"}
+    }]));
+    env.proxy.reset_log();
+    let o = env.haimg(&["up"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("autoscaling CreateAutoScalingGroup demo-master"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("Max bound"), "{}", stderr(&o));
+    let creates = env
+        .proxy
+        .all_calls()
+        .iter()
+        .filter(|c| *c == "autoscaling:CreateAutoScalingGroup")
+        .count();
+    assert_eq!(creates, 1, "a real rejection is not retried");
+    env.proxy.set_rules(json!([]));
+    env.ok(&["down", "--yes", "--poll", "100ms"]);
+    assert_eq!(env.tagged(), Vec::<String>::new());
+}

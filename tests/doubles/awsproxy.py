@@ -9,7 +9,8 @@ holds a list of rules, applied to the first matching request(s):
   {"action": "ssm:GetCommandInvocation", "patch": {"Status": "Failed", ...}}
       merge keys into the upstream JSON response;
   {"action": "ec2:CreateImage", "error": {"status": 400, "code": "...", "message": "..."}}
-      answer with an AWS error instead of forwarding (EC2 query XML or JSON protocol).
+      answer with an AWS error instead of forwarding (in the service's protocol: JSON,
+      EC2 query or awsquery XML).
   {"action": "ec2:RunInstances", "delay": 5}
       forward, then hold the response this many seconds (an interrupt can land while a
       call that already took effect is in flight).
@@ -90,9 +91,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.headers.get("X-Amz-Target"):
                 payload = json.dumps({"__type": e["code"], "message": e.get("message", "injected")}).encode()
                 ctype = "application/x-amz-json-1.1"
-            else:
+            elif service == "ec2":
                 payload = (f"<Response><Errors><Error><Code>{e['code']}</Code><Message>{e.get('message', 'injected')}"
                            f"</Message></Error></Errors><RequestID>injected</RequestID></Response>").encode()
+                ctype = "text/xml"
+            else:  # the awsquery protocol (autoscaling, elasticloadbalancing)
+                payload = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{e['code']}</Code><Message>"
+                           f"{e.get('message', 'injected')}</Message></Error><RequestId>injected</RequestId>"
+                           f"</ErrorResponse>").encode()
                 ctype = "text/xml"
             self.send_response(e.get("status", 400))
             self.send_header("Content-Type", ctype)
