@@ -22,6 +22,7 @@ struct Env {
     spec: PathBuf,
     ami: String,
     vpc: String,
+    cluster: &'static str,
 }
 
 fn s(v: &Value) -> String {
@@ -33,6 +34,10 @@ fn s(v: &Value) -> String {
 /// moto with a VPC, three subnets, a security group, the instance profiles, and an image
 /// published under the parameter the example spec reads; the example spec with those ids.
 fn setup() -> Env {
+    setup_with("examples/cluster.yaml", "demo")
+}
+
+fn setup_with(example: &str, cluster: &'static str) -> Env {
     let moto = Moto::start();
     let proxy = Proxy::start(&moto);
     let cli = |args: &[&str]| aws(&moto, REGION, args);
@@ -84,7 +89,7 @@ fn setup() -> Env {
     }
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("cluster.yaml");
-    let text = std::fs::read_to_string(repo().join("examples/cluster.yaml"))
+    let text = std::fs::read_to_string(repo().join(example))
         .unwrap()
         .replace("vpc-0123456789abcdef0", &vpc)
         .replace("subnet-0a1b2c3d4e5f60001", &subnets[0])
@@ -100,6 +105,7 @@ fn setup() -> Env {
         spec,
         ami,
         vpc,
+        cluster,
     }
 }
 
@@ -166,7 +172,7 @@ impl Env {
             .unwrap()
         {
             let arn = s(&lb["LoadBalancerArn"]);
-            if has_tag(&self.tags_of_elb(&arn), "haimg:cluster", "demo") {
+            if has_tag(&self.tags_of_elb(&arn), "haimg:cluster", self.cluster) {
                 left.push(arn);
             }
         }
@@ -175,7 +181,7 @@ impl Env {
             .unwrap()
         {
             let arn = s(&tg["TargetGroupArn"]);
-            if has_tag(&self.tags_of_elb(&arn), "haimg:cluster", "demo") {
+            if has_tag(&self.tags_of_elb(&arn), "haimg:cluster", self.cluster) {
                 left.push(arn);
             }
         }
@@ -183,7 +189,7 @@ impl Env {
             "ec2",
             "describe-launch-templates",
             "--filters",
-            "Name=tag:haimg:cluster,Values=demo",
+            &format!("Name=tag:haimg:cluster,Values={}", self.cluster),
         ])["LaunchTemplates"]
             .as_array()
             .unwrap()
@@ -195,7 +201,7 @@ impl Env {
             "describe-tags",
             "--filters",
             "Name=key,Values=haimg:cluster",
-            "Name=value,Values=demo",
+            &format!("Name=value,Values={}", self.cluster),
         ])["Tags"]
             .as_array()
             .unwrap()
@@ -206,7 +212,7 @@ impl Env {
             "ec2",
             "describe-instances",
             "--filters",
-            "Name=tag:haimg:cluster,Values=demo",
+            &format!("Name=tag:haimg:cluster,Values={}", self.cluster),
             "Name=instance-state-name,Values=pending,running,stopping,stopped",
         ])["Reservations"]
             .as_array()
@@ -220,7 +226,7 @@ impl Env {
             "ssm",
             "get-parameters-by-path",
             "--path",
-            "/haimg/demo",
+            &format!("/haimg/{}", self.cluster),
             "--recursive",
         ])["Parameters"]
             .as_array()
@@ -232,7 +238,7 @@ impl Env {
             "resourcegroupstaggingapi",
             "get-resources",
             "--tag-filters",
-            "Key=haimg:cluster,Values=demo",
+            &format!("Key=haimg:cluster,Values={}", self.cluster),
         ])["ResourceTagMappingList"]
             .as_array()
             .unwrap()
@@ -1009,6 +1015,51 @@ fn a_launch_template_not_yet_visible_to_auto_scaling_is_waited_out() {
         .count();
     assert_eq!(creates, 1, "a real rejection is not retried");
     env.proxy.set_rules(json!([]));
+    env.ok(&["down", "--yes", "--poll", "100ms"]);
+    assert_eq!(env.tagged(), Vec::<String>::new());
+}
+
+#[test]
+fn with_fixed_masters_up_manages_the_worker_pools_only() {
+    let env = setup_with("examples/cluster-vip.yaml", "onprem");
+    let plan = stdout(&env.ok(&["up", "--dry-run"]));
+    assert!(
+        !plan.contains("load balancer") && !plan.contains("master"),
+        "{plan}"
+    );
+    env.ok(&["up"]);
+    let lts: Vec<String> = env.cli(&["ec2", "describe-launch-templates"])["LaunchTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| s(&t["LaunchTemplateName"]))
+        .collect();
+    assert_eq!(lts, ["onprem-worker-general"]);
+    let groups: Vec<String> = env.cli(&["autoscaling", "describe-auto-scaling-groups"])
+        ["AutoScalingGroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| s(&g["AutoScalingGroupName"]))
+        .collect();
+    assert_eq!(groups, ["onprem-worker-general"]);
+    assert!(
+        env.cli(&["elbv2", "describe-load-balancers"])["LoadBalancers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    env.proxy.reset_log();
+    env.ok(&["up"]);
+    assert_eq!(env.proxy.mutating_calls(), Vec::<String>::new());
+    // The masters are outside AWS: status judges the pools and the SSM state.
+    let o = env.haimg(&["status", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.get("targetGroup").is_none(), "{v}");
+    assert_eq!(
+        v["problems"],
+        json!(["no cluster state yet: no control-plane node has initialized"])
+    );
     env.ok(&["down", "--yes", "--poll", "100ms"]);
     assert_eq!(env.tagged(), Vec::<String>::new());
 }
