@@ -20,6 +20,7 @@ pub struct Target {
     /// AWS region (default: spec.region; when given, it must equal spec.region).
     #[arg(long)]
     pub region: Option<String>,
+    /// AWS profile from the shared config files.
     #[arg(long)]
     pub profile: Option<String>,
     /// Use templates from DIR where present (as `render --templates`).
