@@ -164,87 +164,77 @@ impl Env {
         self.cli(&["elbv2", "describe-tags", "--resource-arns", arn])["TagDescriptions"][0]["Tags"]
             .clone()
     }
-    /// Everything still tagged haimg:cluster=demo (instances that are not terminated).
+    /// `field` of every item in the CLI answer's `key` list.
+    fn names(&self, args: &[&str], key: &str, field: &str) -> Vec<String> {
+        self.cli(args)[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| s(&item[field]))
+            .collect()
+    }
+    /// Everything still tagged haimg:cluster=<cluster> (instances that are not terminated).
     fn tagged(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for lb in self.cli(&["elbv2", "describe-load-balancers"])["LoadBalancers"]
+        let c = self.cluster;
+        let mut left: Vec<String> = [
+            self.names(
+                &["elbv2", "describe-load-balancers"],
+                "LoadBalancers",
+                "LoadBalancerArn",
+            ),
+            self.names(
+                &["elbv2", "describe-target-groups"],
+                "TargetGroups",
+                "TargetGroupArn",
+            ),
+        ]
+        .concat()
+        .into_iter()
+        .filter(|arn| has_tag(&self.tags_of_elb(arn), "haimg:cluster", c))
+        .collect();
+        let tag_filter = format!("Name=tag:haimg:cluster,Values={c}");
+        left.extend(self.names(
+            &["ec2", "describe-launch-templates", "--filters", &tag_filter],
+            "LaunchTemplates",
+            "LaunchTemplateName",
+        ));
+        left.extend(self.names(
+            &[
+                "autoscaling",
+                "describe-tags",
+                "--filters",
+                "Name=key,Values=haimg:cluster",
+                &format!("Name=value,Values={c}"),
+            ],
+            "Tags",
+            "ResourceId",
+        ));
+        let live = "Name=instance-state-name,Values=pending,running,stopping,stopped";
+        for r in self.cli(&["ec2", "describe-instances", "--filters", &tag_filter, live])
+            ["Reservations"]
             .as_array()
             .unwrap()
         {
-            let arn = s(&lb["LoadBalancerArn"]);
-            if has_tag(&self.tags_of_elb(&arn), "haimg:cluster", self.cluster) {
-                left.push(arn);
-            }
+            left.extend(
+                r["Instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| s(&i["InstanceId"])),
+            );
         }
-        for tg in self.cli(&["elbv2", "describe-target-groups"])["TargetGroups"]
-            .as_array()
-            .unwrap()
-        {
-            let arn = s(&tg["TargetGroupArn"]);
-            if has_tag(&self.tags_of_elb(&arn), "haimg:cluster", self.cluster) {
-                left.push(arn);
-            }
-        }
-        for lt in self.cli(&[
-            "ec2",
-            "describe-launch-templates",
-            "--filters",
-            &format!("Name=tag:haimg:cluster,Values={}", self.cluster),
-        ])["LaunchTemplates"]
-            .as_array()
-            .unwrap()
-        {
-            left.push(s(&lt["LaunchTemplateName"]));
-        }
-        for t in self.cli(&[
-            "autoscaling",
-            "describe-tags",
-            "--filters",
-            "Name=key,Values=haimg:cluster",
-            &format!("Name=value,Values={}", self.cluster),
-        ])["Tags"]
-            .as_array()
-            .unwrap()
-        {
-            left.push(format!("asg {}", s(&t["ResourceId"])));
-        }
-        for r in self.cli(&[
-            "ec2",
-            "describe-instances",
-            "--filters",
-            &format!("Name=tag:haimg:cluster,Values={}", self.cluster),
-            "Name=instance-state-name,Values=pending,running,stopping,stopped",
-        ])["Reservations"]
-            .as_array()
-            .unwrap()
-        {
-            for i in r["Instances"].as_array().unwrap() {
-                left.push(s(&i["InstanceId"]));
-            }
-        }
-        for p in self.cli(&[
-            "ssm",
-            "get-parameters-by-path",
-            "--path",
-            &format!("/haimg/{}", self.cluster),
-            "--recursive",
-        ])["Parameters"]
-            .as_array()
-            .unwrap()
-        {
-            left.push(s(&p["Name"]));
-        }
-        for r in self.cli(&[
-            "resourcegroupstaggingapi",
-            "get-resources",
-            "--tag-filters",
-            &format!("Key=haimg:cluster,Values={}", self.cluster),
-        ])["ResourceTagMappingList"]
-            .as_array()
-            .unwrap()
-        {
-            let arn = s(&r["ResourceARN"]);
-            // Terminated instances keep their tags for a while (as in AWS); checked above.
+        left.extend(params(self));
+        // Terminated instances keep their tags for a while (as in AWS); checked above.
+        for arn in self.names(
+            &[
+                "resourcegroupstaggingapi",
+                "get-resources",
+                "--tag-filters",
+                &format!("Key=haimg:cluster,Values={c}"),
+            ],
+            "ResourceTagMappingList",
+            "ResourceARN",
+        ) {
             if !arn.contains(":instance/") && !left.contains(&arn) {
                 left.push(arn);
             }
@@ -753,19 +743,20 @@ fn put_param(env: &Env, name: &str, value: &Value, secure: bool) {
     ]);
 }
 
+/// haimg's parameters and any other under the cluster's prefix, sorted.
 fn params(env: &Env) -> Vec<String> {
-    let mut v: Vec<String> = env.cli(&[
-        "ssm",
-        "get-parameters-by-path",
-        "--path",
-        "/haimg/demo",
-        "--recursive",
-    ])["Parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| s(&p["Name"]))
-        .collect();
+    let prefix = format!("/haimg/{}", env.cluster);
+    let mut v = env.names(
+        &[
+            "ssm",
+            "get-parameters-by-path",
+            "--path",
+            &prefix,
+            "--recursive",
+        ],
+        "Parameters",
+        "Name",
+    );
     v.sort();
     v
 }
