@@ -1051,6 +1051,21 @@ fn with_fixed_masters_up_manages_the_worker_pools_only() {
         v["problems"],
         json!(["no cluster state yet: no control-plane node has initialized"])
     );
-    env.ok(&["down", "--yes", "--poll", "100ms"]);
+    // A pool renamed in the spec: the new one is created, the old one is named (never
+    // deleted behind the user's back), and down finds it by its tag.
+    env.edit_spec("name: general", "name: batch");
+    let o = env.ok(&["up"]);
+    assert!(stderr(&o).contains("warning: auto scaling group onprem-worker-general is tagged haimg:cluster=onprem but is not in the spec any more"), "{}", stderr(&o));
+    let o = env.ok(&["down", "--yes", "--poll", "100ms"]);
+    assert!(
+        stderr(&o).contains("auto scaling group onprem-worker-general (and its instances)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("auto scaling group onprem-worker-batch (and its instances)"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(env.tagged(), Vec::<String>::new());
 }

@@ -157,9 +157,18 @@ pub fn up(args: UpArgs) -> Result<()> {
             let ami = observe::resolve_image(&c, &desired.image).await?;
             desired = desired.with_image(&ami);
         }
-        let observed = observe::observe(&c, &desired).await?;
+        let (observed, tagged) = tokio::try_join!(
+            observe::observe(&c, &desired),
+            observe::tagged_groups(&c, &desired.cluster)
+        )?;
         let changes = plan::plan(&desired, &observed)?;
         let name = desired.cluster.clone();
+        for g in plan::orphans(&desired, &tagged) {
+            eprintln!(
+                "warning: auto scaling group {g} is tagged {}={name} but is not in the spec any more: `up` leaves it running; delete it with `aws autoscaling delete-auto-scaling-group --auto-scaling-group-name {g} --force-delete` (or `haimg down` for the whole cluster)",
+                super::desired::CLUSTER_TAG
+            );
+        }
         if args.dry_run {
             let mut text = String::new();
             for ch in &changes {

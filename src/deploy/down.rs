@@ -69,38 +69,7 @@ pub async fn inventory(c: &Clients, d: &Desired) -> Result<Inventory> {
     let cluster = &d.cluster;
     let mut inv = Inventory::default();
     // Groups: by tag, which also finds pools no longer in the spec.
-    let mut tagged: Vec<String> = Vec::new();
-    let mut pages = c
-        .asg
-        .describe_tags()
-        .filters(
-            aws_sdk_autoscaling::types::Filter::builder()
-                .name("key")
-                .values(CLUSTER_TAG)
-                .build(),
-        )
-        .filters(
-            aws_sdk_autoscaling::types::Filter::builder()
-                .name("value")
-                .values(cluster)
-                .build(),
-        )
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(Error::aws(format!(
-            "autoscaling DescribeTags {CLUSTER_TAG}={cluster}"
-        )))?;
-        for t in page.tags() {
-            if t.key() == Some(CLUSTER_TAG) && t.value() == Some(cluster.as_str()) {
-                if let Some(id) = t.resource_id() {
-                    if !tagged.iter().any(|x| x == id) {
-                        tagged.push(id.to_string());
-                    }
-                }
-            }
-        }
-    }
+    let tagged = observe::tagged_groups(c, cluster).await?;
     let named: Vec<String> = d
         .groups
         .iter()

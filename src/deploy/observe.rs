@@ -491,6 +491,40 @@ pub async fn groups(
     Ok(found)
 }
 
+/// The names of the Auto Scaling groups tagged `haimg:cluster=<cluster>`.
+pub async fn tagged_groups(c: &Clients, cluster: &str) -> Result<Vec<String>> {
+    use super::desired::CLUSTER_TAG;
+    let filter = |name: &str, value: &str| {
+        aws_sdk_autoscaling::types::Filter::builder()
+            .name(name)
+            .values(value)
+            .build()
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut pages = c
+        .asg
+        .describe_tags()
+        .filters(filter("key", CLUSTER_TAG))
+        .filters(filter("value", cluster))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(Error::aws(format!(
+            "autoscaling DescribeTags {CLUSTER_TAG}={cluster}"
+        )))?;
+        for t in page.tags() {
+            if t.key() == Some(CLUSTER_TAG) && t.value() == Some(cluster) {
+                if let Some(id) = t.resource_id() {
+                    if !names.iter().any(|x| x == id) {
+                        names.push(id.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
 /// `P/cluster`'s owner, if the marker exists.
 pub async fn marker(c: &Clients, prefix: &str) -> Result<Option<String>> {
     let name = format!("{prefix}/cluster");

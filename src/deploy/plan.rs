@@ -736,6 +736,19 @@ fn push_tags(
     }
 }
 
+/// Groups tagged as this cluster's that the spec no longer has (a removed pool).
+pub fn orphans(d: &Desired, tagged: &[String]) -> Vec<String> {
+    tagged
+        .iter()
+        .filter(|t| {
+            !d.groups
+                .iter()
+                .any(|g| &g.asg.auto_scaling_group_name == *t)
+        })
+        .cloned()
+        .collect()
+}
+
 const REF_PREFIX: &str = "haimg-ref:";
 
 /// The ARN a `haimg-ref:<kind>:<name>` placeholder stands for, from what exists; other
@@ -1040,6 +1053,14 @@ mod tests {
             matches!(&changes[0], Change::DeleteLeftovers { names } if names == &["/haimg/demo/state"])
         );
         assert!(matches!(&changes[1], Change::CreateGroup(g) if g.is_master()));
+    }
+
+    #[test]
+    fn groups_no_longer_in_the_spec_are_orphans() {
+        let d = desired();
+        let tagged = vec!["demo-master".to_string(), "demo-worker-old".to_string()];
+        assert_eq!(orphans(&d, &tagged), ["demo-worker-old"]);
+        assert!(orphans(&d, &tagged[..1]).is_empty());
     }
 
     #[test]
