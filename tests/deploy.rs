@@ -243,6 +243,13 @@ impl Env {
     }
 }
 
+/// Every needle is in the text; the failure shows the text.
+fn assert_has(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
 fn has_tag(tags: &Value, key: &str, value: &str) -> bool {
     tags.as_array()
         .unwrap()
@@ -293,20 +300,21 @@ fn up_creates_exactly_the_rendered_resources_and_a_second_up_changes_nothing() {
     // A dry run shows the plan and writes nothing.
     let o = env.ok(&["up", "--dry-run"]);
     let plan = stdout(&o);
-    for needle in [
-        "+ load balancer demo-api: internal network",
-        "+ target group demo-api: TCP/6443 instance targets, health check HTTPS 6443/readyz",
-        "    preserve_client_ip.enabled: (none) → \"false\"",
-        "+ listener TCP/6443",
-        "+ launch template demo-master: t3.large",
-        "+ auto scaling group demo-master: min 3 max 3 desired 3",
-        "~ auto scaling group demo-master: suspend AZRebalance",
-        "+ auto scaling group demo-worker-general: min 1 max 5 desired 2",
-        "+ ssm parameter /haimg/demo/cluster",
-        "cluster demo: 10 change(s) (8 to create); nothing was changed (--dry-run)",
-    ] {
-        assert!(plan.contains(needle), "plan lacks {needle:?}:\n{plan}");
-    }
+    assert_has(
+        &plan,
+        &[
+            "+ load balancer demo-api: internal network",
+            "+ target group demo-api: TCP/6443 instance targets, health check HTTPS 6443/readyz",
+            "    preserve_client_ip.enabled: (none) → \"false\"",
+            "+ listener TCP/6443",
+            "+ launch template demo-master: t3.large",
+            "+ auto scaling group demo-master: min 3 max 3 desired 3",
+            "~ auto scaling group demo-master: suspend AZRebalance",
+            "+ auto scaling group demo-worker-general: min 1 max 5 desired 2",
+            "+ ssm parameter /haimg/demo/cluster",
+            "cluster demo: 10 change(s) (8 to create); nothing was changed (--dry-run)",
+        ],
+    );
     assert_eq!(
         env.proxy.mutating_calls(),
         Vec::<String>::new(),
@@ -540,11 +548,7 @@ fn up_creates_exactly_the_rendered_resources_and_a_second_up_changes_nothing() {
         "{}",
         stderr(&o)
     );
-    assert!(
-        stderr(&o).contains("cluster demo: up to date, no changes"),
-        "{}",
-        stderr(&o)
-    );
+    assert_has(&stderr(&o), &["cluster demo: up to date, no changes"]);
     assert!(stdout(&env.ok(&["up", "--dry-run"])).contains("cluster demo: no changes"));
 
     // Another worker instance type: one new launch template version, the default, and
@@ -595,16 +599,12 @@ fn up_creates_exactly_the_rendered_resources_and_a_second_up_changes_nothing() {
     env.proxy.reset_log();
     let o = env.haimg(&["down"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("pass --yes"), "{}", stderr(&o));
+    assert_has(&stderr(&o), &["pass --yes"]);
     assert_eq!(env.proxy.mutating_calls(), Vec::<String>::new());
     assert!(!env.tagged().is_empty());
 
     let o = env.ok(&["down", "--yes", "--poll", "100ms"]);
-    assert!(
-        stdout(&o).contains("cluster demo: deleted 8 resource(s)"),
-        "{}",
-        stdout(&o)
-    );
+    assert_has(&stdout(&o), &["cluster demo: deleted 8 resource(s)"]);
     assert_eq!(
         env.tagged(),
         Vec::<String>::new(),
@@ -628,15 +628,16 @@ fn an_interrupted_up_resumes_and_down_finishes_after_any_partial_run() {
     let o = env.haimg(&["up"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
-    for needle in [
-        "autoscaling CreateAutoScalingGroup demo-worker-general",
-        "too many groups",
-        "up stopped part-way: 8 change(s) made (listed above), 2 not made:",
-        "+ auto scaling group demo-worker-general",
-        "Run `haimg up` again to finish",
-    ] {
-        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
-    }
+    assert_has(
+        &err,
+        &[
+            "autoscaling CreateAutoScalingGroup demo-worker-general",
+            "too many groups",
+            "up stopped part-way: 8 change(s) made (listed above), 2 not made:",
+            "+ auto scaling group demo-worker-general",
+            "Run `haimg up` again to finish",
+        ],
+    );
     // Re-running finishes the job: only what is missing is created.
     env.proxy.reset_log();
     env.ok(&["up"]);
@@ -660,16 +661,8 @@ fn an_interrupted_up_resumes_and_down_finishes_after_any_partial_run() {
     }]));
     let o = env.haimg(&["down", "--yes", "--poll", "100ms"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("elbv2 DeleteLoadBalancer demo-api"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(
-        stderr(&o).contains("run `haimg down` again to finish"),
-        "{}",
-        stderr(&o)
-    );
+    assert_has(&stderr(&o), &["elbv2 DeleteLoadBalancer demo-api"]);
+    assert_has(&stderr(&o), &["run `haimg down` again to finish"]);
     assert!(!env.tagged().is_empty());
     env.ok(&["down", "--yes", "--poll", "100ms"]);
     assert_eq!(env.tagged(), Vec::<String>::new());
@@ -711,8 +704,10 @@ fn an_interrupted_up_resumes_and_down_finishes_after_any_partial_run() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(status.and_then(|s| s.code()), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("interrupted (Ctrl-C)"), "{err}");
-    assert!(err.contains("+ launch template demo-master"), "{err}");
+    assert_has(
+        &err,
+        &["interrupted (Ctrl-C)", "+ launch template demo-master"],
+    );
     assert!(
         env.cli(&["ec2", "describe-launch-templates"])["LaunchTemplates"]
             .as_array()
@@ -800,28 +795,19 @@ fn status_shows_phase_targets_and_join_material_age_and_up_waits_for_health() {
     // Nothing exists: degraded, and it says why.
     let o = env.haimg(&["status"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stdout(&o).contains("auto scaling group demo-master: missing"),
-        "{}",
-        stdout(&o)
-    );
+    assert_has(&stdout(&o), &["auto scaling group demo-master: missing"]);
 
     env.ok(&["up"]);
     let o = env.haimg(&["status"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains("problem: no cluster state yet"),
-        "{}",
-        stdout(&o)
-    );
+    assert_has(&stdout(&o), &["problem: no cluster state yet"]);
 
     // --wait is bounded, and says what it waited for.
     let o = env.haimg(&["up", "--wait", "--timeout", "1s", "--poll", "100ms"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("timed out: cluster demo still not healthy (no cluster state yet"),
-        "{}",
-        stderr(&o)
+    assert_has(
+        &stderr(&o),
+        &["timed out: cluster demo still not healthy (no cluster state yet"],
     );
 
     // `up --wait` returns once the first master has published: state ready, join material.
@@ -847,24 +833,24 @@ fn status_shows_phase_targets_and_join_material_age_and_up_waits_for_health() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
-    assert!(err.contains("waiting: no cluster state yet"), "{err}");
-    assert!(err.contains("healthy after"), "{err}");
+    assert_has(&err, &["waiting: no cluster state yet", "healthy after"]);
 
     let o = env.ok(&["status"]);
     let text = stdout(&o);
-    for needle in [
-        "cluster demo (us-west-2): healthy",
-        "phase: ready, initialized by i-0init at ",
-        "etcd: 3 member(s), 0 dead",
-        "join material /haimg/demo/join/control-plane: generation 3, issued ",
-        "join material /haimg/demo/join/worker: generation 3",
-        "auto scaling group demo-master: 3/3 in service (min 3, max 3)",
-        "auto scaling group demo-worker-general: 2/2 in service (min 1, max 5)",
-        "target group demo-api: 3/3 healthy",
-        "InService",
-    ] {
-        assert!(text.contains(needle), "status lacks {needle:?}:\n{text}");
-    }
+    assert_has(
+        &text,
+        &[
+            "cluster demo (us-west-2): healthy",
+            "phase: ready, initialized by i-0init at ",
+            "etcd: 3 member(s), 0 dead",
+            "join material /haimg/demo/join/control-plane: generation 3, issued ",
+            "join material /haimg/demo/join/worker: generation 3",
+            "auto scaling group demo-master: 3/3 in service (min 3, max 3)",
+            "auto scaling group demo-worker-general: 2/2 in service (min 1, max 5)",
+            "target group demo-api: 3/3 healthy",
+            "InService",
+        ],
+    );
     let json_out = env.ok(&["status", "--output", "json"]);
     let v: Value = serde_json::from_slice(&json_out.stdout).unwrap();
     assert_eq!(v["healthy"], true);
@@ -887,10 +873,9 @@ fn status_shows_phase_targets_and_join_material_age_and_up_waits_for_health() {
     publish_join_material(&env, -60);
     let o = env.haimg(&["status"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stdout(&o).contains("problem: join/control-plane material expired at"),
-        "{}",
-        stdout(&o)
+    assert_has(
+        &stdout(&o),
+        &["problem: join/control-plane material expired at"],
     );
     assert!(!stdout(&o).contains(TOKEN));
 }
@@ -915,19 +900,15 @@ fn resources_of_others_are_never_touched_and_leftover_join_material_is_cleared()
     env.proxy.reset_log();
     let o = env.haimg(&["up"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("target group demo-api exists but is not tagged haimg:cluster=demo"),
-        "{}",
-        stderr(&o)
+    assert_has(
+        &stderr(&o),
+        &["target group demo-api exists but is not tagged haimg:cluster=demo"],
     );
     assert_eq!(env.proxy.mutating_calls(), Vec::<String>::new());
     let o = env.ok(&["down", "--yes"]);
-    assert!(
-        stderr(&o).contains(
-            "warning: target group demo-api is not tagged haimg:cluster=demo: left alone"
-        ),
-        "{}",
-        stderr(&o)
+    assert_has(
+        &stderr(&o),
+        &["warning: target group demo-api is not tagged haimg:cluster=demo: left alone"],
     );
     env.cli(&[
         "elbv2",
@@ -992,12 +973,11 @@ fn a_launch_template_not_yet_visible_to_auto_scaling_is_waited_out() {
     env.proxy.reset_log();
     let o = env.haimg(&["up"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("autoscaling CreateAutoScalingGroup demo-master"),
-        "{}",
-        stderr(&o)
+    assert_has(
+        &stderr(&o),
+        &["autoscaling CreateAutoScalingGroup demo-master"],
     );
-    assert!(stderr(&o).contains("Max bound"), "{}", stderr(&o));
+    assert_has(&stderr(&o), &["Max bound"]);
     let creates = env
         .proxy
         .all_calls()
@@ -1055,17 +1035,15 @@ fn with_fixed_masters_up_manages_the_worker_pools_only() {
     // deleted behind the user's back), and down finds it by its tag.
     env.edit_spec("name: general", "name: batch");
     let o = env.ok(&["up"]);
-    assert!(stderr(&o).contains("warning: auto scaling group onprem-worker-general is tagged haimg:cluster=onprem but is not in the spec any more"), "{}", stderr(&o));
+    assert_has(&stderr(&o), &["warning: auto scaling group onprem-worker-general is tagged haimg:cluster=onprem but is not in the spec any more"]);
     let o = env.ok(&["down", "--yes", "--poll", "100ms"]);
-    assert!(
-        stderr(&o).contains("auto scaling group onprem-worker-general (and its instances)"),
-        "{}",
-        stderr(&o)
+    assert_has(
+        &stderr(&o),
+        &["auto scaling group onprem-worker-general (and its instances)"],
     );
-    assert!(
-        stderr(&o).contains("auto scaling group onprem-worker-batch (and its instances)"),
-        "{}",
-        stderr(&o)
+    assert_has(
+        &stderr(&o),
+        &["auto scaling group onprem-worker-batch (and its instances)"],
     );
     assert_eq!(env.tagged(), Vec::<String>::new());
 }
