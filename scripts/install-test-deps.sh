@@ -8,7 +8,9 @@
 set -euo pipefail
 
 VENV="${HAIMG_VENV:-$HOME/.cache/haimg/venv}"
-APT_PACKAGES=(procps curl systemd cloud-init shellcheck keepalived haproxy nginx-light libnginx-mod-stream etcd-server etcd-client iproute2 openssl python3-venv)
+APT_PACKAGES=(procps curl xz-utils systemd containerd cloud-init shellcheck keepalived haproxy nginx-light libnginx-mod-stream etcd-server etcd-client iproute2 openssl python3-venv
+  # what the older haproxy and keepalived in ../shared/validators link against
+  libssl3 libpcre2-8-0 zlib1g libcrypt1 libnl-3-200 libnl-genl-3-200 libsnmp40 libglib2.0-0)
 # moto[server] is the AWS emulator; awscli brings botocore's ParamValidator, the
 # AWS CLI's own parameter validation that rendered JSON is checked with.
 PIP_PACKAGES=("moto[server]==5.1.*" "awscli==1.*")
@@ -31,4 +33,6 @@ if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/aws" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi
-echo "install-test-deps: ok (venv $VENV)" >&2
+# haproxy 2.0, keepalived 2.0 and upstream kubeadm from ../shared, checked and unpacked.
+TOOLS=$("$(dirname "$0")/shared-tools.sh")
+echo "install-test-deps: ok (venv $VENV, tools $TOOLS)" >&2

@@ -3,6 +3,12 @@
 # moto AWS emulator (scripts/install-test-deps.sh), then the Rust test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# With HAIMG_UPDATE_GOLDEN set, every golden test rewrites its files and passes: a test run
+# must never do that.
+if [ -n "${HAIMG_UPDATE_GOLDEN+set}" ]; then
+  echo "test.sh: HAIMG_UPDATE_GOLDEN is set: golden files would be rewritten, not checked; unset it (update goldens with cargo test directly)" >&2
+  exit 2
+fi
 scripts/install-test-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/haimg/target}"
 # Tests must fail fast against the local emulator instead of retrying for minutes.

@@ -152,7 +152,14 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
             assert!(s.contains(&format!("'{pin}'")), "{name}: pins {pin}");
         }
         for needle in [
-            "apt-mark hold",
+            "apt_mark hold",
+            "apt_quiesce",
+            "check_pins_available \"${PINS[@]}\"",
+            "systemctl mask keepalived.service haproxy.service",
+            "apt_get purge openssh-server unattended-upgrades",
+            "apt_preserve_sources_list: true",
+            "rm -f /etc/apt/sources.list.d/kubernetes.list",
+            "check image_complete \"${image}\"",
             "SystemdCgroup",
             "sandbox_image",
             "br_netfilter",

@@ -563,6 +563,15 @@ async fn vip_masters_with_static_pods_form_a_cluster_behind_the_vip() {
     assert!(cp
         .iter()
         .all(|e| e["endpoint"] == "10.0.0.100:6443" && e["bindPort"] == 6444));
+    // A fixed master is in no Auto Scaling group: its watcher exits 0 at once, which
+    // `Restart=on-failure` leaves stopped (tests/units.rs).
+    let mut watch = f.spawn(&nodes[0], "watch");
+    let status = wait_child(&mut watch, BOUND);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "watch on a fixed master:\n{}",
+        f.log(&nodes[0], "watch")
+    );
 }
 
 /// What a fixed-address node (VIP or external endpoint) gets instead of instance metadata.

@@ -48,6 +48,30 @@ fn five_master_tree_matches_golden_and_passes_validators() {
 }
 
 #[test]
+fn masters_are_replaced_on_ec2_status_checks_not_on_readyz() {
+    // `/readyz` includes etcd: as the group's health check, a quorum loss would mark every
+    // master unhealthy and the group would replace them all, etcd data included.
+    let out = render_all(&repo().join("examples/cluster.yaml"));
+    let asg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("autoscaling/master.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(asg["HealthCheckType"], "EC2");
+    // Routing still follows /readyz.
+    let tg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("load-balancer/target-group.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            tg["HealthCheckProtocol"].as_str(),
+            tg["HealthCheckPath"].as_str()
+        ),
+        (Some("HTTPS"), Some("/readyz"))
+    );
+}
+
+#[test]
 fn the_secrets_scan_catches_what_it_looks_for() {
     // The scan must be able to fail: feed it each kind of secret.
     for bad in [

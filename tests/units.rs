@@ -65,3 +65,32 @@ fn every_unit_the_user_data_enables_is_shipped() {
         }
     }
 }
+
+/// `key=value` settings of one section of a unit file.
+fn unit_settings(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut current = String::new();
+    let mut out = vec![];
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            current = line.trim_matches(|c| c == '[' || c == ']').to_string();
+        } else if let Some((k, v)) = line.split_once('=') {
+            if current == section && !line.starts_with('#') {
+                out.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_watcher_is_restarted_on_failure_only() {
+    // `watch` exits 0 where there is nothing to watch and after it has left: with
+    // Restart=always systemd would start it again every 5 s for ever.
+    let text = std::fs::read_to_string(repo().join("systemd/haimg-watch.service")).unwrap();
+    let service = unit_settings(&text, "Service");
+    let restart: Vec<_> = service.iter().filter(|(k, _)| k == "Restart").collect();
+    assert_eq!(
+        restart,
+        [&("Restart".to_string(), "on-failure".to_string())]
+    );
+}

@@ -82,39 +82,49 @@ fn keepalived_config_test(conf: &Path, check_script: &Path, interface: &str) {
     let f = dir.path().join("keepalived.conf");
     std::fs::write(&f, text).unwrap();
     let ns = Netns::with_interface("ka", interface);
-    let o = run({
-        let mut c = Command::new(require_tool("ip"));
-        // -e: a missing file is an error; any warning makes it exit non-zero.
-        c.args(["netns", "exec", &ns.0])
-            .arg(&keepalived)
-            .args(["-e", "--config-test", "-f"])
-            .arg(&f);
-        c
-    });
-    assert!(
-        o.status.success(),
-        "keepalived --config-test {}: exit {:?}\n{}{}",
-        conf.display(),
-        o.status.code(),
-        stdout(&o),
-        stderr(&o)
-    );
+    // Debian's keepalived (2.2: `-e` makes a missing file an error, any warning fails) and
+    // the 2.0.19 Ubuntu 20.04 pins (no `-e`; `-t` exits 4 on what it refuses).
+    for (bin, args) in [
+        (keepalived, &["-e", "--config-test", "-f"][..]),
+        (shared_tool("keepalived-2.0.19"), &["-t", "-f"][..]),
+    ] {
+        let o = run({
+            let mut c = Command::new(require_tool("ip"));
+            c.args(["netns", "exec", &ns.0])
+                .arg(&bin)
+                .args(args)
+                .arg(&f);
+            c
+        });
+        assert!(
+            o.status.success(),
+            "{} {args:?} {}: exit {:?}\n{}{}",
+            bin.display(),
+            conf.display(),
+            o.status.code(),
+            stdout(&o),
+            stderr(&o)
+        );
+    }
 }
 
+/// Debian's haproxy (2.6) and the 2.0.33 Ubuntu 20.04 pins, warnings as errors (`-dW`).
 fn haproxy_check(cfg: &Path) {
-    let o = run({
-        let mut c = Command::new(require_tool("haproxy"));
-        // -dW: warnings are errors.
-        c.args(["-dW", "-c", "-f"]).arg(cfg);
-        c
-    });
-    assert!(
-        o.status.success(),
-        "haproxy -c {}:\n{}{}",
-        cfg.display(),
-        stdout(&o),
-        stderr(&o)
-    );
+    for bin in [require_tool("haproxy"), shared_tool("haproxy-2.0.33")] {
+        let o = run({
+            let mut c = Command::new(&bin);
+            c.args(["-dW", "-c", "-f"]).arg(cfg);
+            c
+        });
+        assert!(
+            o.status.success(),
+            "{} -c {}:\n{}{}",
+            bin.display(),
+            cfg.display(),
+            stdout(&o),
+            stderr(&o)
+        );
+    }
 }
 
 fn shellcheck(script: &Path) {
@@ -254,6 +264,17 @@ fn the_validators_reject_broken_configs() {
         .replace("balance roundrobin", "balance sideways");
     std::fs::write(dir.join("bad-haproxy.cfg"), hp).unwrap();
     assert!(std::panic::catch_unwind(|| haproxy_check(&dir.join("bad-haproxy.cfg"))).is_err());
+    // What haimg rendered before: Debian's haproxy 2.6 takes `http-check send`, the 2.0 an
+    // Ubuntu 20.04 image runs refuses it; the check must be the stricter of the two.
+    let hp = std::fs::read_to_string(dir.join("haproxy.cfg"))
+        .unwrap()
+        .replace(
+            "option httpchk GET /healthz",
+            "option httpchk\n    http-check send meth GET uri /healthz",
+        );
+    assert!(hp.contains("http-check send"), "the replacement applies");
+    std::fs::write(dir.join("new-haproxy.cfg"), &hp).unwrap();
+    assert!(std::panic::catch_unwind(|| haproxy_check(&dir.join("new-haproxy.cfg"))).is_err());
     std::fs::write(dir.join("bad.sh"), "#!/bin/sh\necho $1\n").unwrap();
     assert!(std::panic::catch_unwind(|| shellcheck(&dir.join("bad.sh"))).is_err());
 }

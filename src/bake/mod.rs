@@ -112,7 +112,7 @@ pub fn steps(recipe: &Recipe) -> Vec<String> {
         "containerd",
         "pre-pull images",
         "haimg and its systemd units",
-        "hardening: no SSH",
+        "hardening: no SSH, no package changes at run time",
         "image manifest",
         "verify",
         "clean for imaging",

@@ -77,13 +77,7 @@ impl Agent {
     /// then the node's identity from IMDSv2.
     pub async fn load() -> Result<Agent> {
         let seams = Seams::from_env();
-        let text = std::fs::read_to_string(&seams.node_config).map_err(|e| {
-            Error::Usage(format!(
-                "cannot read node config {}: {e}",
-                seams.node_config.display()
-            ))
-        })?;
-        let cfg = NodeConfig::from_yaml(&text, &seams.node_config.display().to_string())?;
+        let cfg = load_config(&seams)?;
         let aws = crate::aws::load(Some(cfg.region.as_str()), None).await;
         let imds = aws_config::imds::Client::builder().build();
         let id = match &cfg.node {
@@ -140,6 +134,17 @@ impl Agent {
         all.extend_from_slice(args);
         run_tool(&self.seams.kubectl, &all, timeout).await
     }
+}
+
+/// The node config the seams point at (exit 2 when it is missing or invalid).
+pub fn load_config(seams: &Seams) -> Result<NodeConfig> {
+    let text = std::fs::read_to_string(&seams.node_config).map_err(|e| {
+        Error::Usage(format!(
+            "cannot read node config {}: {e}",
+            seams.node_config.display()
+        ))
+    })?;
+    NodeConfig::from_yaml(&text, &seams.node_config.display().to_string())
 }
 
 /// The node's identity, from IMDSv2 (hop limit 1: only the host itself can ask).

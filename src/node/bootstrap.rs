@@ -41,6 +41,11 @@ pub async fn run(agent: &Agent) -> Result<()> {
         tracing::info!("already part of the cluster (kubelet.conf exists): nothing to do");
         return Ok(());
     }
+    super::preflight::run(
+        &agent.seams,
+        Duration::from_secs(agent.cfg.agent.cri_wait_seconds),
+    )
+    .await?;
     let boot = SystemTime::now();
     let s = &agent.cfg.agent;
     let mut backoff = Backoff::new(

@@ -137,6 +137,10 @@ pub struct AgentSettings {
     /// A replacement master waits for a membership check newer than its boot, at most
     /// this long, before joining (reconcile runs every minute on the live masters).
     pub membership_wait_seconds: u64,
+    /// Bound on waiting for containerd's CRI socket before kubeadm runs: cloud-init's
+    /// final stage is not ordered after containerd; containerd listens within seconds of
+    /// starting, so five minutes only ever runs out when it does not start at all.
+    pub cri_wait_seconds: u64,
     pub etcd: EtcdSettings,
 }
 
@@ -154,6 +158,7 @@ impl Default for AgentSettings {
             drain_timeout_seconds: 300,
             watch_interval_seconds: 5,
             membership_wait_seconds: 600,
+            cri_wait_seconds: 300,
             etcd: EtcdSettings::default(),
         }
     }

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod join;
 pub mod kubeadm;
 pub mod pki;
+pub mod preflight;
 pub mod reconcile;
 pub mod refresh;
 pub mod secret;
@@ -25,8 +26,11 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NodeCommand {
-    /// Elect, init or join (run once by cloud-init).
+    /// Elect, init or join (run once by cloud-init); runs the preflight first.
     Bootstrap,
+    /// Check that this node can run Kubernetes: cgroup v2, no swap, ip_forward and
+    /// br_netfilter, containerd listening (waited for). Exit 0 or 1, every problem named.
+    Preflight,
     /// Rotate join material before it expires (systemd timer on masters).
     Refresh,
     /// Remove etcd members and Node objects of instances that are gone (timer on masters).
@@ -43,6 +47,13 @@ pub fn run(args: Args) -> Result<()> {
         .build()
         .expect("a tokio runtime");
     rt.block_on(async {
+        if let NodeCommand::Preflight = args.command {
+            // Needs neither AWS nor instance metadata: only the node config's bounds.
+            let seams = agent::Seams::from_env();
+            let cfg = agent::load_config(&seams)?;
+            let bound = std::time::Duration::from_secs(cfg.agent.cri_wait_seconds);
+            return preflight::run(&seams, bound).await;
+        }
         let agent = agent::Agent::load().await?;
         let span = tracing::info_span!("node", cluster = %agent.cfg.cluster, instance = %agent.id.instance_id, role = agent.cfg.role.as_str());
         let _g = span.enter();
@@ -51,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
             NodeCommand::Refresh => refresh::run(&agent).await,
             NodeCommand::Reconcile => reconcile::run(&agent).await,
             NodeCommand::Watch => watch::run(&agent).await,
+            NodeCommand::Preflight => unreachable!("handled before the agent loads"),
         }
     })
 }

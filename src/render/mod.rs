@@ -234,7 +234,7 @@ fn partition(spec: &ClusterSpec) -> &'static str {
 /// Ubuntu's AMIs boot from /dev/sda1; the root volume mapping must name that device.
 const ROOT_DEVICE: &str = "/dev/sda1";
 /// Masters: long enough for a replacement to wait for the dead member's removal
-/// (reconcile runs every minute), join etcd and pass /readyz, before ELB health counts.
+/// (reconcile runs every minute) and join etcd before its status checks count.
 const MASTER_HEALTH_GRACE_SECONDS: u32 = 900;
 /// Workers: EC2 status checks only; the kubelet's own readiness is Kubernetes' business.
 const WORKER_HEALTH_GRACE_SECONDS: u32 = 300;
@@ -350,11 +350,12 @@ fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join(","),
-        health_check_type: if matches!(group, Group::Master) {
-            "ELB"
-        } else {
-            "EC2"
-        },
+        // EC2 status checks only, for masters too. The target group's `/readyz` includes
+        // etcd: with ELB health checks a quorum loss or a partition marks every master
+        // unhealthy at once, the group replaces them all, and their etcd data goes with
+        // the root volumes. `/readyz` still decides routing; replacement waits for a
+        // failed instance.
+        health_check_type: "EC2",
         health_check_grace_period: if matches!(group, Group::Master) {
             MASTER_HEALTH_GRACE_SECONDS
         } else {

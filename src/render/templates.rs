@@ -54,6 +54,11 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "image-recipes/provision.sh.tera",
         include_str!("../../image-recipes/provision.sh.tera"),
     ),
+    // Plain bash, included verbatim by the script (and sourced on its own by the tests).
+    (
+        "image-recipes/provision-lib.sh",
+        include_str!("../../image-recipes/provision-lib.sh"),
+    ),
     (
         "vip/nginx.conf.tera",
         include_str!("../../vip/nginx.conf.tera"),

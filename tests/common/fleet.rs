@@ -181,6 +181,29 @@ pub struct Node {
     pub root: PathBuf,
     pub imds: Imds,
     pub extra_env: Vec<(String, String)>,
+    /// containerd's CRI socket, listening for the agent's preflight.
+    pub cri: Option<std::os::unix::net::UnixListener>,
+}
+
+/// What the agent's preflight reads on a healthy node: cgroup v2 at /sys/fs/cgroup, no
+/// swap, ip_forward and br_netfilter on, and containerd listening on its socket.
+pub fn prepare_node_root(root: &Path) -> std::os::unix::net::UnixListener {
+    let w = |p: &str, s: &str| {
+        let f = root.join(p);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, s).unwrap();
+    };
+    w(
+        "proc/self/mountinfo",
+        "22 1 259:1 / / rw - ext4 /dev/root rw\n30 26 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n",
+    );
+    w("proc/swaps", "Filename Type Size Used Priority\n");
+    w("proc/sys/net/ipv4/ip_forward", "1\n");
+    w("proc/sys/net/bridge/bridge-nf-call-iptables", "1\n");
+    let sock = root.join("run/containerd/containerd.sock");
+    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&sock);
+    std::os::unix::net::UnixListener::bind(&sock).unwrap()
 }
 
 /// A fleet's shared parts.
@@ -222,12 +245,14 @@ impl Fleet {
         )
         .unwrap();
         let imds = Imds::start(id.clone());
+        let cri = Some(prepare_node_root(&root));
         Node {
             name: name.into(),
             id,
             root,
             imds,
             extra_env: vec![],
+            cri,
         }
     }
 

@@ -152,3 +152,21 @@ pub fn files(root: &Path) -> Vec<String> {
     }
     out
 }
+
+/// A program `scripts/shared-tools.sh` unpacked from `../shared` (haproxy-2.0.33,
+/// keepalived-2.0.19, kubeadm-1.30.0, kubeadm-1.31.2): its path, or a failure saying how
+/// to get it.
+pub fn shared_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("HAIMG_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/haimg/tools")
+        });
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/install-test-deps.sh (it unpacks ../shared's programs)",
+        p.display()
+    );
+    p
+}

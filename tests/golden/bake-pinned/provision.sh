@@ -54,21 +54,118 @@ step() {
     step_no=$((step_no + 1))
     echo "==> [${step_no}/${STEPS}] $*"
 }
+
+# ---- provision-lib.sh (verbatim) ----
+# haimg provisioning library: the helpers every provisioning script shares.
+#
+# Plain bash, no templating: `haimg bake` puts this file verbatim at the top of the rendered
+# script, and the tests source it on their own to run each helper against the real tools
+# (apt-cache on a local repository, containerd's ctr on a real image store).
+#
+# Globals the caller may set: APT_SNAPSHOT (the archive snapshot the sources point at, shown
+# when a pin is missing), APT_LOCK_TIMEOUT (seconds an apt or dpkg call waits for the lock).
+
+: "${APT_LOCK_TIMEOUT:=600}"
+
 die() {
     echo "haimg-provision: FAILED: $*" >&2
     exit 1
 }
+
+# Runs a command up to 5 times, 5, 10, 15, 20 s apart. A failed attempt names the program
+# only: arguments can carry URLs with credentials in them.
 retry() {
     local n
     for n in 1 2 3 4 5; do
         if "$@"; then
             return 0
         fi
-        echo "attempt ${n} of: $* failed; retrying" >&2
-        sleep $((n * 5))
+        echo "attempt ${n} of ${1} failed; retrying" >&2
+        [ "${n}" -eq 5 ] || sleep $((n * 5))
     done
     return 1
 }
+
+# apt-get that waits for the dpkg lock (apt-daily, unattended-upgrades or cloud-init may hold
+# it on a fresh instance) instead of failing at once, and never asks a question.
+apt_get() {
+    DEBIAN_FRONTEND=noninteractive apt-get \
+        -o DPkg::Lock::Timeout="${APT_LOCK_TIMEOUT}" \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        -y -q "$@"
+}
+
+# apt-mark and dpkg take the dpkg lock without waiting: wait until it is free first.
+dpkg_locked() {
+    local lock
+    for lock in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock; do
+        [ -e "${lock}" ] || continue
+        # flock and dpkg's fcntl locks do not see each other: ask the kernel who holds it.
+        if [ -r /proc/locks ] && grep -q ":$(stat -c '%i' "${lock}") " /proc/locks; then
+            return 0
+        fi
+    done
+    return 1
+}
+wait_dpkg_unlocked() {
+    local waited=0
+    while dpkg_locked; do
+        [ "${waited}" -lt "${APT_LOCK_TIMEOUT}" ] || die "the dpkg lock is still held after ${APT_LOCK_TIMEOUT}s"
+        sleep 2
+        waited=$((waited + 2))
+    done
+}
+apt_mark() {
+    wait_dpkg_unlocked
+    apt-mark "$@"
+}
+
+# Stops and disables what changes packages behind the bake's back: the apt timers and
+# unattended-upgrades. `systemctl stop` waits for a running job to end (unattended-upgrades
+# finishes the package it is on); then nothing may hold the dpkg lock.
+apt_quiesce() {
+    local units=(apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service unattended-upgrades.service)
+    systemctl stop "${units[@]}" 2>/dev/null || true
+    systemctl disable apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service 2>/dev/null || true
+    systemctl mask apt-daily.service apt-daily-upgrade.service apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
+    wait_dpkg_unlocked
+}
+
+# Every name=version pin must be installable from the configured sources before anything
+# is installed: a missing one fails here, at once, naming what is there instead.
+check_pins_available() {
+    local pin name want have missing=0
+    for pin in "$@"; do
+        name=${pin%%=*}
+        want=${pin#*=}
+        have=$(apt-cache madison "${name}" 2>/dev/null | awk -F'|' '{ gsub(/ /, "", $2); print $2 }' | sort -u | paste -sd, -)
+        if ! printf '%s\n' "${have//,/$'\n'}" | grep -qxF -- "${want}"; then
+            echo "haimg-provision: ${name} ${want} is not available from the configured sources (available: ${have:-none}; apt snapshot: ${APT_SNAPSHOT:-none})" >&2
+            missing=1
+        fi
+    done
+    [ "${missing}" -eq 0 ] || die "pinned package versions are missing from the apt sources"
+}
+
+# Whether containerd's k8s.io namespace holds IMAGE, every blob of it present (`ctr images
+# check` exits 0 for a missing or incomplete image: read what it prints) and unpacked.
+image_complete() {
+    local image=$1 rows
+    rows=$(ctr --namespace k8s.io images check "name==${image}" | tail -n +2)
+    [ -n "${rows}" ] || { echo "image ${image}: not in containerd" >&2; return 1; }
+    [ "$(printf '%s\n' "${rows}" | wc -l)" -eq 1 ] || { echo "image ${image}: ambiguous" >&2; return 1; }
+    # REF TYPE DIGEST STATUS SIZE UNPACKED, e.g. "… complete (3/3) 1.2 MiB/1.2 MiB true"
+    if ! printf '%s\n' "${rows}" | grep -Eq '[[:space:]]complete \(([0-9]+)/\1\)[[:space:]]'; then
+        echo "image ${image}: incomplete: ${rows}" >&2
+        return 1
+    fi
+    if ! printf '%s\n' "${rows}" | grep -Eq '[[:space:]]true[[:space:]]*$'; then
+        echo "image ${image}: not unpacked: ${rows}" >&2
+        return 1
+    fi
+}
+
+# ---- end of provision-lib.sh ----
 
 step "apt sources"
 # The base image must be the release the recipe pins (its packages are for it).
@@ -76,15 +173,18 @@ step "apt sources"
 . /etc/os-release
 [ "${VERSION_CODENAME:-}" = "${UBUNTU_CODENAME}" ] || die "the base image is ${PRETTY_NAME:-unknown}, not Ubuntu ${UBUNTU_CODENAME}"
 [ "$(dpkg --print-architecture)" = "${ARCH}" ] || die "the base image is $(dpkg --print-architecture), not ${ARCH}"
-# cloud-init may still be configuring apt on first boot.
+# cloud-init may still be configuring apt on first boot; apt-daily and unattended-upgrades
+# start on a fresh instance too: wait for them, then keep them off for good (the image
+# never changes its packages at run time).
 cloud-init status --wait >/dev/null || true
+apt_quiesce
 if [ -n "${APT_SNAPSHOT}" ]; then
     # The whole archive as it was at APT_SNAPSHOT: superseded pins stay installable.
     sed -i -E "s#https?://[^ ]*(archive|security|ports)\.ubuntu\.com/ubuntu(-ports)?/?#https://snapshot.ubuntu.com/ubuntu/${APT_SNAPSHOT}/#" /etc/apt/sources.list
     grep -q "snapshot.ubuntu.com/ubuntu/${APT_SNAPSHOT}" /etc/apt/sources.list || die "could not point apt at the snapshot ${APT_SNAPSHOT}"
 fi
-retry apt-get update -q
-retry apt-get install -y -q --no-install-recommends ca-certificates curl gnupg python3
+retry apt_get update
+retry apt_get install --no-install-recommends ca-certificates curl gnupg python3
 
 step "kubernetes apt repository ${KUBERNETES_MINOR}"
 install -d -m 0755 /etc/apt/keyrings
@@ -97,15 +197,23 @@ gpg --batch --yes --dearmor -o /etc/apt/keyrings/kubernetes-apt-keyring.gpg "${k
 rm -f "${key}"
 echo "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] https://pkgs.k8s.io/core:/stable:/${KUBERNETES_MINOR}/deb/ /" \
     >/etc/apt/sources.list.d/kubernetes.list
-retry apt-get update -q
+retry apt_get update
 
 step "pinned packages"
-retry apt-get install -y -q --no-install-recommends --allow-downgrades "${PINS[@]}"
+# Every pin must be in the sources before anything is installed (a late failure would
+# leave half the list installed and a less useful message).
+check_pins_available "${PINS[@]}"
+retry apt_get install --no-install-recommends --allow-downgrades "${PINS[@]}"
 names=()
 for pin in "${PINS[@]}"; do
     names+=("${pin%%=*}")
 done
-apt-mark hold "${names[@]}"
+apt_mark hold "${names[@]}"
+# VIP masters run keepalived and haproxy as static pods, on the ports and the address the
+# host services would take as soon as cloud-init writes their configs: the packages are in
+# the image for external load-balancer nodes, which unmask them (see the README).
+systemctl disable --now keepalived.service haproxy.service 2>/dev/null || true
+systemctl mask keepalived.service haproxy.service
 
 step "kernel modules and sysctls"
 printf '%s\n' overlay br_netfilter >/etc/modules-load.d/haimg-k8s.conf
@@ -189,8 +297,10 @@ Wants=network-online.target
 [Service]
 Type=simple
 ExecStart=/usr/local/bin/haimg node watch
-# Polling IMDS is cheap; a crash must not leave a scale-in without its drain.
-Restart=always
+# A crash or a failed leave must not lose a scale-in's drain: restart on failure. The
+# watcher exits 0 when there is nothing to watch (a node outside any Auto Scaling group,
+# such as a fixed VIP master) and after it has left; neither is restarted.
+Restart=on-failure
 RestartSec=5
 Environment=HAIMG_LOG=info
 NoNewPrivileges=yes
@@ -263,9 +373,9 @@ WantedBy=timers.target
 UNIT
 systemctl daemon-reload
 
-step "hardening: no SSH"
+step "hardening: no SSH, no package changes at run time"
 systemctl disable --now ssh.service ssh.socket 2>/dev/null || true
-apt-get purge -y -q openssh-server
+apt_get purge openssh-server unattended-upgrades
 systemctl mask ssh.service ssh.socket sshd.service
 rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys
 cat >/etc/cloud/cloud.cfg.d/90-haimg-no-ssh.cfg <<'CLOUD'
@@ -276,6 +386,25 @@ ssh_deletekeys: true
 ssh_genkeytypes: []
 allow_public_ssh_keys: false
 CLOUD
+# An immutable node: cloud-init must not rewrite the apt sources on first boot, nor update
+# or upgrade anything; apt's periodic jobs are off (apt_quiesce masked their units).
+cat >/etc/cloud/cloud.cfg.d/91-haimg-immutable.cfg <<'CLOUD'
+# haimg: the image's packages are fixed at bake time.
+apt_preserve_sources_list: true
+apt:
+  preserve_sources_list: true
+package_update: false
+package_upgrade: false
+package_reboot_if_required: false
+CLOUD
+cat >/etc/apt/apt.conf.d/99-haimg-no-periodic <<'APT'
+// haimg: the image's packages are fixed at bake time.
+APT::Periodic::Enable "0";
+APT::Periodic::Update-Package-Lists "0";
+APT::Periodic::Unattended-Upgrade "0";
+APT
+# The Kubernetes repository served the bake only: a node has no use for it.
+rm -f /etc/apt/sources.list.d/kubernetes.list
 
 step "image manifest"
 install -d -m 0755 "$(dirname "${IMAGE_MANIFEST}")"
@@ -324,7 +453,7 @@ for pin in "${PINS[@]}"; do
     check grep -qx "${pin%%=*}" <(apt-mark showhold)
 done
 for image in "${images[@]}"; do
-    check ctr --namespace k8s.io images check "name==${image}"
+    check image_complete "${image}"
 done
 check grep -q 'SystemdCgroup = true' /etc/containerd/config.toml
 check grep -qF "sandbox_image = \"${pause}\"" /etc/containerd/config.toml
@@ -339,13 +468,19 @@ for unit in "${UNITS[@]}"; do
     check systemd-analyze verify "/etc/systemd/system/${unit}"
 done
 check test "$(systemctl is-enabled ssh.service 2>/dev/null)" = masked
+for unit in keepalived.service haproxy.service apt-daily.timer apt-daily-upgrade.timer; do
+    check test "$(systemctl is-enabled "${unit}" 2>/dev/null)" = masked
+done
+check test ! -e /usr/bin/unattended-upgrade
+check test ! -e /etc/apt/sources.list.d/kubernetes.list
+check grep -qx 'apt_preserve_sources_list: true' /etc/cloud/cloud.cfg.d/91-haimg-immutable.cfg
 check test ! -e /usr/sbin/sshd
 check python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "${IMAGE_MANIFEST}"
 check grep -q 'systemd.unified_cgroup_hierarchy=1' /boot/grub/grub.cfg
 [ "${fail}" -eq 0 ] || die "verification failed: the image would not be what the recipe says"
 
 step "clean for imaging"
-apt-get clean
+apt_get clean
 rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*
 cloud-init clean --logs --seed
 truncate -s 0 /etc/machine-id

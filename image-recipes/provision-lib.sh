@@ -1,0 +1,108 @@
+# haimg provisioning library: the helpers every provisioning script shares.
+#
+# Plain bash, no templating: `haimg bake` puts this file verbatim at the top of the rendered
+# script, and the tests source it on their own to run each helper against the real tools
+# (apt-cache on a local repository, containerd's ctr on a real image store).
+#
+# Globals the caller may set: APT_SNAPSHOT (the archive snapshot the sources point at, shown
+# when a pin is missing), APT_LOCK_TIMEOUT (seconds an apt or dpkg call waits for the lock).
+
+: "${APT_LOCK_TIMEOUT:=600}"
+
+die() {
+    echo "haimg-provision: FAILED: $*" >&2
+    exit 1
+}
+
+# Runs a command up to 5 times, 5, 10, 15, 20 s apart. A failed attempt names the program
+# only: arguments can carry URLs with credentials in them.
+retry() {
+    local n
+    for n in 1 2 3 4 5; do
+        if "$@"; then
+            return 0
+        fi
+        echo "attempt ${n} of ${1} failed; retrying" >&2
+        [ "${n}" -eq 5 ] || sleep $((n * 5))
+    done
+    return 1
+}
+
+# apt-get that waits for the dpkg lock (apt-daily, unattended-upgrades or cloud-init may hold
+# it on a fresh instance) instead of failing at once, and never asks a question.
+apt_get() {
+    DEBIAN_FRONTEND=noninteractive apt-get \
+        -o DPkg::Lock::Timeout="${APT_LOCK_TIMEOUT}" \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        -y -q "$@"
+}
+
+# apt-mark and dpkg take the dpkg lock without waiting: wait until it is free first.
+dpkg_locked() {
+    local lock
+    for lock in /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock; do
+        [ -e "${lock}" ] || continue
+        # flock and dpkg's fcntl locks do not see each other: ask the kernel who holds it.
+        if [ -r /proc/locks ] && grep -q ":$(stat -c '%i' "${lock}") " /proc/locks; then
+            return 0
+        fi
+    done
+    return 1
+}
+wait_dpkg_unlocked() {
+    local waited=0
+    while dpkg_locked; do
+        [ "${waited}" -lt "${APT_LOCK_TIMEOUT}" ] || die "the dpkg lock is still held after ${APT_LOCK_TIMEOUT}s"
+        sleep 2
+        waited=$((waited + 2))
+    done
+}
+apt_mark() {
+    wait_dpkg_unlocked
+    apt-mark "$@"
+}
+
+# Stops and disables what changes packages behind the bake's back: the apt timers and
+# unattended-upgrades. `systemctl stop` waits for a running job to end (unattended-upgrades
+# finishes the package it is on); then nothing may hold the dpkg lock.
+apt_quiesce() {
+    local units=(apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service unattended-upgrades.service)
+    systemctl stop "${units[@]}" 2>/dev/null || true
+    systemctl disable apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service 2>/dev/null || true
+    systemctl mask apt-daily.service apt-daily-upgrade.service apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
+    wait_dpkg_unlocked
+}
+
+# Every name=version pin must be installable from the configured sources before anything
+# is installed: a missing one fails here, at once, naming what is there instead.
+check_pins_available() {
+    local pin name want have missing=0
+    for pin in "$@"; do
+        name=${pin%%=*}
+        want=${pin#*=}
+        have=$(apt-cache madison "${name}" 2>/dev/null | awk -F'|' '{ gsub(/ /, "", $2); print $2 }' | sort -u | paste -sd, -)
+        if ! printf '%s\n' "${have//,/$'\n'}" | grep -qxF -- "${want}"; then
+            echo "haimg-provision: ${name} ${want} is not available from the configured sources (available: ${have:-none}; apt snapshot: ${APT_SNAPSHOT:-none})" >&2
+            missing=1
+        fi
+    done
+    [ "${missing}" -eq 0 ] || die "pinned package versions are missing from the apt sources"
+}
+
+# Whether containerd's k8s.io namespace holds IMAGE, every blob of it present (`ctr images
+# check` exits 0 for a missing or incomplete image: read what it prints) and unpacked.
+image_complete() {
+    local image=$1 rows
+    rows=$(ctr --namespace k8s.io images check "name==${image}" | tail -n +2)
+    [ -n "${rows}" ] || { echo "image ${image}: not in containerd" >&2; return 1; }
+    [ "$(printf '%s\n' "${rows}" | wc -l)" -eq 1 ] || { echo "image ${image}: ambiguous" >&2; return 1; }
+    # REF TYPE DIGEST STATUS SIZE UNPACKED, e.g. "… complete (3/3) 1.2 MiB/1.2 MiB true"
+    if ! printf '%s\n' "${rows}" | grep -Eq '[[:space:]]complete \(([0-9]+)/\1\)[[:space:]]'; then
+        echo "image ${image}: incomplete: ${rows}" >&2
+        return 1
+    fi
+    if ! printf '%s\n' "${rows}" | grep -Eq '[[:space:]]true[[:space:]]*$'; then
+        echo "image ${image}: not unpacked: ${rows}" >&2
+        return 1
+    fi
+}

@@ -1,0 +1,318 @@
+//! The provisioning script's helpers (`image-recipes/provision-lib.sh`), each run for real:
+//! pins checked by apt-cache against a local apt repository, image completeness by ctr
+//! against a real containerd, and what the rendered scripts call through them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn lib() -> PathBuf {
+    repo().join("image-recipes/provision-lib.sh")
+}
+
+/// `bash -c 'source provision-lib.sh; <body>'` with `env`.
+fn bash(body: &str, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(require_tool("bash"));
+    c.arg("-c")
+        .arg(format!(
+            "set -euo pipefail; source {}; {body}",
+            lib().display()
+        ))
+        .envs(env.iter().copied());
+    run(c)
+}
+
+/// A local apt repository (what a mirror serves), and an apt configuration that sees only
+/// it: `APT_CONFIG` points apt-get and apt-cache at it, nothing of the machine's apt is used.
+fn local_repo(dir: &Path, packages: &[(&str, &str)]) -> PathBuf {
+    for d in [
+        "repo",
+        "lists/partial",
+        "cache/archives/partial",
+        "parts",
+        "prefs",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let stanzas: Vec<String> = packages
+        .iter()
+        .map(|(p, v)| {
+            format!("Package: {p}\nVersion: {v}\nArchitecture: all\nFilename: ./{p}_{v}_all.deb\nSize: 1\nDescription: test\n")
+        })
+        .collect();
+    std::fs::write(dir.join("repo/Packages"), stanzas.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("sources.list"),
+        format!("deb [trusted=yes] file:{} ./\n", dir.join("repo").display()),
+    )
+    .unwrap();
+    std::fs::write(dir.join("status"), "").unwrap();
+    let d = dir.display();
+    let conf = dir.join("apt.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Dir::Etc::SourceList \"{d}/sources.list\";\nDir::Etc::SourceParts \"{d}/parts\";\n\
+             Dir::Etc::PreferencesParts \"{d}/prefs\";\nDir::State::Lists \"{d}/lists\";\n\
+             Dir::Cache \"{d}/cache\";\nDir::State::status \"{d}/status\";\nDebug::NoLocking \"true\";\n"
+        ),
+    )
+    .unwrap();
+    let o = run({
+        let mut c = Command::new(require_tool("apt-get"));
+        c.args(["update", "-q"]).env("APT_CONFIG", &conf);
+        c
+    });
+    assert!(o.status.success(), "apt-get update: {}", stderr(&o));
+    conf
+}
+
+#[test]
+fn a_pin_missing_from_the_sources_fails_at_once_naming_what_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = local_repo(
+        dir.path(),
+        &[
+            ("keepalived", "1:2.0.19-2ubuntu0.1"),
+            ("keepalived", "1:2.0.19-2ubuntu0.2"),
+            ("haproxy", "2.0.33-0ubuntu0.1"),
+        ],
+    );
+    let env = [
+        ("APT_CONFIG", conf.to_str().unwrap()),
+        ("APT_SNAPSHOT", "20241101T000000Z"),
+    ];
+    let ok = bash(
+        "check_pins_available keepalived=1:2.0.19-2ubuntu0.2 haproxy=2.0.33-0ubuntu0.1; echo all-there",
+        &env,
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(stdout(&ok), "all-there\n");
+
+    let o = bash(
+        "check_pins_available keepalived=1:2.0.19-2ubuntu0.3 haproxy=2.0.33-0ubuntu0.1 containerd=1.7.12; echo never",
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "", "nothing runs after a missing pin");
+    let err = stderr(&o);
+    assert!(
+        err.contains("keepalived 1:2.0.19-2ubuntu0.3 is not available from the configured sources (available: 1:2.0.19-2ubuntu0.1,1:2.0.19-2ubuntu0.2; apt snapshot: 20241101T000000Z)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "containerd 1.7.12 is not available from the configured sources (available: none;"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("haproxy"),
+        "a pin that is there is not reported: {err}"
+    );
+}
+
+#[test]
+fn retry_never_prints_the_arguments_of_a_failed_attempt() {
+    // Arguments can be a presigned URL: its signature is a credential.
+    let o = bash(
+        "sleep() { :; }; retry false 'https://bucket.s3.amazonaws.com/haimg?X-Amz-Signature=deadbeef' || echo gave-up",
+        &[],
+    );
+    assert_eq!(stdout(&o), "gave-up\n");
+    let err = stderr(&o);
+    assert_eq!(err.matches("attempt ").count(), 5, "{err}");
+    assert!(err.contains("attempt 1 of false failed"), "{err}");
+    assert!(!err.contains("X-Amz-Signature"), "{err}");
+}
+
+#[test]
+fn every_apt_and_dpkg_call_of_every_script_waits_for_the_lock() {
+    let t = haimg::render::templates::Templates::embedded();
+    for (name, _) in haimg::recipe::EMBEDDED {
+        let r = haimg::recipe::load(Some(name)).unwrap().recipe;
+        let s = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();
+        let lib_text = std::fs::read_to_string(lib()).unwrap();
+        assert!(
+            s.contains(&lib_text),
+            "{name}: the library is included verbatim"
+        );
+        let body = s.replace(&lib_text, "");
+        for (no, line) in body.lines().enumerate() {
+            let code = line.split('#').next().unwrap_or("");
+            for tool in [
+                "apt-get ",
+                "apt-mark hold",
+                "apt-mark unhold",
+                "dpkg -i",
+                "dpkg --purge",
+            ] {
+                assert!(
+                    !code.contains(tool),
+                    "{name}: line {} calls `{tool}` without the lock timeout: {line}",
+                    no + 1
+                );
+            }
+        }
+        for needle in [
+            "apt_quiesce",
+            "retry apt_get update",
+            "apt_mark hold",
+            "apt_get purge",
+        ] {
+            assert!(body.contains(needle), "{name}: {needle}");
+        }
+    }
+}
+
+/// A real containerd on a private socket, state and root, stopped and removed on drop.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let bin = require_tool("containerd");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let conf = d.join("config.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/containerd.sock\"\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Containerd { dir, child };
+        // Ready when it answers on its socket (an event, not a sleep).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if c.ctr(&["version"]).status.success() {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer:\n{}",
+                std::fs::read_to_string(c.dir.path().join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn address(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        run({
+            let mut c = Command::new(require_tool("ctr"));
+            c.arg("--address")
+                .arg(self.address())
+                .args(["--namespace", "k8s.io"])
+                .args(args);
+            c
+        })
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Unpacked snapshots may be mounted: unmount before the directory goes.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("root"))
+            .output();
+    }
+}
+
+/// An OCI archive of `file` as image `name` (scripts/oci-archive.py).
+fn oci_archive(dir: &Path, name: &str, file: &Path) -> PathBuf {
+    let out = dir.join("image.tar");
+    let o = run({
+        let mut c = Command::new(venv().join("bin/python"));
+        c.arg(repo().join("scripts/oci-archive.py"))
+            .args(["--name", name, "--out"])
+            .arg(&out)
+            .args(["--entrypoint", "/payload", "--add"])
+            .arg(format!("{}:/payload", file.display()));
+        c
+    });
+    assert!(o.status.success(), "oci-archive: {}", stderr(&o));
+    out
+}
+
+#[test]
+fn image_checks_see_missing_and_incomplete_images() {
+    let ctd = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload");
+    std::fs::write(&payload, "x".repeat(4096)).unwrap();
+    let name = "registry.example/haimg/test:1.0";
+    let archive = oci_archive(dir.path(), name, &payload);
+    let o = ctd.ctr(&["images", "import", archive.to_str().unwrap()]);
+    assert!(o.status.success(), "import: {}", stderr(&o));
+
+    let addr = ctd.address();
+    let env = [("CONTAINERD_ADDRESS", addr.to_str().unwrap())];
+    let check = |image: &str| bash(&format!("image_complete '{image}'"), &env);
+    let ok = check(name);
+    assert!(
+        ok.status.success(),
+        "a complete image passes: {}",
+        stderr(&ok)
+    );
+
+    // What the bake used to rely on: `ctr images check` exits 0 for an image it lacks.
+    assert!(ctd
+        .ctr(&["images", "check", "name==registry.example/absent:1"])
+        .status
+        .success());
+    let missing = check("registry.example/absent:1");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("not in containerd"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // Remove the layer blob: the image is still listed, still exits 0 in `ctr images check`.
+    let listing = stdout(&ctd.ctr(&["content", "ls", "-q"]));
+    let manifest_row = stdout(&ctd.ctr(&["images", "ls"]));
+    let layer = listing
+        .lines()
+        .find(|d| {
+            let info = stdout(&ctd.ctr(&["content", "get", d]));
+            !manifest_row.contains(d) && !info.starts_with('{')
+        })
+        .expect("a layer blob")
+        .to_string();
+    assert!(ctd.ctr(&["content", "rm", &layer]).status.success());
+    assert!(ctd
+        .ctr(&["images", "check", &format!("name=={name}")])
+        .status
+        .success());
+    let incomplete = check(name);
+    assert_eq!(incomplete.status.code(), Some(1));
+    assert!(
+        stderr(&incomplete).contains("incomplete"),
+        "{}",
+        stderr(&incomplete)
+    );
+}
