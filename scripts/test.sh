@@ -13,4 +13,7 @@ scripts/install-test-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/haimg/target}"
 # Tests must fail fast against the local emulator instead of retrying for minutes.
 export AWS_MAX_ATTEMPTS=1
+# The agent images get (glibc 2.31, cargo zigbuild): the bake tests check what it needs.
+HAIMG_TEST_AGENT=$(HAIMG_AGENT_PROFILE=dev scripts/build-agent.sh)
+export HAIMG_TEST_AGENT
 cargo test --locked "$@"

@@ -113,6 +113,10 @@ pub enum Error {
     /// A bounded wait ran out (exit 1).
     #[error("timed out: {0}")]
     Timeout(String),
+    /// `kubeadm init` or `join`, or a step that completes them, failed and the node was
+    /// reset: bootstrap may try again (exit 1).
+    #[error("{0}")]
+    Kubeadm(String),
     /// Rendered output breaks a hard limit (e.g. the 16 KB EC2 user-data limit) (exit 2:
     /// the spec asks for more than fits).
     #[error("{0}")]
@@ -127,6 +131,7 @@ impl Error {
             | Error::Template { .. }
             | Error::Aws { .. }
             | Error::Runtime(_)
+            | Error::Kubeadm(_)
             | Error::Timeout(_) => 1,
         }
     }

@@ -45,10 +45,11 @@ spec:
     )
 }
 
-/// A stand-in for the haimg binary the image gets (small, so staging is quick).
+/// A stand-in for the haimg binary the image gets: small, so staging is quick, and a
+/// static x86-64 ELF, so bake's check that it can start on the image accepts it.
 fn fake_binary(dir: &Path) -> PathBuf {
     let p = dir.join("haimg-for-image");
-    std::fs::write(&p, b"#!/bin/sh\necho haimg 0.1.0\n").unwrap();
+    std::fs::copy(shared_tool("pause-3.9"), &p).unwrap();
     p
 }
 
@@ -665,4 +666,123 @@ fn send_sigint(pid: u32) {
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+/// The agent `scripts/build-agent.sh` builds for images (dev profile: faster), once per
+/// test run; `scripts/test.sh` builds it first and passes it in `HAIMG_TEST_AGENT`.
+fn image_agent() -> PathBuf {
+    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("HAIMG_TEST_AGENT") {
+                return PathBuf::from(p);
+            }
+            let o = run({
+                let mut c = std::process::Command::new(repo().join("scripts/build-agent.sh"));
+                c.env("HAIMG_AGENT_PROFILE", "dev");
+                c
+            });
+            assert!(o.status.success(), "scripts/build-agent.sh: {}", stderr(&o));
+            PathBuf::from(stdout(&o).trim())
+        })
+        .clone()
+}
+
+#[test]
+fn the_agent_built_for_images_starts_on_ubuntu_20_04s_glibc() {
+    let agent = image_agent();
+    let found = haimg::bake::binary::inspect(&std::fs::read(&agent).unwrap()).unwrap();
+    assert_eq!(found.arch, Some(haimg::recipe::Arch::Amd64));
+    let (newest, name) = found.newest_glibc.expect("a glibc-linked agent");
+    assert!(newest <= (2, 31), "{} needs {name}", agent.display());
+    // It runs, and bake takes it without a word.
+    let o = run({
+        let mut c = std::process::Command::new(&agent);
+        c.arg("--version");
+        c
+    });
+    assert_eq!(stdout(&o), format!("haimg {}\n", env!("CARGO_PKG_VERSION")));
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("recipe.yaml");
+    std::fs::write(&recipe, recipe_text("ami: ami-0123456789abcdef0")).unwrap();
+    let o = run({
+        let mut c = haimg();
+        c.args(["bake", "--dry-run", "--haimg-binary"])
+            .arg(&agent)
+            .arg(&recipe);
+        c
+    });
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_binary_that_cannot_start_on_the_image_is_refused_before_any_aws_call() {
+    // Every AWS endpoint is this listener: a connection to it would be an AWS call.
+    let aws = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    aws.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", aws.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("recipe.yaml");
+    std::fs::write(
+        &recipe,
+        recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id"),
+    )
+    .unwrap();
+    let script = dir.path().join("haimg.sh");
+    std::fs::write(&script, "#!/bin/sh\necho haimg\n").unwrap();
+    // The haimg under test, built on this machine's newer glibc.
+    let host = PathBuf::from(env!("CARGO_BIN_EXE_haimg"));
+    let host_glibc = haimg::bake::binary::inspect(&std::fs::read(&host).unwrap())
+        .unwrap()
+        .newest_glibc
+        .unwrap();
+    assert!(
+        host_glibc.0 > (2, 31),
+        "this test needs a build machine newer than glibc 2.31"
+    );
+    for (binary, want) in [
+        (
+            host.clone(),
+            format!(
+                "it needs symbol version {}, but Ubuntu 20.04 has glibc 2.31",
+                host_glibc.1
+            ),
+        ),
+        (script.clone(), "not an executable".to_string()),
+    ] {
+        let o = run({
+            let mut c = haimg();
+            c.env("AWS_ENDPOINT_URL", &endpoint)
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_REGION", REGION)
+                .args(["bake", "--haimg-binary"])
+                .arg(&binary)
+                .arg(&recipe);
+            c
+        });
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(&want), "{err}");
+        assert!(
+            err.contains("scripts/build-agent.sh"),
+            "the error says how to build the right one: {err}"
+        );
+        assert!(
+            matches!(aws.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "no AWS call was made"
+        );
+    }
+    // The running haimg is the default binary: refused the same way.
+    let o = run({
+        let mut c = haimg();
+        c.env("AWS_ENDPOINT_URL", &endpoint)
+            .args(["bake"])
+            .arg(&recipe);
+        c
+    });
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the running haimg"), "{}", stderr(&o));
+    assert!(matches!(aws.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
 }

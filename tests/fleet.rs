@@ -469,8 +469,22 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
     );
 }
 
+/// The health the Auto Scaling group records for an instance.
+async fn instance_health(sdk: &aws_config::SdkConfig, id: &str) -> String {
+    aws_sdk_autoscaling::Client::new(sdk)
+        .describe_auto_scaling_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_instances()[0]
+        .health_status()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_join_resets_the_node_and_leaves_no_secret_behind() {
+async fn a_join_that_keeps_failing_is_retried_then_the_instance_is_marked_unhealthy() {
     let c = cluster(1, 1).await;
     let f = &c.fleet;
     let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
@@ -478,20 +492,80 @@ async fn a_failed_join_resets_the_node_and_leaves_no_secret_behind() {
     let mut w0 = f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {}));
     w0.extra_env
         .push(("FAKE_KUBEADM_FAIL".into(), "join".into()));
+    assert_eq!(instance_health(&c.sdk, &w0.id.instance_id).await, "Healthy");
     let mut child = f.spawn(&w0, "bootstrap");
     let status = wait_child(&mut child, BOUND).unwrap();
-    assert_eq!(status.code(), Some(1), "{}", f.log(&w0, "bootstrap"));
-    assert!(
-        f.events_of("reset").iter().any(|e| e["node"] == "w0"),
-        "kubeadm reset after the failed join"
-    );
+    let log = f.log(&w0, "bootstrap");
+    assert_eq!(status.code(), Some(1), "{log}");
+    // Exactly `kubeadmAttempts` joins, each followed by its reset, in that order.
+    let mine: Vec<String> = f
+        .events()
+        .into_iter()
+        .filter(|e| e["node"] == "w0" && (e["cmd"] == "join" || e["cmd"] == "reset"))
+        .map(|e| e["cmd"].as_str().unwrap().to_string())
+        .collect();
+    let attempts = settings().kubeadm_attempts as usize;
+    assert_eq!(mine, ["join", "reset"].repeat(attempts), "{log}");
     assert!(
         !w0.root.join("etc/haimg/kubeadm-join.yaml").exists(),
         "the join config is removed on failure too"
     );
     assert!(
-        f.log(&w0, "bootstrap").contains("simulated failure"),
-        "the error names kubeadm's complaint"
+        log.contains("simulated failure"),
+        "the error names kubeadm's complaint: {log}"
+    );
+    // The group replaces a node that gave up (worker groups use EC2 health checks, which a
+    // running but unjoined instance passes).
+    assert_eq!(
+        instance_health(&c.sdk, &w0.id.instance_id).await,
+        "Unhealthy",
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_kubeadm_failures_are_retried_until_the_join_works() {
+    let c = cluster(1, 1).await;
+    let f = &c.fleet;
+    let mut m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
+    // The first init fails after the control plane was started (the NLB not yet routing):
+    // reset, and the lock holder tries again.
+    m0.extra_env
+        .push(("FAKE_KUBEADM_FAIL_FIRST".into(), "init:1".into()));
+    let mut w0 = f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {}));
+    w0.extra_env
+        .push(("FAKE_KUBEADM_FAIL_FIRST".into(), "join:2".into()));
+    f.run_all(&[m0, w0], "bootstrap", BOUND);
+    let of = |node: &str| -> Vec<(String, bool)> {
+        f.events()
+            .into_iter()
+            .filter(|e| {
+                e["node"] == node && ["init", "join", "reset"].iter().any(|c| e["cmd"] == *c)
+            })
+            .map(|e| (e["cmd"].as_str().unwrap().to_string(), e["failed"] == true))
+            .collect()
+    };
+    let s = |c: &str, failed: bool| (c.to_string(), failed);
+    assert_eq!(
+        of("m0"),
+        [s("init", true), s("reset", false), s("init", false)]
+    );
+    assert_eq!(
+        of("w0"),
+        [
+            s("join", true),
+            s("reset", false),
+            s("join", true),
+            s("reset", false),
+            s("join", false)
+        ]
+    );
+    assert_eq!(
+        f.events_of("init")
+            .iter()
+            .filter(|e| e["failed"] != true)
+            .count(),
+        1
     );
 }
 

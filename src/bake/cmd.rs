@@ -62,11 +62,6 @@ pub struct Args {
     pub poll: Duration,
 }
 
-fn binary_sha256(path: &std::path::Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    Ok(super::hex(&Sha256::digest(&bytes)))
-}
-
 pub fn run(args: Args) -> Result<()> {
     let loaded = crate::recipe::load(args.recipe.as_deref())?;
     for w in &loaded.warnings {
@@ -91,12 +86,29 @@ pub fn run(args: Args) -> Result<()> {
             recipe.architecture.as_str()
         )));
     }
-    let haimg_sha256 = binary_sha256(&binary).map_err(|e| match e {
-        Error::Io { path, source } => {
-            Error::Usage(format!("--haimg-binary {}: {source}", path.display()))
+    let what = match &args.haimg_binary {
+        Some(p) => format!("--haimg-binary {}", p.display()),
+        None => format!("the running haimg ({})", binary.display()),
+    };
+    let bytes = std::fs::read(&binary).map_err(|e| Error::Usage(format!("{what}: {e}")))?;
+    let base_name = format!("Ubuntu {}", recipe.ubuntu.version());
+    if let Some(why) = super::binary::refusal(
+        &bytes,
+        recipe.architecture,
+        &base_name,
+        recipe.ubuntu.glibc(),
+    ) {
+        // A dry run only prints the plan: say it, but show the plan.
+        if args.dry_run {
+            eprintln!("warning: {what} cannot be the image's agent: {why}");
+        } else {
+            return Err(Error::Usage(format!(
+                "{what} cannot be the image's agent: {why}"
+            )));
         }
-        e => e,
-    })?;
+    }
+    let haimg_sha256 = super::hex(&Sha256::digest(&bytes));
+    drop(bytes);
     let t = Templates::embedded();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,6 +4,7 @@
 //! the provisioning script, the recipe hash, the AMI name, the tags and the steps. Only
 //! [`flow`] talks to AWS, and only [`cmd`] to the user.
 
+pub mod binary;
 pub mod cmd;
 pub mod flow;
 

@@ -41,11 +41,43 @@ pub async fn run(agent: &Agent) -> Result<()> {
         tracing::info!("already part of the cluster (kubelet.conf exists): nothing to do");
         return Ok(());
     }
+    // A node that fails its preflight is not replaced: its replacement would come from the
+    // same image and fail the same way. The error says what to fix.
     super::preflight::run(
         &agent.seams,
         Duration::from_secs(agent.cfg.agent.cri_wait_seconds),
     )
     .await?;
+    let result = elect_and_join(agent).await;
+    if let Err(e) = &result {
+        give_up(agent, e).await;
+    }
+    result
+}
+
+/// After the last attempt: a node that never joins would sit in its group for ever (worker
+/// groups use EC2 health checks, which a running instance passes). Mark it Unhealthy so the
+/// group replaces it.
+async fn give_up(agent: &Agent, why: &Error) {
+    let Some(asg) = &agent.cfg.autoscaling else {
+        tracing::error!(error = %why, "bootstrap failed; not in an Auto Scaling group, so nothing replaces this node");
+        return;
+    };
+    tracing::error!(error = %why, group = %asg.group_name, "bootstrap failed: marking this instance Unhealthy so its group replaces it");
+    let marked = aws_sdk_autoscaling::Client::new(&agent.aws)
+        .set_instance_health()
+        .instance_id(&agent.id.instance_id)
+        .health_status("Unhealthy")
+        // The group's health check grace period must not protect a node that has given up.
+        .should_respect_grace_period(false)
+        .send()
+        .await;
+    if let Err(e) = marked {
+        tracing::error!(error = %aws_sdk_autoscaling::error::DisplayErrorContext(&e), "SetInstanceHealth failed: the instance stays in service unjoined");
+    }
+}
+
+async fn elect_and_join(agent: &Agent) -> Result<()> {
     let boot = SystemTime::now();
     let s = &agent.cfg.agent;
     let mut backoff = Backoff::new(
@@ -57,10 +89,27 @@ pub async fn run(agent: &Agent) -> Result<()> {
         return run_static(agent, st, backoff).await;
     }
     let margin = Duration::from_secs(s.min_remaining_seconds);
+    let mut failures = 0;
     loop {
         let step = match agent.cfg.role {
-            Role::Master => master_step(agent, margin, boot).await?,
-            Role::Worker => worker_step(agent, margin).await?,
+            Role::Master => master_step(agent, margin, boot).await,
+            Role::Worker => worker_step(agent, margin).await,
+        };
+        let step = match step {
+            Ok(step) => step,
+            // kubeadm failed (the node was reset): try again with fresh material, a bounded
+            // number of times. Anything else (SSM, IMDS, a bad file) is not retried here.
+            Err(e @ Error::Kubeadm(_)) => {
+                failures += 1;
+                if failures >= s.kubeadm_attempts {
+                    return Err(Error::Runtime(format!(
+                        "bootstrap: kubeadm failed {failures} time(s); the last error: {e}"
+                    )));
+                }
+                tracing::warn!(error = %e, attempt = failures, of = s.kubeadm_attempts, "kubeadm failed; the node was reset, trying again");
+                Step::Wait(format!("retrying after kubeadm failure {failures}"))
+            }
+            Err(e) => return Err(e),
         };
         match step {
             Step::Done => return Ok(()),
@@ -269,13 +318,28 @@ async fn init(agent: &Agent) -> Result<Step> {
     let token = secret::bootstrap_token();
     let key = secret::certificate_key();
     kubeadm_init(agent, &endpoint, &token, &key).await?;
-    apply_cni(agent).await?;
-    let material = material(agent, &endpoint, token, key, 1)?;
-    match agent
-        .store
-        .put("join/control-plane", &material, true, false)
-        .await?
-    {
+    // Between a successful init and publication this node holds a control plane nobody can
+    // join: any failure here resets it, so the next attempt (or holder) starts clean.
+    let published = async {
+        apply_cni(agent).await?;
+        let material = material(agent, &endpoint, token, key, 1)?;
+        let created = agent
+            .store
+            .put("join/control-plane", &material, true, false)
+            .await?;
+        Ok::<_, Error>((material, created))
+    }
+    .await;
+    let (material, created) = match published {
+        Ok(p) => p,
+        Err(e) => {
+            reset(agent).await;
+            return Err(Error::Kubeadm(format!(
+                "after kubeadm init, before the join material was published: {e}"
+            )));
+        }
+    };
+    match created {
         Created::Yes => {}
         Created::AlreadyExists => {
             // A takeover raced a slow holder and the other published first: theirs is the
@@ -332,7 +396,7 @@ async fn kubeadm_init(
         .await
     {
         reset(agent).await;
-        return Err(e);
+        return Err(Error::Kubeadm(e.to_string()));
     }
     Ok(())
 }
@@ -413,7 +477,7 @@ async fn join(agent: &Agent, m: &JoinMaterial, key: Option<&secret::Secret>) -> 
     }
     if let Err(e) = agent.kubeadm(&args, timeout).await {
         reset(agent).await;
-        return Err(e);
+        return Err(Error::Kubeadm(e.to_string()));
     }
     tracing::info!("joined");
     Ok(())

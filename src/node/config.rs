@@ -141,6 +141,12 @@ pub struct AgentSettings {
     /// final stage is not ordered after containerd; containerd listens within seconds of
     /// starting, so five minutes only ever runs out when it does not start at all.
     pub cri_wait_seconds: u64,
+    /// How many times bootstrap runs `kubeadm init` or `join` (each failure reset, backed
+    /// off, the material re-read) before it gives up and marks the instance Unhealthy so
+    /// its group replaces it. Transient causes (the API not yet behind the load balancer,
+    /// a rotation overlapping a join) pass within a few tries; five with the polling
+    /// backoff span minutes, not the hour a stuck node would otherwise sit unjoined.
+    pub kubeadm_attempts: u32,
     pub etcd: EtcdSettings,
 }
 
@@ -159,6 +165,7 @@ impl Default for AgentSettings {
             watch_interval_seconds: 5,
             membership_wait_seconds: 600,
             cri_wait_seconds: 300,
+            kubeadm_attempts: 5,
             etcd: EtcdSettings::default(),
         }
     }

@@ -76,6 +76,8 @@ struct InitConfiguration<'a> {
     #[serde(rename = "localAPIEndpoint")]
     local_api_endpoint: ApiEndpoint<'a>,
     node_registration: NodeRegistration<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeouts: Option<Timeouts>,
 }
 
 #[derive(Serialize)]
@@ -87,10 +89,27 @@ struct Networking<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ApiServer {
     #[serde(rename = "certSANs")]
     cert_sans: Vec<String>,
+    /// v1beta3 only (v1beta4 moved it to `InitConfiguration.timeouts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_for_control_plane: Option<String>,
 }
+
+/// v1beta4's `timeouts` (InitConfiguration and JoinConfiguration).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Timeouts {
+    control_plane_component_health_check: String,
+}
+
+/// How long `kubeadm init` waits for the control plane to answer. kubeadm 1.30 asks through
+/// `controlPlaneEndpoint`, the NLB, which takes minutes to pass a new target's health checks
+/// (kubeadm's default of 4 minutes is not always enough); 10 minutes is well inside the
+/// agent's own bound on a kubeadm run (`agent.kubeadmTimeoutSeconds`, 15 minutes).
+pub const CONTROL_PLANE_WAIT: &str = "10m0s";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -201,6 +220,7 @@ pub fn init_config(
     certificate_key: &Secret,
 ) -> String {
     let api = kubeadm_api_version(&cfg.kubernetes.version);
+    let v1beta3 = api.ends_with("v1beta3");
     let host = endpoint
         .rsplit_once(':')
         .map(|(h, _)| h)
@@ -223,6 +243,9 @@ pub fn init_config(
             bind_port: cfg.endpoint.api_server_bind_port(),
         },
         node_registration: node_registration(cfg, id),
+        timeouts: (!v1beta3).then(|| Timeouts {
+            control_plane_component_health_check: CONTROL_PLANE_WAIT.into(),
+        }),
     };
     let cluster = ClusterConfiguration {
         api_version: api,
@@ -237,6 +260,7 @@ pub fn init_config(
         },
         api_server: ApiServer {
             cert_sans: vec![host.to_string()],
+            timeout_for_control_plane: v1beta3.then(|| CONTROL_PLANE_WAIT.into()),
         },
     };
     let kubelet = KubeletConfiguration {

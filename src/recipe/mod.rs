@@ -77,6 +77,20 @@ impl Ubuntu {
     pub fn boots_cgroup_v1(self) -> bool {
         self == Ubuntu::Focal
     }
+    /// The glibc the release ships (`ldd --version`): the newest symbol version a binary
+    /// staged into its image may need.
+    pub fn glibc(self) -> (u32, u32) {
+        match self {
+            Ubuntu::Focal => (2, 31),
+            Ubuntu::Jammy => (2, 35),
+        }
+    }
+    pub fn version(self) -> &'static str {
+        match self {
+            Ubuntu::Focal => "20.04",
+            Ubuntu::Jammy => "22.04",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -272,6 +272,10 @@ impl Fleet {
             .env("FAKE_CLUSTER_DIR", &self.cluster_dir)
             .env("FAKE_NODE_NAME", &node.name)
             .env("FAKE_KUBERNETES_VERSION", &self.kubernetes_version)
+            .env(
+                "FAKE_REAL_KUBEADM_DIR",
+                super::shared_tool("kubeadm-1.30.0").parent().unwrap(),
+            )
             .env("AWS_ENDPOINT_URL", self.moto.url())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", node.imds.endpoint())
             .env("AWS_ACCESS_KEY_ID", "test")

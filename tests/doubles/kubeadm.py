@@ -108,7 +108,12 @@ def read_config(f):
             die(f"{f}: {kind} is {d.get('apiVersion')}, Kubernetes {version} needs {api}")
     if "InitConfiguration" in by_kind:
         i = by_kind["InitConfiguration"]
-        strict(i, {"apiVersion", "kind", "bootstrapTokens", "certificateKey", "localAPIEndpoint", "nodeRegistration"}, "InitConfiguration")
+        # v1beta4 moved the control-plane wait into InitConfiguration.timeouts.
+        init_fields = {"apiVersion", "kind", "bootstrapTokens", "certificateKey", "localAPIEndpoint", "nodeRegistration"}
+        if api.endswith("v1beta4"):
+            init_fields |= {"timeouts"}
+            strict(i.get("timeouts", {}), {"controlPlaneComponentHealthCheck"}, "InitConfiguration.timeouts")
+        strict(i, init_fields, "InitConfiguration")
         for t in i.get("bootstrapTokens", []):
             strict(t, {"token", "ttl", "usages", "groups", "description", "expires"}, "InitConfiguration.bootstrapTokens[]")
             if not TOKEN_RE.match(t.get("token", "")):
@@ -121,7 +126,7 @@ def read_config(f):
         c = by_kind["ClusterConfiguration"]
         strict(c, {"apiVersion", "kind", "clusterName", "kubernetesVersion", "controlPlaneEndpoint", "networking", "apiServer"}, "ClusterConfiguration")
         strict(c.get("networking", {}), {"podSubnet", "serviceSubnet", "dnsDomain"}, "ClusterConfiguration.networking")
-        strict(c.get("apiServer", {}), {"certSANs"}, "ClusterConfiguration.apiServer")
+        strict(c.get("apiServer", {}), {"certSANs"} | ({"timeoutForControlPlane"} if api.endswith("v1beta3") else set()), "ClusterConfiguration.apiServer")
         if c.get("kubernetesVersion") != "v" + version:
             die(f"ClusterConfiguration.kubernetesVersion {c.get('kubernetesVersion')} is not v{version}")
         if not re.match(r"^[^:]+:\d+$", c.get("controlPlaneEndpoint", "")):
@@ -139,7 +144,27 @@ def read_config(f):
         if "controlPlane" in j:
             strict(j["controlPlane"], {"localAPIEndpoint", "certificateKey"}, "JoinConfiguration.controlPlane")
         check_registration(j.get("nodeRegistration", {}), api, "JoinConfiguration.nodeRegistration")
+    real_validate(f, api)
     return by_kind
+
+
+# The real kubeadm of each config API (../shared/kubernetes, unpacked by
+# scripts/shared-tools.sh): every config the agent writes is also checked by upstream's own
+# `kubeadm config validate`, beside this double's rules. Missing means the test fails.
+REAL_KUBEADM = {"kubeadm.k8s.io/v1beta3": "kubeadm-1.30.0", "kubeadm.k8s.io/v1beta4": "kubeadm-1.31.2"}
+
+
+def real_validate(f, api):
+    tools = os.environ.get("FAKE_REAL_KUBEADM_DIR")
+    if not tools:
+        die("FAKE_REAL_KUBEADM_DIR is not set: the double checks every config with the real kubeadm")
+    real = os.path.join(tools, REAL_KUBEADM[api])
+    if not os.access(real, os.X_OK):
+        die(f"{real} is missing: run scripts/install-test-deps.sh")
+    # No network: kubeadm would otherwise spend a second on lookups it does not need.
+    out = subprocess.run(["unshare", "-n", real, "config", "validate", "--config", f], capture_output=True, text=True)
+    if out.returncode != 0:
+        die(f"{f}: the real {REAL_KUBEADM[api]} rejects it: {(out.stderr or out.stdout).strip()}")
 
 
 def ca_hash():
@@ -206,6 +231,18 @@ def fail_if_asked(cmd):
     if cmd in os.environ.get("FAKE_KUBEADM_FAIL", "").split(","):
         event(cmd=cmd, failed=True)
         die(f"{cmd}: simulated failure", 1)
+    # FAKE_KUBEADM_FAIL_FIRST=join:2 — this node's first two joins fail, later ones work
+    # (the API not yet reachable through the load balancer, say).
+    for rule in filter(None, os.environ.get("FAKE_KUBEADM_FAIL_FIRST", "").split(",")):
+        which, _, times = rule.partition(":")
+        if which != cmd:
+            continue
+        counter = os.path.join(CLUSTER, f"fail-first-{os.environ.get('FAKE_NODE_NAME', '?')}-{cmd}")
+        seen = int(open(counter).read()) if os.path.exists(counter) else 0
+        open(counter, "w").write(str(seen + 1))
+        if seen < int(times):
+            event(cmd=cmd, failed=True)
+            die(f"{cmd}: simulated transient failure {seen + 1} of {times}", 1)
 
 
 def main(argv):
