@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::fleet::*;
+use common::kubeapi::KubeApi;
 
 const BOUND: Duration = Duration::from_secs(120);
 
@@ -402,6 +403,14 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
     let (c, nodes, etcd) = masters_with_etcd(3).await;
     let f = &c.fleet;
     let recorder = Recorder::start(COMPLETE_LIFECYCLE_ACTION_RESPONSE);
+    let me = c.masters[1].hostname.clone();
+    let api = KubeApi::start(&serde_json::json!({
+        "nodes": [me],
+        "pods": [
+            {"namespace": "kube-system", "name": "etcd-m1", "uid": "u-etcd", "node": me, "mirror": true},
+            {"namespace": "kube-system", "name": "coredns-1", "uid": "u-dns", "node": me, "owner": "ReplicaSet"},
+        ],
+    }));
     let mut leaving = Node {
         extra_env: vec![("AWS_ENDPOINT_URL_AUTO_SCALING".into(), recorder.url())],
         ..f.node(
@@ -411,8 +420,19 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
         )
     };
     leaving.root = nodes[1].root.clone();
+    // A master drains with its admin credentials.
+    api.kubeconfig(
+        &leaving.root,
+        "/etc/kubernetes/admin.conf",
+        "kubernetes-admin",
+        &["system:masters"],
+    );
     let mut watch = f.spawn(&leaving, "watch");
-    std::thread::sleep(Duration::from_secs(2));
+    // While InService the watcher keeps polling: wait for three polls, then it still runs.
+    let polls = leaving.imds.lifecycle_polls.clone();
+    eventually("three lifecycle polls", BOUND, || {
+        polls.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    });
     assert!(
         watch.try_wait().unwrap().is_none(),
         "watch keeps watching while InService"
@@ -424,15 +444,18 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
         f.log(&leaving, "watch")
     );
 
-    let me = &c.masters[1].hostname;
-    assert!(f
-        .events_of("kubectl-cordon")
+    let api_events = api.events();
+    let evicted: Vec<&serde_json::Value> = api_events
         .iter()
-        .any(|e| e["target"] == me.as_str()));
-    assert!(f
-        .events_of("kubectl-drain")
-        .iter()
-        .any(|e| e["target"] == me.as_str()));
+        .filter(|e| e["kind"] == "request" && e["path"].as_str().unwrap().ends_with("/eviction"))
+        .collect();
+    assert_eq!(
+        evicted.len(),
+        1,
+        "only coredns-1 is evicted: {api_events:#?}"
+    );
+    assert_eq!(evicted[0]["code"], 201);
+    let me = &me;
     assert!(
         !etcd.member_names(0).contains(me),
         "left etcd: {:?}",
@@ -450,7 +473,7 @@ async fn scale_in_of_a_master_drains_leaves_etcd_and_completes_the_lifecycle_act
         assert!(reqs[0].1.contains(part), "{part} missing in {}", reqs[0].1);
     }
     // Order: drain, then leave etcd, then complete the lifecycle action.
-    let drained = f.events_of("kubectl-drain")[0]["t"].as_f64().unwrap();
+    let drained = evicted[0]["t"].as_f64().unwrap();
     let completed = reqs[0].0;
     assert!(
         drained < completed,

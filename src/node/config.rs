@@ -147,6 +147,9 @@ pub struct AgentSettings {
     /// a rotation overlapping a join) pass within a few tries; five with the polling
     /// backoff span minutes, not the hour a stuck node would otherwise sit unjoined.
     pub kubeadm_attempts: u32,
+    /// How often a drain that waits (a disruption budget, a grace period) records a
+    /// lifecycle-action heartbeat: well inside the hook's heartbeat timeout (600 s).
+    pub lifecycle_heartbeat_seconds: u64,
     pub etcd: EtcdSettings,
 }
 
@@ -166,6 +169,7 @@ impl Default for AgentSettings {
             membership_wait_seconds: 600,
             cri_wait_seconds: 300,
             kubeadm_attempts: 5,
+            lifecycle_heartbeat_seconds: 60,
             etcd: EtcdSettings::default(),
         }
     }

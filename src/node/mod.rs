@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod bootstrap;
 pub mod config;
 pub mod etcd;
+pub mod evict;
 pub mod join;
 pub mod kubeadm;
 pub mod pki;

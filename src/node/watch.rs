@@ -3,8 +3,9 @@
 //! # Flow
 //! 1. Poll IMDS `autoscaling/target-lifecycle-state` every `agent.watchIntervalSeconds`.
 //! 2. On `Terminated` (the Auto Scaling group is terminating this instance and holds it in
-//!    `Terminating:Wait` for the `haimg-drain` hook): cordon and drain the node with
-//!    kubectl, bounded by `agent.drainTimeoutSeconds`;
+//!    `Terminating:Wait` for the `haimg-drain` hook): cordon the node and evict its pods
+//!    through the Eviction API (disruption budgets honoured, the hook heartbeated while it
+//!    waits), bounded by `agent.drainTimeoutSeconds`;
 //! 3. a master then removes its own etcd member (the cluster shrinks by one member
 //!    cleanly instead of keeping a dead one);
 //! 4. complete the lifecycle action (CONTINUE), so EC2 terminates the instance now rather
@@ -15,14 +16,15 @@
 //!   never blocks a scale-in for longer than the drain bound.
 //!
 //! # Caveats
-//! - A worker drains itself with its kubelet credentials; eviction needs RBAC that the
-//!   kubelet does not have by default (see the README).
+//! - Draining uses the Eviction API directly ([`evict`]): a kubelet may evict the pods
+//!   bound to it, but `kubectl drain` also reads DaemonSets, which it may not.
 
 use std::time::Duration;
 
-use super::agent::Agent;
+use super::agent::{paths, Agent};
 use super::config::Role;
 use super::etcd::Etcd;
+use super::evict::{self, Api, Kubeconfig};
 use crate::error::{Error, Result};
 
 pub async fn run(agent: &Agent) -> Result<()> {
@@ -54,26 +56,9 @@ pub async fn run(agent: &Agent) -> Result<()> {
 }
 
 async fn leave(agent: &Agent, asg: &super::config::NodeAutoscaling) -> Result<()> {
-    let name = agent.id.hostname.clone();
     if agent.has_joined() || agent.is_control_plane_ready() {
-        let bound = agent.cfg.agent.drain_timeout_seconds;
-        let timeout = format!("--timeout={bound}s");
-        let steps: [&[&str]; 2] = [
-            &["cordon", &name],
-            &[
-                "drain",
-                &name,
-                "--ignore-daemonsets",
-                "--delete-emptydir-data",
-                "--force",
-                &timeout,
-            ],
-        ];
-        for args in steps {
-            if let Err(e) = agent.kubectl(args, Duration::from_secs(bound + 30)).await {
-                tracing::error!(error = %e, "draining failed; leaving anyway");
-                break;
-            }
+        if let Err(e) = drain(agent, asg).await {
+            tracing::error!(error = %e, "draining failed; leaving anyway");
         }
     }
     if agent.cfg.role == Role::Master && agent.is_control_plane_ready() {
@@ -97,6 +82,46 @@ async fn leave(agent: &Agent, asg: &super::config::NodeAutoscaling) -> Result<()
             "autoscaling CompleteLifecycleAction {group}/{hook}"
         )))?;
     tracing::info!("lifecycle action completed");
+    Ok(())
+}
+
+/// Evicts this node's pods through the Eviction API with the node's own credentials
+/// (`kubectl drain` needs to read DaemonSets, which a kubelet may not), heartbeating the
+/// lifecycle action while a disruption budget or a grace period makes it wait.
+async fn drain(agent: &Agent, asg: &super::config::NodeAutoscaling) -> Result<()> {
+    let conf = if agent.is_control_plane_ready() {
+        paths::ADMIN_CONF
+    } else {
+        paths::KUBELET_CONF
+    };
+    let kc = Kubeconfig::load(&agent.path(conf), &agent.seams.root)?;
+    let api = Api::new(&kc)?;
+    let s = &agent.cfg.agent;
+    let client = aws_sdk_autoscaling::Client::new(&agent.aws);
+    let heartbeat = || async {
+        let sent = client
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(&asg.group_name)
+            .lifecycle_hook_name(&asg.lifecycle_hook_name)
+            .instance_id(&agent.id.instance_id)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => tracing::info!("lifecycle action heartbeat recorded"),
+            Err(e) => {
+                tracing::warn!(error = %aws_sdk_autoscaling::error::DisplayErrorContext(&e), "lifecycle action heartbeat failed")
+            }
+        }
+    };
+    let done = evict::drain(
+        &api,
+        &agent.id.hostname,
+        Duration::from_secs(s.drain_timeout_seconds),
+        Duration::from_secs(s.lifecycle_heartbeat_seconds),
+        heartbeat,
+    )
+    .await?;
+    tracing::info!(evicted = ?done.evicted, skipped = ?done.skipped, "drained");
     Ok(())
 }
 

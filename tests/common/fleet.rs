@@ -81,6 +81,8 @@ pub struct Identity {
 pub struct Imds {
     pub port: u16,
     pub lifecycle: Arc<Mutex<Option<String>>>,
+    /// How many times the lifecycle state was asked for (what a test waits on).
+    pub lifecycle_polls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Imds {
@@ -89,14 +91,21 @@ impl Imds {
         let port = listener.local_addr().unwrap().port();
         let lifecycle = Arc::new(Mutex::new(None::<String>));
         let lc = lifecycle.clone();
+        let lifecycle_polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let polls = lifecycle_polls.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let id = id.clone();
                 let lc = lc.clone();
-                std::thread::spawn(move || serve(conn, &id, &lc));
+                let polls = polls.clone();
+                std::thread::spawn(move || serve(conn, &id, &lc, &polls));
             }
         });
-        Imds { port, lifecycle }
+        Imds {
+            port,
+            lifecycle,
+            lifecycle_polls,
+        }
     }
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
@@ -108,7 +117,12 @@ impl Imds {
 
 const IMDS_TOKEN: &str = "imds-session-token";
 
-fn serve(mut conn: TcpStream, id: &Identity, lifecycle: &Mutex<Option<String>>) {
+fn serve(
+    mut conn: TcpStream,
+    id: &Identity,
+    lifecycle: &Mutex<Option<String>>,
+    polls: &std::sync::atomic::AtomicUsize,
+) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -146,7 +160,10 @@ fn serve(mut conn: TcpStream, id: &Identity, lifecycle: &Mutex<Option<String>>) 
             "local-hostname" => ("200 OK", id.hostname.clone()),
             "local-ipv4" => ("200 OK", id.private_ip.clone()),
             "placement/availability-zone" => ("200 OK", id.az.clone()),
-            "autoscaling/target-lifecycle-state" => match lifecycle.lock().unwrap().clone() {
+            "autoscaling/target-lifecycle-state" => match {
+                polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                lifecycle.lock().unwrap().clone()
+            } {
                 Some(s) => ("200 OK", s),
                 None => ("404 Not Found", String::new()),
             },
@@ -369,7 +386,25 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Answers every awsquery request with an empty result for its own `Action`.
+    pub fn start_awsquery() -> Recorder {
+        Self::start_with(|body| {
+            let action = body
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("Action="))
+                .unwrap_or("Unknown")
+                .to_string();
+            format!(
+                r#"<{action}Response xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><{action}Result/><ResponseMetadata><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ResponseMetadata></{action}Response>"#
+            )
+        })
+    }
+
     pub fn start(response: &'static str) -> Recorder {
+        Self::start_with(move |_| response.to_string())
+    }
+
+    fn start_with(respond: impl Fn(&str) -> String + Send + 'static) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -393,9 +428,9 @@ impl Recorder {
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
                     .as_secs_f64();
-                reqs.lock()
-                    .unwrap()
-                    .push((at, String::from_utf8_lossy(&body).into_owned()));
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let response = respond(&body);
+                reqs.lock().unwrap().push((at, body));
                 let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{response}", response.len());
             }
         });

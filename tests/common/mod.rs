@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod fleet;
+pub mod kubeapi;
 pub mod proxy;
 pub mod tree;
 
