@@ -106,3 +106,10 @@ image_complete() {
         return 1
     fi
 }
+
+# Points a Calico manifest's images at quay.io/calico (the same images Calico publishes to
+# Docker Hub, without Docker Hub's anonymous pull limit of a few per hour per address).
+prefer_quay_for_calico() {
+    local manifest=$1
+    sed -i -E "s#^([[:space:]]*(- )?image:[[:space:]]*[\"']?)(docker\.io/)?calico/#\1quay.io/calico/#" "${manifest}"
+}

@@ -316,3 +316,93 @@ fn image_checks_see_missing_and_incomplete_images() {
         stderr(&incomplete)
     );
 }
+
+#[test]
+fn calico_images_come_from_quay() {
+    // Image lines as upstream's calico.yaml writes them, and others that must not change.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("calico.yaml");
+    std::fs::write(
+        &f,
+        "      containers:\n        - name: calico-node\n          image: docker.io/calico/node:v3.28.1\n\
+         \x20         image: \"docker.io/calico/cni:v3.28.1\"\n          image: calico/kube-controllers:v3.28.1\n\
+         \x20       - image: 'docker.io/calico/pod2daemon-flexvol:v3.28.1'\n          image: docker.io/library/busybox:1.36\n\
+         \x20         # image: docker.io/calico/commented:v1\n",
+    )
+    .unwrap();
+    let o = bash(&format!("prefer_quay_for_calico '{}'", f.display()), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        "      containers:\n        - name: calico-node\n          image: quay.io/calico/node:v3.28.1\n\
+         \x20         image: \"quay.io/calico/cni:v3.28.1\"\n          image: quay.io/calico/kube-controllers:v3.28.1\n\
+         \x20       - image: 'quay.io/calico/pod2daemon-flexvol:v3.28.1'\n          image: docker.io/library/busybox:1.36\n\
+         \x20         # image: docker.io/calico/commented:v1\n"
+    );
+}
+
+#[test]
+fn the_rendered_hosts_toml_sends_pulls_to_the_mirror_first() {
+    // A mirror that only notes that it was asked (the pull itself then fails: no network).
+    let mirror = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://127.0.0.1:{}", mirror.local_addr().unwrap().port());
+    let ctd = Containerd::start();
+    let hosts = tempfile::tempdir().unwrap();
+    let dir = hosts.path().join("docker.io");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        haimg::bake::hosts_toml("docker.io", &[url]),
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(mirror.accept().is_ok());
+    });
+    let o = ctd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts.path().to_str().unwrap(),
+        "docker.io/library/haproxy:2.8.14",
+    ]);
+    assert!(!o.status.success(), "no registry answers here");
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)),
+        Ok(true),
+        "ctr asked the mirror: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_recipe_with_mirrors_renders_a_shellcheck_clean_script() {
+    let text = std::fs::read_to_string(repo().join("image-recipes/ubuntu-20.04.yaml"))
+        .unwrap()
+        .replace(
+            "  hardening:",
+            "  registryMirrors:\n    docker.io: [https://123456789012.dkr.ecr.us-west-2.amazonaws.com/v2/docker-hub]\n    quay.io: [https://mirror.internal.example, https://mirror2.internal.example]\n  hardening:",
+        );
+    let r = haimg::recipe::load_str(&text, "mirrors.yaml")
+        .unwrap()
+        .recipe;
+    let t = haimg::render::templates::Templates::embedded();
+    let s = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();
+    for needle in [
+        "/etc/containerd/certs.d/'docker.io'/hosts.toml",
+        "/etc/containerd/certs.d/'quay.io'/hosts.toml",
+        "server = \"https://registry-1.docker.io\"",
+        "[host.\"https://mirror2.internal.example\"]",
+        "--hosts-dir /etc/containerd/certs.d",
+    ] {
+        assert!(s.contains(needle), "{needle}");
+    }
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &s).unwrap();
+    let o = run({
+        let mut c = Command::new(require_tool("shellcheck"));
+        c.arg(f.path());
+        c
+    });
+    assert!(o.status.success(), "{}", stdout(&o));
+}

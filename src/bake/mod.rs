@@ -95,6 +95,33 @@ struct ScriptCtx<'a> {
     extra_images: Vec<&'a str>,
     units: Vec<Unit>,
     cgroup_v2: bool,
+    registry_hosts: Vec<RegistryHosts>,
+}
+
+/// One `/etc/containerd/certs.d/<host>/hosts.toml`.
+#[derive(Serialize)]
+struct RegistryHosts {
+    host: String,
+    content: String,
+}
+
+/// containerd's `hosts.toml` for `host`: the mirrors first, in order, then the registry
+/// itself (Docker Hub's API lives at registry-1.docker.io).
+pub fn hosts_toml(host: &str, mirrors: &[String]) -> String {
+    let upstream = if host == "docker.io" {
+        "https://registry-1.docker.io".to_string()
+    } else {
+        format!("https://{host}")
+    };
+    let mut out = format!(
+        "# haimg: pulls from {host} try these mirrors first, in order, then {upstream}.\nserver = \"{upstream}\"\n"
+    );
+    for m in mirrors {
+        out.push_str(&format!(
+            "\n[host.\"{m}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ));
+    }
+    out
 }
 
 /// The steps the script announces, in order (its `step` calls).
@@ -165,6 +192,14 @@ pub fn script(recipe: &Recipe, haimg_sha256: &str, t: &Templates) -> Result<Stri
             .map(|(name, content)| Unit { name, content })
             .collect(),
         cgroup_v2: recipe.ubuntu.boots_cgroup_v1(),
+        registry_hosts: recipe
+            .registry_mirrors
+            .iter()
+            .map(|(host, mirrors)| RegistryHosts {
+                host: host.clone(),
+                content: hosts_toml(host, mirrors),
+            })
+            .collect(),
     };
     t.render(SCRIPT_TEMPLATE, &ctx)
 }

@@ -48,6 +48,11 @@ pub struct Recipe {
     pub apt_snapshot: Option<String>,
     pub cni: Cni,
     pub extra_images: Vec<ImageRef>,
+    /// Registry host → mirrors (https URLs) containerd tries first, in order, at bake time
+    /// and on the node; the upstream registry stays the last resort. Left out of the hash
+    /// input when empty, so recipes without mirrors keep their hashes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
     pub hardening: Hardening,
 }
 

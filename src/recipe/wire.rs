@@ -41,6 +41,10 @@ pub struct SpecFile {
     pub cni: CniFile,
     #[serde(default)]
     pub extra_images: Vec<String>,
+    /// Registry host → mirrors tried first, in order (an ECR pull-through cache, a private
+    /// registry): anonymous Docker Hub pulls are limited per address.
+    #[serde(default)]
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
     pub hardening: HardeningFile,
 }
 
@@ -285,6 +289,35 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile) -> Option<Recipe> {
             extra_images.push(r);
         }
     }
+    let mut registry_mirrors = BTreeMap::new();
+    for (host, mirrors) in &s.registry_mirrors {
+        let at = format!("/spec/registryMirrors/{}", crate::yaml::escape(host));
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+            && (host.contains('.') || host.contains(':') || host == "localhost");
+        if !host_ok {
+            cx.error(
+                &at,
+                format!("`{host}`: a registry host name (docker.io, registry.k8s.io, quay.io)"),
+            );
+            continue;
+        }
+        if mirrors.is_empty() {
+            cx.error(&at, "list at least one mirror, or leave the registry out");
+        }
+        for (i, m) in mirrors.iter().enumerate() {
+            let ok = m.starts_with("https://")
+                && m.len() > "https://".len()
+                && !m.contains(|c: char| c.is_whitespace() || "'\"`$\\<>".contains(c));
+            if !ok {
+                cx.error(&format!("{at}/{i}"), format!("`{m}`: an https:// URL without quotes, spaces or shell characters (containerd's hosts.toml `server`)"));
+            }
+        }
+        registry_mirrors.insert(host.clone(), mirrors.clone());
+    }
     if s.hardening.ssh != "disabled" {
         cx.error("/spec/hardening/ssh", format!("`{}`: haimg images have no SSH (the builder is driven by SSM Run Command and nodes by user-data); only `disabled` is accepted", s.hardening.ssh));
     }
@@ -305,6 +338,7 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile) -> Option<Recipe> {
             manifest_sha256: cni.manifest_sha256.clone().map(|h| h.to_lowercase()),
         },
         extra_images,
+        registry_mirrors,
         hardening: Hardening {
             ssh: s.hardening.ssh.clone(),
         },

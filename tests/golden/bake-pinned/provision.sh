@@ -165,6 +165,13 @@ image_complete() {
     fi
 }
 
+# Points a Calico manifest's images at quay.io/calico (the same images Calico publishes to
+# Docker Hub, without Docker Hub's anonymous pull limit of a few per hour per address).
+prefer_quay_for_calico() {
+    local manifest=$1
+    sed -i -E "s#^([[:space:]]*(- )?image:[[:space:]]*[\"']?)(docker\.io/)?calico/#\1quay.io/calico/#" "${manifest}"
+}
+
 # ---- end of provision-lib.sh ----
 
 step "apt sources"
@@ -245,6 +252,10 @@ containerd config default >/etc/containerd/config.toml
 sed -i -E 's/^([[:space:]]*SystemdCgroup[[:space:]]*=[[:space:]]*)false/\1true/' /etc/containerd/config.toml
 sed -i -E "s#^([[:space:]]*sandbox_image[[:space:]]*=[[:space:]]*).*#\1\"${pause}\"#" /etc/containerd/config.toml
 sed -i -E 's/^(disabled_plugins[[:space:]]*=[[:space:]]*).*/\1[]/' /etc/containerd/config.toml
+# Registry mirrors (the recipe's registryMirrors): the CRI plugin and the bake's own pulls
+# read the same hosts.toml files.
+sed -i -E 's#^([[:space:]]*config_path[[:space:]]*=[[:space:]]*)""#\1"/etc/containerd/certs.d"#' /etc/containerd/config.toml
+install -d -m 0755 /etc/containerd/certs.d
 systemctl enable containerd
 systemctl restart containerd
 systemctl enable kubelet
@@ -258,6 +269,8 @@ if [ -n "${CNI_SHA256}" ] && [ "${cni_sha}" != "${CNI_SHA256}" ]; then
 fi
 # Calico must never pick a VIP (seed 002 §6.8): use the node's InternalIP, which the kubelet
 # takes from its node-ip (the node's own address).
+# Calico's images from quay.io, not Docker Hub (anonymous pulls there are limited per address).
+prefer_quay_for_calico "${CNI_MANIFEST}"
 python3 - "${CNI_MANIFEST}" <<'PY'
 import re, sys
 path = sys.argv[1]
@@ -277,7 +290,7 @@ mapfile -t images < <(
 )
 mapfile -t images < <(printf '%s\n' "${images[@]}" | sed '/^$/d' | sort -u)
 for image in "${images[@]}"; do
-    retry ctr --namespace k8s.io images pull --platform "linux/${ARCH}" "${image}" >/dev/null
+    retry ctr --namespace k8s.io images pull --hosts-dir /etc/containerd/certs.d --platform "linux/${ARCH}" "${image}" >/dev/null
     echo "pulled ${image}"
 done
 
@@ -456,6 +469,8 @@ for image in "${images[@]}"; do
     check image_complete "${image}"
 done
 check grep -q 'SystemdCgroup = true' /etc/containerd/config.toml
+check grep -q 'config_path = "/etc/containerd/certs.d"' /etc/containerd/config.toml
+check test -z "$(grep -E '^[[:space:]]*image:[[:space:]]*["'"'"']?(docker\.io/)?calico/' "${CNI_MANIFEST}")"
 check grep -qF "sandbox_image = \"${pause}\"" /etc/containerd/config.toml
 check grep -q 'kubernetes-internal-ip' "${CNI_MANIFEST}"
 check grep -qx overlay /etc/modules-load.d/haimg-k8s.conf
