@@ -113,3 +113,34 @@ prefer_quay_for_calico() {
     local manifest=$1
     sed -i -E "s#^([[:space:]]*(- )?image:[[:space:]]*[\"']?)(docker\.io/)?calico/#\1quay.io/calico/#" "${manifest}"
 }
+
+# Sends everything the script prints from here on to LOG and uploads LOG to URL (a presigned
+# PUT) every 10 s and once more as the script exits, whatever its status: haimg shows the
+# steps as they happen and, on failure, the real end of the log (SSM keeps only the first
+# 24,000 characters, and only at the end). Keep LOG in /run so none of it is imaged. The
+# URL is never printed: its signature is a credential.
+log_to_url() {
+    PROVISION_LOG=$1
+    PROVISION_LOG_URL=$2
+    : >"${PROVISION_LOG}"
+    chmod 0600 "${PROVISION_LOG}"
+    exec > >(tee -a "${PROVISION_LOG}") 2>&1
+    PROVISION_TEE=$!
+    # Its output goes nowhere: a leftover `sleep` must never hold tee's pipe open.
+    (while sleep "${LOG_UPLOAD_INTERVAL:-10}"; do upload_log; done) </dev/null >/dev/null 2>&1 &
+    PROVISION_UPLOADER=$!
+    trap finish_log EXIT
+}
+upload_log() {
+    curl -fsS --max-time 30 -X PUT -H 'Content-Type: text/plain' \
+        --upload-file "${PROVISION_LOG}" "${PROVISION_LOG_URL}" >/dev/null 2>&1 || true
+}
+finish_log() {
+    local status=$?
+    kill "${PROVISION_UPLOADER}" 2>/dev/null || true
+    # Let tee write the last lines before the final upload.
+    exec >&- 2>&-
+    wait "${PROVISION_TEE}" 2>/dev/null || true
+    upload_log
+    exit "${status}"
+}

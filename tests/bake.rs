@@ -786,3 +786,143 @@ fn a_binary_that_cannot_start_on_the_image_is_refused_before_any_aws_call() {
     assert!(stderr(&o).contains("the running haimg"), "{}", stderr(&o));
     assert!(matches!(aws.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
 }
+
+/// The `HAIMG_LOG_URL` the bake gave the builder, from the command moto recorded.
+fn log_url_of_sent_command(s: &Setup) -> Option<String> {
+    let cmds = aws(&s.moto, REGION, &["ssm", "list-commands"]);
+    let lines = cmds["Commands"].as_array()?.first()?["Parameters"]["commands"].clone();
+    lines.as_array()?.iter().find_map(|l| {
+        l.as_str()?
+            .strip_prefix("export HAIMG_LOG_URL='")
+            .map(|u| u.trim_end_matches('\'').to_string())
+    })
+}
+
+/// What the builder's `upload_log` does: PUT the whole log to the presigned URL.
+fn upload_log(url: &str, text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("log");
+    std::fs::write(&f, text).unwrap();
+    let o = run({
+        let mut c = std::process::Command::new(require_tool("curl"));
+        c.args([
+            "-fsS",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: text/plain",
+            "--upload-file",
+        ])
+        .arg(&f)
+        .arg(url);
+        c
+    });
+    assert!(
+        o.status.success(),
+        "PUT to the presigned URL: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_failed_bake_shows_steps_as_they_run_and_the_whole_end_of_the_log() {
+    use std::io::Read;
+    let s = setup();
+    // The script runs until the test, playing the builder, has uploaded its log.
+    s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "InProgress"}}]));
+    let mut child = s
+        .bake_cmd(&[])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err_pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    let mut seen = String::new();
+    let wait_for = |what: &str, seen: &mut String| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => seen.push_str(&chunk),
+                Err(_) => panic!("waited for {what:?}; stderr so far:\n{seen}"),
+            }
+        }
+    };
+    wait_for(" sent to ", &mut seen);
+    let url = log_url_of_sent_command(&s).expect("the command carries HAIMG_LOG_URL");
+    // First upload: two steps done. haimg shows them while the script still runs.
+    let mut log = String::from("==> [1/12] apt sources\nHit:1 http://archive.ubuntu.com focal InRelease\n==> [2/12] kubernetes apt repository v1.30\n");
+    upload_log(&url, &log);
+    wait_for("builder [2/12] kubernetes apt repository", &mut seen);
+    // Then far more than SSM would keep, and the failure at the very end.
+    log.push_str("==> [3/12] pinned packages\n");
+    for i in 0..3000 {
+        log.push_str(&format!(
+            "Get:{i} https://snapshot.ubuntu.com/ubuntu focal/main amd64 package {i}\n"
+        ));
+    }
+    log.push_str("haimg-provision: keepalived 1:2.0.19-2ubuntu0.3 is not available from the configured sources (available: 1:2.0.19-2ubuntu0.2; apt snapshot: 20241101T000000Z)\n");
+    log.push_str(
+        "haimg-provision: FAILED: pinned package versions are missing from the apt sources\n",
+    );
+    assert!(log.len() > 24_000);
+    upload_log(&url, &log);
+    s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Failed", "ResponseCode": 1, "StandardErrorContent": "(SSM's copy, truncated)"}}]));
+    let status = wait_child(&mut child, Duration::from_secs(120)).expect("bake ends");
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push_str(&chunk);
+    }
+    assert_eq!(status.code(), Some(1), "{seen}");
+    let progress_at = seen.find("builder [2/12]").unwrap();
+    let failed_at = seen.find("ended Failed").expect("the failure is reported");
+    assert!(
+        progress_at < failed_at,
+        "progress came before the end:\n{seen}"
+    );
+    assert!(seen.contains("in step [3/12] pinned packages"), "{seen}");
+    assert!(
+        seen.contains("keepalived 1:2.0.19-2ubuntu0.3 is not available"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("FAILED: pinned package versions are missing"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("(SSM's copy, truncated)"),
+        "the log, not SSM's copy: {seen}"
+    );
+    assert!(
+        !seen.contains("X-Amz-Signature") && !seen.contains(&url),
+        "no presigned URL is printed"
+    );
+    assert!(seen.contains("terminated builder"), "{seen}");
+    s.assert_nothing_left("failed script with a log");
+}
+
+fn wait_child(
+    child: &mut std::process::Child,
+    bound: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -406,3 +406,109 @@ fn a_recipe_with_mirrors_renders_a_shellcheck_clean_script() {
     });
     assert!(o.status.success(), "{}", stdout(&o));
 }
+
+/// An HTTP server that keeps the body of every PUT (what S3 does with a presigned PUT).
+struct PutSink {
+    child: std::process::Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl PutSink {
+    fn start() -> PutSink {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(venv().join("bin/python"))
+            .arg("-c")
+            .arg(
+                r#"
+import http.server, sys, os
+n = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_PUT(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        n[0] += 1
+        open(os.path.join(sys.argv[1], "put-%04d" % n[0]), "wb").write(body)
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#,
+            )
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/bucket/provision.log?X-Amz-Signature=s3cr3t",
+            line.trim()
+        );
+        PutSink { child, url, dir }
+    }
+
+    /// The last body received.
+    fn last(&self) -> String {
+        let mut puts: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        puts.sort();
+        puts.last()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PutSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_failing_script_uploads_its_whole_log_on_exit() {
+    let sink = PutSink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("provision.log");
+    // More than SSM keeps (24,000 characters of stdout), then a failure on stderr.
+    let o = bash(
+        &format!(
+            "LOG_UPLOAD_INTERVAL=1; log_to_url '{}' \"$SINK\"; echo '==> [1/2] first'; \
+             for i in $(seq 1 2000); do echo \"line $i of the apt output\"; done; \
+             echo '==> [2/2] second'; echo 'the real reason' >&2; exit 7",
+            log.display()
+        ),
+        &[("SINK", &sink.url)],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "the script's own status: {}",
+        stderr(&o)
+    );
+    let got = sink.last();
+    assert!(got.len() > 24_000, "the whole log: {} bytes", got.len());
+    assert!(got.starts_with("==> [1/2] first\n"), "{}", &got[..40]);
+    assert!(
+        got.ends_with("==> [2/2] second\nthe real reason\n"),
+        "{}",
+        &got[got.len() - 80..]
+    );
+    // Still on the terminal too (SSM's copy), and the URL is not.
+    assert!(stdout(&o).contains("line 2000 of the apt output"));
+    assert!(!stdout(&o).contains("s3cr3t") && !stderr(&o).contains("s3cr3t"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

@@ -75,6 +75,8 @@ pub struct Created {
     pub image_regions: Vec<String>,
     pub bucket: Option<String>,
     pub object: Option<String>,
+    /// The script's full log, uploaded by the builder through a presigned PUT URL.
+    pub log_object: Option<String>,
     /// Images (region, id) not yet complete: deregistered with their snapshots on failure.
     pub unfinished_images: Vec<(String, String)>,
 }
@@ -195,7 +197,7 @@ pub async fn run(
     }
 
     step("staging the haimg binary");
-    let url = stage(sdk, plan, opts, &created).await?;
+    let staged = stage(sdk, plan, opts, &created).await?;
 
     step("launching the builder");
     let instance = launch(&ec2, plan, opts, &run_id).await?;
@@ -206,8 +208,8 @@ pub async fn run(
     ));
 
     step("running the provisioning script through SSM Run Command");
-    let commands = commands(plan, &url)?;
-    run_script(sdk, &instance, commands, opts).await?;
+    let commands = commands(plan, &staged)?;
+    run_script(sdk, &instance, commands, opts, &staged).await?;
 
     step("stopping the builder");
     ec2.stop_instances()
@@ -291,9 +293,23 @@ fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-/// Stages the binary in a bucket of its own (removed with the object by [`cleanup`]) and
-/// returns a presigned GET URL valid for the bake.
-async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) -> Result<String> {
+/// What the builder gets from the staging bucket: the binary (a presigned GET) and a place
+/// for the script's whole log (a presigned PUT). SSM keeps only 24,000 characters of stdout
+/// and 8,000 of stderr, and nothing while the command runs; the log has it all, as it grows.
+/// Neither URL is ever printed: each signature is a credential until it expires.
+pub struct Staged {
+    pub binary_url: String,
+    pub log_url: String,
+    pub bucket: String,
+    pub log_key: String,
+}
+
+/// The staging bucket's key for the provisioning log.
+const LOG_KEY: &str = "provision.log";
+
+/// Stages the binary in a bucket of its own (removed with its objects by [`cleanup`]) and
+/// presigns its URLs for the length of the bake.
+async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) -> Result<Staged> {
     let s3 = s3_client(sdk);
     let bucket = format!("haimg-bake-{}-{}", plan.short_hash(), random_hex::<4>()?);
     // Recorded before the call: a bucket created by a request that Ctrl-C interrupted is
@@ -338,10 +354,47 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         .get_object()
         .bucket(&bucket)
         .key(&key)
-        .presigned(presigning)
+        .presigned(presigning.clone())
         .await
         .map_err(Error::aws(format!("presigning s3://{bucket}/{key}")))?;
-    Ok(req.uri().to_string())
+    created.lock().unwrap().log_object = Some(LOG_KEY.to_string());
+    let log = s3
+        .put_object()
+        .bucket(&bucket)
+        .key(LOG_KEY)
+        .content_type("text/plain")
+        .presigned(presigning)
+        .await
+        .map_err(Error::aws(format!("presigning s3://{bucket}/{LOG_KEY}")))?;
+    Ok(Staged {
+        binary_url: req.uri().to_string(),
+        log_url: log.uri().to_string(),
+        bucket,
+        log_key: LOG_KEY.to_string(),
+    })
+}
+
+/// The builder's log so far (empty until its first upload).
+async fn read_log(s3: &aws_sdk_s3::Client, staged: &Staged) -> String {
+    let got = s3
+        .get_object()
+        .bucket(&staged.bucket)
+        .key(&staged.log_key)
+        .send()
+        .await;
+    match got {
+        Ok(o) => match o.body.collect().await {
+            Ok(b) => String::from_utf8_lossy(&b.into_bytes()).into_owned(),
+            Err(_) => String::new(),
+        },
+        Err(_) => String::new(),
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 async fn launch(
@@ -429,7 +482,7 @@ async fn launch(
 
 /// The Run Command lines: run-time inputs, then the script, gzipped and base64-encoded so
 /// it fits the parameter limit and passes through unchanged.
-pub fn commands(plan: &Plan, binary_url: &str) -> Result<Vec<String>> {
+pub fn commands(plan: &Plan, staged: &Staged) -> Result<Vec<String>> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::best());
     gz.write_all(plan.script.as_bytes())
         .expect("writing to memory");
@@ -438,7 +491,8 @@ pub fn commands(plan: &Plan, binary_url: &str) -> Result<Vec<String>> {
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let lines = vec![
         "set -eu".to_string(),
-        format!("export HAIMG_BINARY_URL={}", q(binary_url)),
+        format!("export HAIMG_BINARY_URL={}", q(&staged.binary_url)),
+        format!("export HAIMG_LOG_URL={}", q(&staged.log_url)),
         format!("export HAIMG_RECIPE_SHA256={}", q(&plan.recipe_hash)),
         format!("echo {packed} | base64 -d | gunzip > /root/haimg-provision.sh"),
         "exec bash /root/haimg-provision.sh".to_string(),
@@ -460,8 +514,10 @@ async fn run_script(
     instance: &str,
     commands: Vec<String>,
     opts: &Options,
+    staged: &Staged,
 ) -> Result<()> {
     let ssm = aws_sdk_ssm::Client::new(sdk);
+    let s3 = s3_client(sdk);
     // The SSM agent registers a minute or so after boot: SendCommand answers
     // InvalidInstanceId until then (the real-world way to wait for it).
     let deadline = Instant::now() + opts.wait_timeout;
@@ -517,13 +573,20 @@ async fn run_script(
                 ))(e))
             }
         };
-        let out = inv.standard_output_content().unwrap_or_default();
-        if out.len() > shown {
+        // Progress from the builder's own log as it grows; SSM's copy only at the end,
+        // and only when there is no log (an upload that never worked).
+        let log = read_log(&s3, staged).await;
+        let out = if log.is_empty() {
+            inv.standard_output_content()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            log.clone()
+        };
+        if out.len() > shown && out.is_char_boundary(shown) {
             for line in out[shown..].lines() {
                 if line.starts_with("==> ") {
                     progress(format!("builder {}", line.trim_start_matches("==> ")));
-                } else {
-                    eprintln!("  | {line}");
                 }
             }
             shown = out.len();
@@ -533,14 +596,27 @@ async fn run_script(
             Some(S::Success) => return Ok(()),
             Some(S::Pending | S::InProgress | S::Delayed) | None => {}
             Some(other) => {
-                let err = inv.standard_error_content().unwrap_or_default();
-                let tail: Vec<&str> = err.lines().rev().take(15).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                // The builder uploads its log once more as the script exits.
+                let log = read_log(&s3, staged).await;
+                let (source, text) = if log.is_empty() {
+                    (
+                        "SSM's stderr (no log was uploaded)",
+                        inv.standard_error_content().unwrap_or_default().to_string(),
+                    )
+                } else {
+                    ("the end of its log", log)
+                };
+                let failed_step = text
+                    .lines()
+                    .filter(|l| l.starts_with("==> "))
+                    .last()
+                    .map(|l| format!(" in step {}", l.trim_start_matches("==> ")))
+                    .unwrap_or_default();
                 return Err(Error::Runtime(format!(
-                    "the provisioning script ended {} (exit {}) on {instance}:\n{}",
+                    "the provisioning script ended {} (exit {}) on {instance}{failed_step}; {source}:\n{}",
                     other.as_str(),
                     inv.response_code(),
-                    tail.join("\n")
+                    tail(&text, 40)
                 )));
             }
         }
@@ -864,7 +940,7 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
     if let Some(b) = &created.bucket {
         let s3 = s3_client(sdk);
         let gone = |e: &str| e.contains("NoSuchBucket");
-        if let Some(k) = &created.object {
+        for k in created.object.iter().chain(created.log_object.iter()) {
             if let Err(e) = s3.delete_object().bucket(b).key(k).send().await {
                 let e = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
                 if !gone(&e) {
