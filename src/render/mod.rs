@@ -10,6 +10,7 @@
 //! autoscaling/master.json, autoscaling/worker-<pool>.json
 //! load-balancer/{load-balancer,target-group,target-group-attributes,listener}.json
 //! iam/master-policy.json, iam/worker-policy.json
+//! security-groups/cluster-ingress.json                            `aws ec2 authorize-security-group-ingress` input
 //! vip/<node>/{keepalived.conf,check_apiserver.sh,haproxy.cfg}  VIP mode
 //! external-lb/<lb node>/{keepalived.conf,check_apiserver.sh,haproxy.cfg} | nginx.conf
 //! ```
@@ -17,6 +18,7 @@
 pub mod cmd;
 mod external;
 pub mod names;
+pub mod security;
 pub mod templates;
 mod userdata;
 mod vip;
@@ -590,6 +592,12 @@ pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<A
     }
     if matches!(sel, Selection::All | Selection::Master(None)) {
         out.extend(external::artifacts(spec, t)?);
+    }
+    if matches!(sel, Selection::All) {
+        out.push(json_artifact(
+            "security-groups/cluster-ingress.json".into(),
+            &serde_json::to_value(security::ingress(spec)).expect("plain data"),
+        ));
     }
     let (master_policy, worker_policy) = policies(spec, t)?;
     if want_master {

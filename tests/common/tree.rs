@@ -18,6 +18,7 @@ pub fn operation_of(rel: &str) -> &'static str {
         "load-balancer/target-group-attributes.json" => "elbv2:ModifyTargetGroupAttributes",
         "load-balancer/listener.json" => "elbv2:CreateListener",
         r if r.starts_with("iam/") => "iam-policy",
+        "security-groups/cluster-ingress.json" => "ec2:AuthorizeSecurityGroupIngress",
         other => panic!("no validator known for {other}"),
     }
 }
