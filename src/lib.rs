@@ -19,6 +19,7 @@ pub mod kubernetes;
 pub mod node;
 pub mod recipe;
 pub mod render;
+pub mod signals;
 pub mod spec;
 pub mod validate;
 pub mod yaml;

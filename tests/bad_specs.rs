@@ -137,6 +137,44 @@ fn a_missing_spec_file_is_a_usage_error() {
 }
 
 #[test]
+fn up_and_down_never_act_on_the_embedded_example() {
+    // In a directory without cluster.yaml, `render` uses the embedded example; `up` and
+    // `down --yes` must not create or delete a cluster "demo" nobody asked for.
+    let dir = tempfile::tempdir().unwrap();
+    let aws = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    aws.set_nonblocking(true).unwrap();
+    for args in [&["up"][..], &["up", "--dry-run"], &["down", "--yes"]] {
+        let mut cmd = haimg();
+        cmd.current_dir(dir.path())
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://{}", aws.local_addr().unwrap()),
+            )
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .args(args);
+        let o = run(cmd);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("needs your cluster spec"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(
+            matches!(aws.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{args:?}: no AWS call"
+        );
+    }
+    let mut cmd = haimg();
+    cmd.current_dir(dir.path())
+        .args(["render", "--role", "master"]);
+    assert!(
+        run(cmd).status.success(),
+        "render still runs out of the box"
+    );
+}
+
+#[test]
 fn unknown_pool_is_a_usage_error_with_suggestion() {
     let mut cmd = haimg();
     cmd.args(["render", "--role", "worker", "--pool", "generl", "-c"])

@@ -661,11 +661,39 @@ fn ctrl_c_while_run_instances_is_in_flight_still_terminates_the_builder() {
 }
 
 fn send_sigint(pid: u32) {
+    send_signal(pid, "INT");
+}
+
+fn send_signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
-        .args(["-s", "INT", &pid.to_string()])
+        .args(["-s", sig, &pid.to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+#[test]
+fn sigterm_and_sighup_clean_up_like_ctrl_c() {
+    // systemd, CI runners and Kubernetes Jobs stop with SIGTERM; a closed terminal sends
+    // SIGHUP. Either used to kill the bake outright, leaving the builder and the bucket.
+    for (sig, name) in [("TERM", "SIGTERM"), ("HUP", "SIGHUP")] {
+        let s = setup();
+        s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "InProgress"}}]));
+        let mut cmd = s.bake_cmd(&[]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.proxy.calls("GetCommandInvocation") == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the bake never reached the script"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        send_signal(child.id(), sig);
+        let o = child.wait_with_output().unwrap();
+        assert_failed_cleanly(&s, &o, name, &format!("interrupted ({name})"));
+    }
 }
 
 /// The agent `scripts/build-agent.sh` builds for images (dev profile: faster), once per

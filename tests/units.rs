@@ -94,3 +94,19 @@ fn the_watcher_is_restarted_on_failure_only() {
         [&("Restart".to_string(), "on-failure".to_string())]
     );
 }
+
+#[test]
+fn the_test_command_refuses_to_rewrite_golden_files() {
+    // With HAIMG_UPDATE_GOLDEN set every golden test rewrites its files and passes.
+    let o = run({
+        let mut c = std::process::Command::new(repo().join("scripts/test.sh"));
+        c.env("HAIMG_UPDATE_GOLDEN", "1");
+        c
+    });
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("HAIMG_UPDATE_GOLDEN is set"),
+        "{}",
+        stderr(&o)
+    );
+}

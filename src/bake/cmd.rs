@@ -159,7 +159,7 @@ pub fn run(args: Args) -> Result<()> {
         let created = Tracker::default();
         let result = tokio::select! {
             r = flow::run(&sdk, &plan, &opts, created.clone()) => r,
-            _ = tokio::signal::ctrl_c() => Err(Error::Runtime("interrupted (Ctrl-C)".into())),
+            sig = crate::signals::stop() => Err(Error::Runtime(format!("interrupted ({sig})"))),
         };
         let snapshot = created.lock().unwrap().clone();
         let left = flow::cleanup(&sdk, &snapshot, opts.keep_builder).await;

@@ -148,7 +148,20 @@ fn out(text: &str) -> Result<()> {
         .map_err(Error::io("<stdout>"))
 }
 
+/// `up` and `down` change AWS: they never act on the embedded example (a cluster named
+/// `demo` that nobody asked for). `status` only reads, and keeps the default.
+fn require_explicit_spec(t: &Target, command: &str) -> Result<()> {
+    if t.config.is_none() && !Path::new("cluster.yaml").exists() {
+        return Err(Error::Usage(format!(
+            "haimg {command} changes AWS and needs your cluster spec: give it with -c FILE or run where ./cluster.yaml is \
+             (the embedded example is for `render` and `validate` only)"
+        )));
+    }
+    Ok(())
+}
+
 pub fn up(args: UpArgs) -> Result<()> {
+    require_explicit_spec(&args.target, "up")?;
     let cluster = load(&args.target, true)?;
     runtime()?.block_on(async move {
         let c = clients(&args.target, &cluster.region).await;
@@ -193,14 +206,14 @@ pub fn up(args: UpArgs) -> Result<()> {
         let progress = Progress::default();
         let result = tokio::select! {
             r = apply::apply(&c, &name, &changes, &observed, progress.clone()) => r,
-            _ = tokio::signal::ctrl_c() => {
+            sig = crate::signals::stop() => {
                 let done = progress.lock().unwrap().len();
                 let not_done: Vec<String> = changes[done..]
                     .iter()
                     .map(|c| c.to_string().lines().next().unwrap_or_default().to_string())
                     .collect();
                 Err(Error::Runtime(format!(
-                    "interrupted (Ctrl-C); the change in flight may or may not have taken effect (`haimg up` finds out)\n{}",
+                    "interrupted ({sig}); the change in flight may or may not have taken effect (`haimg up` finds out)\n{}",
                     apply::stopped_report(&name, "up", done, &not_done)
                 )))
             }
@@ -275,6 +288,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
 }
 
 pub fn down(args: DownArgs) -> Result<()> {
+    require_explicit_spec(&args.target, "down")?;
     let cluster = load(&args.target, false)?;
     runtime()?.block_on(async move {
         let c = clients(&args.target, &cluster.region).await;
@@ -300,7 +314,7 @@ pub fn down(args: DownArgs) -> Result<()> {
         }
         let result = tokio::select! {
             r = down::delete(&c, &inv, args.timeout, args.poll) => r,
-            _ = tokio::signal::ctrl_c() => Err(Error::Runtime("interrupted (Ctrl-C)".into())),
+            sig = crate::signals::stop() => Err(Error::Runtime(format!("interrupted ({sig})"))),
         };
         result.map_err(|e| {
             Error::Runtime(format!(
