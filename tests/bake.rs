@@ -234,6 +234,8 @@ fn the_calico_patch_makes_autodetection_follow_the_node_ip() {
 struct Setup {
     moto: Moto,
     proxy: Proxy,
+    /// Holds the recipe and the binary for as long as the setup lives.
+    #[allow(dead_code)]
     dir: tempfile::TempDir,
     recipe: PathBuf,
     binary: PathBuf,
@@ -601,8 +603,9 @@ fn an_api_error_after_launch_leaves_nothing_behind() {
     assert!(stderr(&o).contains("injected fault"), "{}", stderr(&o));
 }
 
-#[test]
-fn ctrl_c_leaves_nothing_behind() {
+/// Starts a bake whose script never ends, sends `sig` once the script runs, and checks
+/// that the bake cleaned up and said why it stopped.
+fn interrupt_during_script(sig: &str, name: &str) {
     let s = setup();
     s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "InProgress"}}]));
     let mut cmd = s.bake_cmd(&[]);
@@ -616,10 +619,14 @@ fn ctrl_c_leaves_nothing_behind() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    send_sigint(child.id());
+    send_signal(child.id(), sig);
     let o = child.wait_with_output().unwrap();
-    assert_failed_cleanly(&s, &o, "Ctrl-C", "interrupted");
-    let _ = &s.dir;
+    assert_failed_cleanly(&s, &o, name, &format!("interrupted ({name})"));
+}
+
+#[test]
+fn ctrl_c_leaves_nothing_behind() {
+    interrupt_during_script("INT", "Ctrl-C");
 }
 
 #[test]
@@ -676,24 +683,8 @@ fn send_signal(pid: u32, sig: &str) {
 fn sigterm_and_sighup_clean_up_like_ctrl_c() {
     // systemd, CI runners and Kubernetes Jobs stop with SIGTERM; a closed terminal sends
     // SIGHUP. Either used to kill the bake outright, leaving the builder and the bucket.
-    for (sig, name) in [("TERM", "SIGTERM"), ("HUP", "SIGHUP")] {
-        let s = setup();
-        s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "InProgress"}}]));
-        let mut cmd = s.bake_cmd(&[]);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while s.proxy.calls("GetCommandInvocation") == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the bake never reached the script"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        send_signal(child.id(), sig);
-        let o = child.wait_with_output().unwrap();
-        assert_failed_cleanly(&s, &o, name, &format!("interrupted ({name})"));
-    }
+    interrupt_during_script("TERM", "SIGTERM");
+    interrupt_during_script("HUP", "SIGHUP");
 }
 
 /// The agent `scripts/build-agent.sh` builds for images (dev profile: faster), once per

@@ -230,7 +230,7 @@ impl Api {
         let resp = req
             .send()
             .await
-            .map_err(|e| Error::Runtime(format!("{what}: {}", error_chain(&e))))?;
+            .map_err(|e| Error::Runtime(format!("{what}: {}", crate::error::chain(&e))))?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         Ok((status, body))
@@ -306,17 +306,6 @@ pub enum Eviction {
 
 fn short(body: &str) -> String {
     body.chars().take(300).collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// What a drain did.

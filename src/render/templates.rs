@@ -175,16 +175,7 @@ impl Templates {
 }
 
 /// tera's errors keep the useful part in their source chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        cur = s.source();
-    }
-    msg
-}
+use crate::error::chain;
 
 fn json_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
     Ok(Value::String(serde_json::to_string(v)?))
