@@ -45,6 +45,13 @@ spec:
     )
 }
 
+/// Writes a recipe with `base` into `dir` and returns its path.
+fn write_recipe(dir: &Path, base: &str) -> PathBuf {
+    let recipe = dir.join("recipe.yaml");
+    std::fs::write(&recipe, recipe_text(base)).unwrap();
+    recipe
+}
+
 /// A stand-in for the haimg binary the image gets: small, so staging is quick, and a
 /// static x86-64 ELF, so bake's check that it can start on the image accepts it.
 fn fake_binary(dir: &Path) -> PathBuf {
@@ -72,8 +79,7 @@ fn normalize(text: &str, plan: &serde_json::Value) -> String {
 #[test]
 fn dry_run_with_a_pinned_ami_is_offline_and_matches_its_golden_files() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = dir.path().join("recipe.yaml");
-    std::fs::write(&recipe, recipe_text("ami: ami-0123456789abcdef0")).unwrap();
+    let recipe = write_recipe(dir.path(), "ami: ami-0123456789abcdef0");
     let bin = fake_binary(dir.path());
     // No credentials, no region, and every endpoint a closed port: any AWS call fails.
     let run_dry = |output: &str| {
@@ -286,12 +292,7 @@ fn setup() -> Setup {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let recipe = dir.path().join("recipe.yaml");
-    std::fs::write(
-        &recipe,
-        recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id"),
-    )
-    .unwrap();
+    let recipe = write_recipe(dir.path(), "ssmParameter: /test/ubuntu/20.04/ami-id");
     let binary = fake_binary(dir.path());
     Setup {
         moto,
@@ -722,8 +723,7 @@ fn the_agent_built_for_images_starts_on_ubuntu_20_04s_glibc() {
     });
     assert_eq!(stdout(&o), format!("haimg {}\n", env!("CARGO_PKG_VERSION")));
     let dir = tempfile::tempdir().unwrap();
-    let recipe = dir.path().join("recipe.yaml");
-    std::fs::write(&recipe, recipe_text("ami: ami-0123456789abcdef0")).unwrap();
+    let recipe = write_recipe(dir.path(), "ami: ami-0123456789abcdef0");
     let o = run({
         let mut c = haimg();
         c.args(["bake", "--dry-run", "--haimg-binary"])
@@ -742,12 +742,7 @@ fn a_binary_that_cannot_start_on_the_image_is_refused_before_any_aws_call() {
     aws.set_nonblocking(true).unwrap();
     let endpoint = format!("http://{}", aws.local_addr().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let recipe = dir.path().join("recipe.yaml");
-    std::fs::write(
-        &recipe,
-        recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id"),
-    )
-    .unwrap();
+    let recipe = write_recipe(dir.path(), "ssmParameter: /test/ubuntu/20.04/ami-id");
     let script = dir.path().join("haimg.sh");
     std::fs::write(&script, "#!/bin/sh\necho haimg\n").unwrap();
     // The haimg under test, built on this machine's newer glibc.
