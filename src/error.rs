@@ -117,6 +117,10 @@ pub enum Error {
     /// reset: bootstrap may try again (exit 1).
     #[error("{0}")]
     Kubeadm(String),
+    /// A lease (the init or rotation lock) was taken over while its holder worked: what
+    /// it made under the lease must not be published (exit 1).
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
     /// Rendered output breaks a hard limit (e.g. the 16 KB EC2 user-data limit) (exit 2:
     /// the spec asks for more than fits).
     #[error("{0}")]
@@ -132,6 +136,7 @@ impl Error {
             | Error::Aws { .. }
             | Error::Runtime(_)
             | Error::Kubeadm(_)
+            | Error::LeaseLost(_)
             | Error::Timeout(_) => 1,
         }
     }

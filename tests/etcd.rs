@@ -50,7 +50,7 @@ async fn a_dead_member_is_removed_and_the_cluster_keeps_working() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reconcile_plan_on_real_membership_keeps_quorum() {
-    use haimg::node::reconcile::{plan_members, Instance};
+    use haimg::node::reconcile::{plan_members, Instance, Owners};
     let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
     let mut c = EtcdCluster::start(&names);
     let members = client(&c, 0).members().await.unwrap();
@@ -70,6 +70,7 @@ async fn the_reconcile_plan_on_real_membership_keeps_quorum() {
             inst("b", "terminated"),
             inst("c", "terminated"),
         ],
+        &Owners::new(["i-a".into(), "i-b".into(), "i-c".into()], &[]),
     );
     assert!(plan.remove.is_empty() && plan.kept.len() == 2);
     c.kill(2);
@@ -81,6 +82,7 @@ async fn the_reconcile_plan_on_real_membership_keeps_quorum() {
             inst("b", "running"),
             inst("c", "terminated"),
         ],
+        &Owners::new(["i-a".into(), "i-b".into(), "i-c".into()], &[]),
     );
     assert_eq!(plan.remove.len(), 1);
     client(&c, 0)

@@ -30,9 +30,9 @@ use std::time::{Duration, SystemTime};
 
 use super::agent::{paths, write_secret_file, Agent, SecretFile};
 use super::backoff::Backoff;
-use super::config::{NodeEndpoint, Role, StaticJoin};
-use super::join::{EtcdHealth, JoinMaterial, Phase, State};
-use super::store::{Acquired, Created, Election};
+use super::config::{NodeEndpoint, Role, StaticJoin, STATIC_TOKEN_TTL};
+use super::join::{EtcdHealth, JoinMaterial, MemberRecord, Phase, PublishedTimes, State};
+use super::store::{Acquired, Created, Election, Held};
 use super::{kubeadm, pki, secret};
 use crate::error::{Error, Result};
 
@@ -113,6 +113,7 @@ async fn elect_and_join(agent: &Agent) -> Result<()> {
         };
         match step {
             Step::Done => return Ok(()),
+            Step::Again(why) => tracing::info!(reason = %why, "trying again at once"),
             Step::Wait(why) => {
                 tracing::info!(reason = %why, "waiting");
                 if !backoff.wait().await {
@@ -142,8 +143,34 @@ async fn run_static(agent: &Agent, st: &StaticJoin, mut backoff: Backoff) -> Res
                 return Err(Error::Runtime(format!("static credentials: {} is missing: the first master's user-data places the cluster CA there", path.display())));
             }
         }
-        kubeadm_init(agent, &endpoint, &st.token, &key).await?;
-        apply_cni(agent).await?;
+        // A failed init is reset (the pre-placed CA kept, see `reset`) and tried again:
+        // the others keep retrying their joins meanwhile.
+        let attempts = agent.cfg.agent.kubeadm_attempts;
+        for attempt in 1.. {
+            let done = async {
+                kubeadm_init(agent, &endpoint, &st.token, STATIC_TOKEN_TTL, &key).await?;
+                apply_cni(agent)
+                    .await
+                    .map_err(|e| Error::Kubeadm(e.to_string()))
+            }
+            .await;
+            match done {
+                Ok(()) => break,
+                Err(e @ Error::Kubeadm(_)) if attempt < attempts => {
+                    tracing::warn!(error = %e, attempt, of = attempts, "static init failed; the node was reset, trying again");
+                    if !backoff.wait().await {
+                        return Err(Error::Timeout(format!(
+                            "bootstrap: static init still failing after {}s; the last error: {e}",
+                            agent.cfg.agent.join_timeout_seconds
+                        )));
+                    }
+                }
+                Err(e) => {
+                    reset(agent).await;
+                    return Err(e);
+                }
+            }
+        }
         tracing::info!(endpoint = %endpoint, "cluster initialized with static credentials");
         return Ok(());
     }
@@ -177,6 +204,8 @@ async fn run_static(agent: &Agent, st: &StaticJoin, mut backoff: Backoff) -> Res
 enum Step {
     Done,
     Wait(String),
+    /// Something changed that makes another attempt worth making now (new join material).
+    Again(String),
 }
 
 async fn worker_step(agent: &Agent, margin: Duration) -> Result<Step> {
@@ -212,8 +241,12 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
             .certificate_key
             .clone()
             .ok_or_else(|| Error::Runtime("P/join/control-plane has no certificate key".into()))?;
-        join(agent, &m, Some(&key)).await?;
-        return Ok(Step::Done);
+        record_member(agent).await?;
+        return match join(agent, &m, Some(&key)).await {
+            Ok(()) => Ok(Step::Done),
+            Err(e @ Error::Kubeadm(_)) => rotated_during_join(agent, &m, e).await,
+            Err(e) => Err(e),
+        };
     }
     if let Some(state) = agent.store.get::<State>("state").await? {
         if state.phase == Phase::Ready {
@@ -232,9 +265,59 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
         ))),
         Acquired::Won(epoch) => {
             tracing::info!(epoch, "won the init lock: initializing the cluster");
-            init(agent).await
+            let held = election.hold(&agent.id.instance_id, epoch);
+            let result = init(agent, &held).await;
+            match &result {
+                Ok(Step::Done) => {}
+                // A holder that failed, or lost the race to publish, gives the lock back at
+                // once: the next master need not wait out the lease.
+                _ => held.release().await,
+            }
+            result
         }
     }
+}
+
+/// A control-plane join failed. If `P/join/control-plane` has been rotated since it was
+/// read, the failure is the rotation's (`upload-certs` re-encrypted the certificates under
+/// a new key, so the old one no longer decrypts them): try again at once with the new
+/// material, without counting it as a kubeadm failure.
+async fn rotated_during_join(agent: &Agent, used: &JoinMaterial, e: Error) -> Result<Step> {
+    let now = agent
+        .store
+        .get::<JoinMaterial>("join/control-plane")
+        .await?;
+    match now {
+        Some(n) if n.generation != used.generation => Ok(Step::Again(format!(
+            "the join material was rotated (generation {} to {}) while this master joined with the old one",
+            used.generation, n.generation
+        ))),
+        _ => Err(e),
+    }
+}
+
+/// `P/members/<instance-id>`, written by a master of an Auto Scaling group before it
+/// becomes an etcd member: how reconcile tells this node's member from a dead predecessor
+/// that had the same address.
+async fn record_member(agent: &Agent) -> Result<()> {
+    if agent.cfg.autoscaling.is_none() {
+        return Ok(());
+    }
+    let record = MemberRecord {
+        instance_id: agent.id.instance_id.clone(),
+        private_ip: agent.id.private_ip.clone(),
+        started_at: SystemTime::now(),
+    };
+    agent
+        .store
+        .put(
+            &format!("members/{}", agent.id.instance_id),
+            &record,
+            false,
+            true,
+        )
+        .await?;
+    Ok(())
 }
 
 /// Whether a joining master must still wait. It joins only on a membership check newer
@@ -304,7 +387,7 @@ pub async fn resolve_endpoint(agent: &Agent) -> Result<String> {
     }
 }
 
-async fn init(agent: &Agent) -> Result<Step> {
+async fn init(agent: &Agent, held: &Held) -> Result<Step> {
     let endpoint = resolve_endpoint(agent).await?;
     let now = SystemTime::now();
     let state = State {
@@ -313,15 +396,21 @@ async fn init(agent: &Agent) -> Result<Step> {
         initialized_at: now,
         etcd: None,
     };
-    agent.store.put("state", &state, false, true).await?;
+    // Create-only: a holder that took over never overwrites what its predecessor wrote,
+    // and only the master whose publication wins writes `P/state` again (ready).
+    agent.store.put("state", &state, false, false).await?;
+    record_member(agent).await?;
 
     let token = secret::bootstrap_token();
     let key = secret::certificate_key();
-    kubeadm_init(agent, &endpoint, &token, &key).await?;
+    let ttl = Duration::from_secs(agent.cfg.agent.token_ttl_seconds);
+    kubeadm_init(agent, &endpoint, &token, ttl, &key).await?;
     // Between a successful init and publication this node holds a control plane nobody can
     // join: any failure here resets it, so the next attempt (or holder) starts clean.
     let published = async {
         apply_cni(agent).await?;
+        // Frozen past the lease (a paused VM): a successor holds it and may be initializing.
+        held.check().await?;
         let material = material(agent, &endpoint, token, key, 1)?;
         let created = agent
             .store
@@ -332,6 +421,13 @@ async fn init(agent: &Agent) -> Result<Step> {
     .await;
     let (material, created) = match published {
         Ok(p) => p,
+        Err(Error::LeaseLost(why)) => {
+            tracing::warn!(reason = %why, "the init lease was taken over while this master initialized: resetting and joining the new holder's cluster");
+            reset(agent).await;
+            return Ok(Step::Wait(
+                "joining the cluster of the master that took over the init lease".into(),
+            ));
+        }
         Err(e) => {
             reset(agent).await;
             return Err(Error::Kubeadm(format!(
@@ -378,10 +474,10 @@ async fn kubeadm_init(
     agent: &Agent,
     endpoint: &str,
     token: &secret::Secret,
+    token_ttl: Duration,
     key: &secret::Secret,
 ) -> Result<()> {
     let s = &agent.cfg.agent;
-    let token_ttl = Duration::from_secs(s.token_ttl_seconds);
     let config_path = agent.path(paths::INIT_CONFIG);
     let _cleanup = SecretFile(config_path.clone());
     write_secret_file(
@@ -441,11 +537,19 @@ pub fn material(
     })
 }
 
-/// Publishes the worker's copy (no certificate key; the token's own lifetime).
+/// After `P/join/control-plane`: the worker's copy (no certificate key; the token's own
+/// lifetime), then `P/join/times` for `haimg status`.
 pub async fn publish_worker(agent: &Agent, m: &JoinMaterial) -> Result<()> {
     let worker =
         m.for_workers(m.issued_at + Duration::from_secs(agent.cfg.agent.token_ttl_seconds));
     agent.store.put("join/worker", &worker, true, true).await?;
+    let times = PublishedTimes {
+        generation: m.generation,
+        issued_at: m.issued_at,
+        control_plane_expires_at: m.expires_at,
+        worker_expires_at: worker.expires_at,
+    };
+    agent.store.put("join/times", &times, false, true).await?;
     Ok(())
 }
 
@@ -502,34 +606,52 @@ fn static_pods_flag(agent: &Agent) -> Option<&'static str> {
 /// haproxy static pods (written by cloud-init, not by kubeadm) back, or a retried join
 /// would run without them.
 async fn reset(agent: &Agent) {
-    let keep: Vec<(std::path::PathBuf, Vec<u8>)> = if static_pods_flag(agent).is_some() {
-        let dir = agent.path(paths::MANIFESTS);
-        std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| Some((e.path(), std::fs::read(e.path()).ok()?)))
-            .filter(|(p, _)| {
-                p.file_name()
-                    .is_some_and(|n| n == "keepalived.yaml" || n == "haproxy.yaml")
-            })
-            .collect()
-    } else {
-        vec![]
-    };
+    let mut keep: Vec<(std::path::PathBuf, Vec<u8>, std::fs::Permissions)> =
+        if static_pods_flag(agent).is_some() {
+            let dir = agent.path(paths::MANIFESTS);
+            std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| read_kept(&e.path()))
+                .filter(|(p, _, _)| {
+                    p.file_name()
+                        .is_some_and(|n| n == "keepalived.yaml" || n == "haproxy.yaml")
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+    // The first master of static credentials was given the cluster CA by its user-data:
+    // every node pins its hash, so a retried init must use the same CA, not a new one.
+    if agent.cfg.credentials.as_ref().is_some_and(|c| c.init) {
+        keep.extend(
+            [paths::CA_CERT, paths::CA_KEY]
+                .into_iter()
+                .map(|p| agent.path(p))
+                .filter_map(|p| read_kept(&p)),
+        );
+    }
     if let Err(e) = agent
         .kubeadm(&["reset", "--force"], Duration::from_secs(300))
         .await
     {
         tracing::warn!(error = %e, "kubeadm reset failed");
     }
-    for (path, data) in keep {
+    for (path, data, mode) in keep {
         let restored = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| std::fs::write(&path, data));
+        // Modes as they were (the CA key stays 0600).
+        let restored = restored.and_then(|()| std::fs::set_permissions(&path, mode));
         if let Err(e) = restored {
-            tracing::warn!(error = %e, path = %path.display(), "could not restore a static pod manifest");
+            tracing::warn!(error = %e, path = %path.display(), "could not restore a file kubeadm reset removed");
         }
     }
+}
+
+fn read_kept(p: &std::path::Path) -> Option<(std::path::PathBuf, Vec<u8>, std::fs::Permissions)> {
+    let meta = std::fs::metadata(p).ok()?;
+    Some((p.to_path_buf(), std::fs::read(p).ok()?, meta.permissions()))
 }

@@ -109,10 +109,14 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AgentSettings {
-    /// How long an init lock holder has to publish join material before another master
-    /// takes over: `kubeadm init` with pre-pulled images takes 1-3 minutes; 15 leaves
-    /// room for a slow EBS volume without leaving a dead holder in charge for long.
+    /// The init lock's lease. Its holder renews it every third of this while it works
+    /// (`kubeadm init`, the CNI, publishing: however long they take), so the lease only
+    /// bounds how long a dead or frozen holder stays in charge, and how far the masters'
+    /// clocks may disagree (two thirds of it) before a live holder looks expired.
     pub init_lease_seconds: u64,
+    /// The rotation lock's lease (renewed the same way): `refresh` runs every 10 minutes,
+    /// so a dead rotator is replaced by the next timer run after this.
+    pub rotation_lease_seconds: u64,
     /// Overall bound on a bootstrap's waiting: after an hour something needs a human,
     /// and the instance failing its health check gets it replaced.
     pub join_timeout_seconds: u64,
@@ -156,7 +160,8 @@ pub struct AgentSettings {
 impl Default for AgentSettings {
     fn default() -> Self {
         Self {
-            init_lease_seconds: 900,
+            init_lease_seconds: 180,
+            rotation_lease_seconds: 180,
             join_timeout_seconds: 3600,
             poll_initial_millis: 1000,
             poll_max_millis: 20_000,
@@ -259,6 +264,11 @@ pub struct StaticJoin {
     pub certificate_key: Option<super::secret::Secret>,
     pub ca_cert_hashes: Vec<String>,
 }
+
+/// The lifetime of the bootstrap token of static credentials (`credentials.source:
+/// static`): the 24 h the spec's warnings and the docs promise workers. Nothing rotates
+/// it, so it is kubeadm's own default rather than the rotated tokens' shorter life.
+pub const STATIC_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A node's fixed name and address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

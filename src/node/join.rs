@@ -55,6 +55,21 @@ impl JoinMaterial {
     }
 }
 
+/// `P/join/times` (a String, no secret in it): when the published material was issued and
+/// when each copy expires, written with every publication. `haimg status` reads it, so an
+/// operator needs no decrypt right on the certificate key to see how old the material is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedTimes {
+    pub generation: u64,
+    #[serde(with = "rfc3339")]
+    pub issued_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub control_plane_expires_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub worker_expires_at: SystemTime,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -93,6 +108,55 @@ pub struct Lock {
     pub instance_id: String,
     #[serde(with = "rfc3339")]
     pub acquired_at: SystemTime,
+    /// The holder's last renewal: it renews while it works, so a slow but live holder is
+    /// never taken over. Absent on a lock that was never renewed.
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<SystemTime>,
+    /// Set by a holder that gave up: the next node takes over at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
+}
+
+impl Lock {
+    /// Whether the lease is still held at `now` (by the reader's clock).
+    pub fn live(&self, now: SystemTime, lease: Duration) -> bool {
+        if self.released {
+            return false;
+        }
+        let last = self.renewed_at.unwrap_or(self.acquired_at);
+        // A renewal "in the future" (the holder's clock is ahead) counts as live.
+        now.duration_since(last).map_or(true, |age| age < lease)
+    }
+}
+
+/// `P/members/<instance-id>`: written by a master just before its `kubeadm init` or
+/// `kubeadm join --control-plane`. Reconcile tells a live member from a dead predecessor
+/// at the same address (EC2 recycles private addresses and their DNS names) by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRecord {
+    pub instance_id: String,
+    pub private_ip: String,
+    #[serde(with = "rfc3339")]
+    pub started_at: SystemTime,
+}
+
+pub mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::rfc3339::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 pub mod rfc3339 {

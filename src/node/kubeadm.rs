@@ -185,6 +185,13 @@ fn node_registration<'a>(cfg: &'a NodeConfig, id: &'a NodeIdentity) -> NodeRegis
     // is then never the VIP, and neither is what CNIs autodetect from it (seed 002 §6.8).
     if let Some(fixed) = &cfg.node {
         args.insert("node-ip".to_string(), fixed.address.to_string());
+    } else {
+        // The Node names its instance, which outlives the address and the DNS name EC2
+        // recycles: reconcile matches Nodes to instances by it.
+        args.insert(
+            "provider-id".to_string(),
+            format!("aws:///{}/{}", id.availability_zone, id.instance_id),
+        );
     }
     let kubelet_extra_args = (!args.is_empty()).then(|| {
         if kubeadm_api_version(&cfg.kubernetes.version).ends_with("v1beta3") {

@@ -2,23 +2,34 @@
 //!
 //! # Flow
 //! 1. Not an initialized control-plane node (no admin.conf): nothing to do.
-//! 2. If `P/join/control-plane` exists and is younger than half its lifetime: nothing to do.
+//! 2. If `P/join/control-plane` is younger than half its lifetime and no rotation of the
+//!    next generation was started: nothing to do.
 //! 3. Take the rotation lock for the next generation (`P/rotation/<gen>/lock-<epoch>`,
-//!    create-only): only its winner rotates, so one rotation happens per period even when
-//!    every master's timer fires at once.
+//!    create-only), renewed while the rotation runs: only its holder rotates, so one
+//!    rotation happens per generation even when every master's timer fires at once.
 //! 4. `kubeadm token create --ttl …` (kubeadm generates the token and prints it: it never
 //!    appears in a command line), then `kubeadm init phase upload-certs --upload-certs
 //!    --config F` with a fresh certificate key in the 0600 file F.
-//! 5. Publish `P/join/control-plane`, then `P/join/worker`, each one JSON document.
+//! 5. Still the lease holder, and no newer generation published: publish
+//!    `P/join/control-plane`, then `P/join/worker` and `P/join/times`.
 //!
 //! # Guarantees
 //! - A reader never sees a token from one rotation with a key from another: each
 //!   parameter is one document, written whole.
+//! - Upload and publication are one step: `upload-certs` kills the published key at once,
+//!   so a rotation that uploaded but did not publish (SSM failed, the node died) leaves its
+//!   lock behind, and the next run on any master rotates again instead of waiting for the
+//!   half-life. A joining master whose key died mid-join re-reads the material.
+//! - A publish never overwrites a newer generation, and a holder frozen past its lease
+//!   publishes nothing.
 //! - Material is rotated at half-life, so with the timer running every 10 minutes valid
 //!   material is always present; expired material is replaced on the next run.
 //!
 //! # Caveats
 //! - Old tokens are left to expire on their own TTL.
+//! - A holder frozen *during* `upload-certs` past its lease can upload after its successor
+//!   did; its own publish is refused, and the successor's key is dead until the next
+//!   rotation. Joining masters then fail their attempts and the group replaces them.
 
 use std::time::{Duration, SystemTime};
 
@@ -27,11 +38,8 @@ use super::bootstrap::{material, publish_worker, resolve_endpoint};
 use super::join::JoinMaterial;
 use super::kubeadm;
 use super::secret::{self, Secret};
-use super::store::{Acquired, Election};
+use super::store::{Acquired, Election, Held};
 use crate::error::{Error, Result};
-
-/// How long a rotation lock holder has to publish before another master may rotate.
-const ROTATION_LEASE: Duration = Duration::from_secs(300);
 
 pub async fn run(agent: &Agent) -> Result<()> {
     if !agent.is_control_plane_ready() {
@@ -43,22 +51,51 @@ pub async fn run(agent: &Agent) -> Result<()> {
         .store
         .get::<JoinMaterial>("join/control-plane")
         .await?;
-    if let Some(m) = &current {
-        if !m.past_half_life(now) {
-            tracing::info!(generation = m.generation, "join material is fresh");
-            return Ok(());
-        }
-    }
     let generation = current.as_ref().map(|m| m.generation + 1).unwrap_or(1);
     let election = Election {
         store: &agent.store,
         dir: format!("rotation/{generation}"),
-        lease: ROTATION_LEASE,
+        lease: Duration::from_secs(agent.cfg.agent.rotation_lease_seconds),
     };
-    if let Acquired::Held { by, .. } = election.try_acquire(&agent.id.instance_id, now).await? {
-        tracing::info!(generation, holder = %by, "another master is rotating");
-        return Ok(());
+    if let Some(m) = &current {
+        // A lock for the next generation means a rotation started and did not publish: the
+        // key it uploaded (if it got that far) is the live one, and the published key dead.
+        let unfinished = election.latest().await?.is_some();
+        if !m.past_half_life(now) && !unfinished {
+            tracing::info!(generation = m.generation, "join material is fresh");
+            return Ok(());
+        }
+        if unfinished {
+            tracing::warn!(
+                generation,
+                "a rotation of this generation started and did not publish"
+            );
+        }
     }
+    let epoch = match election.try_acquire(&agent.id.instance_id, now).await? {
+        Acquired::Held { by, .. } => {
+            tracing::info!(generation, holder = %by, "another master is rotating");
+            return Ok(());
+        }
+        Acquired::Won(epoch) => epoch,
+    };
+    let held = election.hold(&agent.id.instance_id, epoch);
+    match rotate(agent, &held, current.as_ref(), generation).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // The next run, here or on another master, rotates again at once.
+            held.release().await;
+            Err(e)
+        }
+    }
+}
+
+async fn rotate(
+    agent: &Agent,
+    held: &Held,
+    current: Option<&JoinMaterial>,
+    generation: u64,
+) -> Result<()> {
     let s = &agent.cfg.agent;
     let admin = agent.path(paths::ADMIN_CONF);
     let admin = admin.to_string_lossy();
@@ -77,7 +114,7 @@ pub async fn run(agent: &Agent) -> Result<()> {
     let token =
         token.ok_or_else(|| Error::Runtime("`kubeadm token create` printed no token".into()))?;
 
-    let endpoint = match &current {
+    let endpoint = match current {
         Some(m) => m.endpoint.clone(),
         None => resolve_endpoint(agent).await?,
     };
@@ -107,6 +144,22 @@ pub async fn run(agent: &Agent) -> Result<()> {
             .await?;
     }
     let m = material(agent, &endpoint, token, key, generation)?;
+    // From here the uploaded key is the live one: publish it now, unless this holder was
+    // taken over or something newer is already there.
+    held.check().await?;
+    if let Some(newer) = agent
+        .store
+        .get::<JoinMaterial>("join/control-plane")
+        .await?
+        .filter(|p| p.generation >= generation)
+    {
+        tracing::warn!(
+            generation,
+            published = newer.generation,
+            "a newer generation is already published: not overwriting it"
+        );
+        return Ok(());
+    }
     agent
         .store
         .put("join/control-plane", &m, true, true)

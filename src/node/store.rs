@@ -2,7 +2,7 @@
 //!
 //! Every call names the parameter in its error, never its value.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_ssm::types::ParameterType;
 use serde::de::DeserializeOwned;
@@ -101,6 +101,21 @@ impl Store {
         }
     }
 
+    /// Deletes a parameter; one that is already gone is success.
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        let name = self.name(rel);
+        match self.client.delete_parameter().name(&name).send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_not_found()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::aws(format!("ssm DeleteParameter {name}"))(e)),
+        }
+    }
+
     /// Names (relative to the prefix) and values of every parameter directly under `rel`.
     pub async fn list(&self, rel: &str) -> Result<Vec<(String, String)>> {
         let path = self.name(rel);
@@ -131,7 +146,7 @@ impl Store {
 
 /// Whether `rel` (a name relative to `P`) is one of the parameters haimg writes (DESIGN §6):
 /// `state`, `cluster` (written by `haimg up`), `join/control-plane`, `join/worker`,
-/// `init/lock-<epoch>` and `rotation/<generation>/lock-<epoch>`. `haimg down` deletes these
+/// `members/<instance-id>`, `init/lock-<epoch>` and `rotation/<generation>/lock-<epoch>`. `haimg down` deletes these
 /// and nothing else, so a prefix shared by mistake never loses a stranger's parameter.
 pub fn is_layout_name(rel: &str) -> bool {
     let lock = |s: &str| {
@@ -140,7 +155,12 @@ pub fn is_layout_name(rel: &str) -> bool {
     };
     match rel.split('/').collect::<Vec<_>>().as_slice() {
         ["state" | "cluster"] => true,
-        ["join", "control-plane" | "worker"] => true,
+        ["members", id] => {
+            id.starts_with("i-")
+                && id[2..].bytes().all(|b| b.is_ascii_alphanumeric())
+                && id.len() > 2
+        }
+        ["join", "control-plane" | "worker" | "times"] => true,
         ["init", l] => lock(l),
         ["rotation", g, l] => !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) && lock(l),
         _ => false,
@@ -149,11 +169,12 @@ pub fn is_layout_name(rel: &str) -> bool {
 
 /// A lease-based mutual exclusion built from create-only parameter names
 /// `<dir>/lock-<epoch>`: whoever creates the lowest free epoch holds the lock; a lock
-/// whose lease ran out is taken over by creating the next epoch.
+/// whose lease ran out (its holder stopped renewing) or that its holder released is taken
+/// over by creating the next epoch.
 pub struct Election<'a> {
     pub store: &'a Store,
     pub dir: String,
-    pub lease: std::time::Duration,
+    pub lease: Duration,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -165,44 +186,32 @@ pub enum Acquired {
 }
 
 impl Election<'_> {
+    /// The highest epoch and its lock (`None` inside when it cannot be read).
+    pub async fn latest(&self) -> Result<Option<(u64, Option<Lock>)>> {
+        Ok(latest_lock(&self.store.list(&self.dir).await?))
+    }
+
     pub async fn try_acquire(&self, me: &str, now: SystemTime) -> Result<Acquired> {
-        let locks = self.store.list(&self.dir).await?;
-        let latest = locks
-            .iter()
-            .filter_map(|(name, value)| {
-                let epoch = name
-                    .rsplit('/')
-                    .next()?
-                    .strip_prefix("lock-")?
-                    .parse::<u64>()
-                    .ok()?;
-                Some((epoch, serde_json::from_str::<Lock>(value).ok()))
-            })
-            .max_by_key(|(e, _)| *e);
-        let next = match latest {
-            Some((epoch, Some(lock))) => {
-                let live = now
-                    .duration_since(lock.acquired_at)
-                    .map(|age| age < self.lease)
-                    .unwrap_or(true);
-                if lock.instance_id == me {
-                    return Ok(Acquired::Won(epoch));
-                }
-                if live {
-                    return Ok(Acquired::Held {
-                        by: lock.instance_id,
-                        epoch,
-                    });
-                }
-                epoch + 1
+        let next = match self.latest().await? {
+            // Our own unreleased lock (a retry of ours, or a restart of this node).
+            Some((epoch, Some(lock))) if lock.instance_id == me && !lock.released => {
+                return Ok(Acquired::Won(epoch))
             }
-            // A lock we cannot read is treated as expired: never wait on garbage forever.
-            Some((epoch, None)) => epoch + 1,
+            Some((epoch, Some(lock))) if lock.live(now, self.lease) => {
+                return Ok(Acquired::Held {
+                    by: lock.instance_id,
+                    epoch,
+                })
+            }
+            // Expired, released, or unreadable: never wait on garbage forever.
+            Some((epoch, _)) => epoch + 1,
             None => 1,
         };
         let lock = Lock {
             instance_id: me.to_string(),
             acquired_at: now,
+            renewed_at: None,
+            released: false,
         };
         match self
             .store
@@ -215,6 +224,131 @@ impl Election<'_> {
                 epoch: next,
             }),
         }
+    }
+
+    /// Holds a won epoch: renews it in the background until released or dropped.
+    pub fn hold(&self, me: &str, epoch: u64) -> Held {
+        Held::start(self.store.clone(), &self.dir, me, epoch, self.lease)
+    }
+}
+
+fn latest_lock(locks: &[(String, String)]) -> Option<(u64, Option<Lock>)> {
+    locks
+        .iter()
+        .filter_map(|(name, value)| {
+            let epoch = name
+                .rsplit('/')
+                .next()?
+                .strip_prefix("lock-")?
+                .parse::<u64>()
+                .ok()?;
+            Some((epoch, serde_json::from_str::<Lock>(value).ok()))
+        })
+        .max_by_key(|(e, _)| *e)
+}
+
+/// A won lease. A task renews it every third of the lease, so a holder that is slow but
+/// alive keeps it however long its work takes, and one that dies (or freezes) loses it
+/// within one lease. Before acting on the lease (publishing what it made under it) the
+/// holder calls [`Held::check`]; a holder that gives up calls [`Held::release`] so the next
+/// node takes over at once instead of waiting out the lease.
+///
+/// Readers judge a lease by their own clocks against the holder's renewal time, so clocks
+/// may disagree by up to two thirds of the lease before a live holder looks expired.
+pub struct Held {
+    store: Store,
+    dir: String,
+    me: String,
+    epoch: u64,
+    acquired_at: SystemTime,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    fn start(store: Store, dir: &str, me: &str, epoch: u64, lease: Duration) -> Held {
+        let acquired_at = SystemTime::now();
+        let name = format!("{dir}/lock-{epoch}");
+        let renewer = {
+            let (store, me, name) = (store.clone(), me.to_string(), name.clone());
+            tokio::spawn(async move {
+                let every = (lease / 3).max(Duration::from_millis(100));
+                loop {
+                    tokio::time::sleep(every).await;
+                    let lock = Lock {
+                        instance_id: me.clone(),
+                        acquired_at,
+                        renewed_at: Some(SystemTime::now()),
+                        released: false,
+                    };
+                    if let Err(e) = store.put(&name, &lock, false, true).await {
+                        // The next renewal tries again; a lease that runs out is found by
+                        // `check` before anything is published under it.
+                        tracing::warn!(error = %e, lock = %name, "could not renew the lease");
+                    }
+                }
+            })
+        };
+        Held {
+            store,
+            dir: dir.to_string(),
+            me: me.to_string(),
+            epoch,
+            acquired_at,
+            renewer,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether this is still the lease: the highest epoch, ours and not released. A holder
+    /// that was frozen past its lease (a paused VM, a stopped process) finds the takeover
+    /// here.
+    pub async fn check(&self) -> Result<()> {
+        let latest = latest_lock(&self.store.list(&self.dir).await?);
+        match latest {
+            Some((epoch, Some(lock)))
+                if epoch == self.epoch && lock.instance_id == self.me && !lock.released =>
+            {
+                Ok(())
+            }
+            Some((epoch, lock)) => Err(Error::LeaseLost(format!(
+                "{}/lock-{} is no longer ours: epoch {epoch} is held by {}",
+                self.dir,
+                self.epoch,
+                lock.map_or("an unreadable lock".into(), |l| l.instance_id)
+            ))),
+            None => Err(Error::LeaseLost(format!(
+                "{}/lock-{} has disappeared",
+                self.dir, self.epoch
+            ))),
+        }
+    }
+
+    /// Stops renewing and marks the lease released, so the next node need not wait it out.
+    /// Best effort: a failure here only costs the others the rest of the lease.
+    pub async fn release(self) {
+        self.renewer.abort();
+        let lock = Lock {
+            instance_id: self.me.clone(),
+            acquired_at: self.acquired_at,
+            renewed_at: Some(SystemTime::now()),
+            released: true,
+        };
+        let name = format!("{}/lock-{}", self.dir, self.epoch);
+        match self.store.put(&name, &lock, false, true).await {
+            Ok(_) => tracing::info!(lock = %name, "released the lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, lock = %name, "could not release the lease; it expires on its own")
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.renewer.abort();
     }
 }
 
@@ -229,9 +363,11 @@ mod tests {
             "cluster",
             "join/control-plane",
             "join/worker",
+            "join/times",
             "init/lock-1",
             "init/lock-12",
             "rotation/3/lock-1",
+            "members/i-0123456789abcdef0",
         ] {
             assert!(is_layout_name(n), "{n}");
         }
@@ -246,6 +382,10 @@ mod tests {
             "rotation/x/lock-1",
             "rotation//lock-1",
             "images/ubuntu/latest",
+            "members/",
+            "members/i-",
+            "members/node-1",
+            "members/i-1/x",
         ] {
             assert!(!is_layout_name(n), "{n}");
         }

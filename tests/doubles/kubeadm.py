@@ -10,7 +10,10 @@ config file with secrets that is not mode 0600, and writes the files kubeadm wri
 The simulated cluster lives in $FAKE_CLUSTER_DIR (shared by every node of a test), and
 every invocation is appended to $FAKE_CLUSTER_DIR/events.jsonl.
 Knobs: FAKE_KUBEADM_INIT_SECONDS, FAKE_KUBEADM_JOIN_SECONDS (durations),
-FAKE_KUBEADM_FAIL (comma-separated subcommands that fail).
+FAKE_KUBEADM_FAIL (comma-separated subcommands that fail), FAKE_KUBEADM_FAIL_FIRST
+(cmd:N, the first N fail), FAKE_KUBEADM_GATE (cmd:path, held until path exists).
+Like kubeadm, `upload-certs` replaces the uploaded certificates: the previous certificate
+key stops working at once.
 """
 import fcntl
 import json
@@ -227,6 +230,24 @@ def check_preflight(flags):
         die("--ignore-preflight-errors given but /etc/kubernetes/manifests holds nothing")
 
 
+def kubelet_arg(nr, name):
+    args = nr.get("kubeletExtraArgs") or {}
+    if isinstance(args, list):
+        return next((a["value"] for a in args if a["name"] == name), None)
+    return args.get(name)
+
+
+def gate(cmd):
+    """FAKE_KUBEADM_GATE=cmd:path: hold `cmd` (after its start event) until `path` exists,
+    so a test can make something happen while kubeadm runs, on events, not on sleeps."""
+    for rule in filter(None, os.environ.get("FAKE_KUBEADM_GATE", "").split(",")):
+        which, _, path_ = rule.partition(":")
+        if which == cmd:
+            event(cmd=f"{cmd}-gated")
+            while not os.path.exists(path_):
+                time.sleep(0.05)
+
+
 def fail_if_asked(cmd):
     if cmd in os.environ.get("FAKE_KUBEADM_FAIL", "").split(","):
         event(cmd=cmd, failed=True)
@@ -257,6 +278,8 @@ def main(argv):
             die("--kubeconfig does not exist")
         docs = read_config(flags["config"])
         key = docs["InitConfiguration"]["certificateKey"]
+        event(cmd="upload-certs-start")
+        gate("upload-certs")
         fail_if_asked("upload-certs")
         with locked_state() as s:
             s["certificateKey"] = {"key": key, "expires": time.time() + CERTS_TTL}
@@ -272,6 +295,7 @@ def main(argv):
             if k not in docs:
                 die(f"init: {k} missing")
         event(cmd="init-start")
+        gate("init")
         time.sleep(float(os.environ.get("FAKE_KUBEADM_INIT_SECONDS", "0")))
         fail_if_asked("init")
         i = docs["InitConfiguration"]
@@ -298,11 +322,14 @@ def main(argv):
             for t in i.get("bootstrapTokens", []):
                 s["tokens"][t["token"]] = time.time() + ttl_seconds(t.get("ttl", "86400s"))
             s["certificateKey"] = {"key": i["certificateKey"], "expires": time.time() + CERTS_TTL}
-            s["nodes"][i["nodeRegistration"]["name"]] = {"controlPlane": True, "ready": True}
+            s["nodes"][i["nodeRegistration"]["name"]] = {"controlPlane": True, "ready": True,
+                                                         "providerID": kubelet_arg(i["nodeRegistration"], "provider-id")}
         write_node_files(True)
         event(cmd="init", endpoint=docs["ClusterConfiguration"]["controlPlaneEndpoint"],
               bindPort=i["localAPIEndpoint"]["bindPort"], kubeletExtraArgs=i["nodeRegistration"].get("kubeletExtraArgs"),
-              certSANs=docs["ClusterConfiguration"].get("apiServer", {}).get("certSANs", []))
+              certSANs=docs["ClusterConfiguration"].get("apiServer", {}).get("certSANs", []),
+              tokenTtls=[t.get("ttl") for t in i.get("bootstrapTokens", [])],
+              providerID=kubelet_arg(i["nodeRegistration"], "provider-id"))
         return
     if cmd == "join":
         flags, rest = parse_flags(argv[1:], {"config", "ignore-preflight-errors"})
@@ -313,6 +340,7 @@ def main(argv):
         j = docs.get("JoinConfiguration") or die("join: JoinConfiguration missing")
         bt = j["discovery"]["bootstrapToken"]
         event(cmd="join-start", controlPlane="controlPlane" in j)
+        gate("join")
         time.sleep(float(os.environ.get("FAKE_KUBEADM_JOIN_SECONDS", "0")))
         fail_if_asked("join")
         with locked_state() as s:
@@ -327,10 +355,13 @@ def main(argv):
                 ck = s.get("certificateKey") or {}
                 if j["controlPlane"].get("certificateKey") != ck.get("key") or ck.get("expires", 0) < time.time():
                     die("join: the certificate key does not decrypt the uploaded certs (wrong or expired)", 1)
-            s["nodes"][j["nodeRegistration"]["name"]] = {"controlPlane": "controlPlane" in j, "ready": True}
+            # A Node of the same name (a recycled address) is taken over, as the kubelet does.
+            s["nodes"][j["nodeRegistration"]["name"]] = {"controlPlane": "controlPlane" in j, "ready": True,
+                                                         "providerID": kubelet_arg(j["nodeRegistration"], "provider-id")}
         write_node_files("controlPlane" in j)
         event(cmd="join", controlPlane="controlPlane" in j, withCertificateKey=bool(j.get("controlPlane", {}).get("certificateKey")),
-              endpoint=bt.get("apiServerEndpoint"), bindPort=j.get("controlPlane", {}).get("localAPIEndpoint", {}).get("bindPort"))
+              endpoint=bt.get("apiServerEndpoint"), bindPort=j.get("controlPlane", {}).get("localAPIEndpoint", {}).get("bindPort"),
+              providerID=kubelet_arg(j["nodeRegistration"], "provider-id"))
         return
     if cmd == "token" and argv[1:2] == ["create"]:
         flags, rest = parse_flags(argv[2:], {"ttl", "kubeconfig"})

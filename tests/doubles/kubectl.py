@@ -49,7 +49,11 @@ def main(argv):
         return
     if args == ["get", "nodes", "-o", "json"]:
         s = state()
-        items = [{"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True" if v.get("ready") else "False"}]}} for n, v in s["nodes"].items()]
+        def item(name, n):
+            spec = {"providerID": n["providerID"]} if n.get("providerID") else {}
+            ready = "True" if n.get("ready") else "False"
+            return {"metadata": {"name": name}, "spec": spec, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+        items = [item(name, n) for name, n in s["nodes"].items()]
         print(json.dumps({"kind": "List", "items": items}))
         return
     if args[:2] == ["delete", "node"] and len(args) == 4 and args[3] == "--ignore-not-found":
