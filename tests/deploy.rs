@@ -678,20 +678,19 @@ fn an_interrupted_up_resumes_and_down_finishes_after_any_partial_run() {
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
         c.spawn().unwrap()
     };
+    // Interrupt once the call has taken effect (the template exists) while its answer is
+    // still held by the proxy.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !env
-        .proxy
-        .all_calls()
-        .iter()
-        .any(|c| c == "ec2:CreateLaunchTemplate")
+    while env.cli(&["ec2", "describe-launch-templates"])["LaunchTemplates"]
+        .as_array()
+        .is_none_or(|a| a.is_empty())
     {
         assert!(
             Instant::now() < deadline,
-            "up never reached CreateLaunchTemplate"
+            "up never created its first launch template"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -811,12 +810,21 @@ fn status_shows_phase_targets_and_join_material_age_and_up_waits_for_health() {
     );
 
     // `up --wait` returns once the first master has published: state ready, join material.
+    env.proxy.reset_log();
     let mut child = {
         let mut c = env.cmd(&["up", "--wait", "--timeout", "60s", "--poll", "100ms"]);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c.spawn().unwrap()
     };
-    std::thread::sleep(Duration::from_millis(800));
+    // Three polls of the state parameter that found none: still waiting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.proxy.calls("GetParameter") < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "up --wait never polled the state"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         child.try_wait().unwrap().is_none(),
         "up --wait returned before the cluster was ready"

@@ -109,7 +109,7 @@ async fn a_master_takes_over_when_the_init_holder_dies_before_publishing() {
     // The first holder's kubeadm init hangs; it is killed while it runs.
     holder_node
         .extra_env
-        .push(("FAKE_KUBEADM_INIT_SECONDS".into(), "60".into()));
+        .push(("FAKE_KUBEADM_GATE".into(), "init:/nonexistent/never".into()));
     let mut holder = f.spawn(&holder_node, "bootstrap");
     eventually("the first master starts kubeadm init", BOUND, || {
         !f.events_of("init-start").is_empty()
@@ -167,7 +167,16 @@ async fn expired_material_is_never_used_until_refresh_rotates_it() {
     }
     let w0 = f.node("w0", c.workers[0].clone(), &node_yaml(false, |_| {}));
     let mut waiting = f.spawn(&w0, "bootstrap");
-    std::thread::sleep(Duration::from_secs(3));
+    eventually(
+        "the worker to find the material expiring twice",
+        BOUND,
+        || {
+            f.log(&w0, "bootstrap")
+                .matches("too close to expiry")
+                .count()
+                >= 2
+        },
+    );
     assert!(
         waiting.try_wait().unwrap().is_none(),
         "the worker must wait, not fail:\n{}",
@@ -291,31 +300,6 @@ fn a_bad_node_config_exits_2_and_touches_nothing() {
     assert_eq!(left, ["node.yaml"], "no half-done state");
 }
 
-/// Three masters with a real etcd whose members carry the masters' node names.
-async fn masters_with_etcd(masters: i32) -> (Cluster, Vec<Node>, common::etcd::EtcdCluster) {
-    let c = cluster(masters, 0).await;
-    let names: Vec<String> = c.masters.iter().map(|m| m.hostname.clone()).collect();
-    let etcd = common::etcd::EtcdCluster::start(&names);
-    let nodes: Vec<Node> = c
-        .masters
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let endpoint = etcd.endpoint(i);
-            c.fleet.node(
-                &format!("m{i}"),
-                id.clone(),
-                &node_yaml(true, |cfg| {
-                    cfg.agent.etcd.endpoint = endpoint;
-                    cfg.agent.membership_wait_seconds = 120;
-                }),
-            )
-        })
-        .collect();
-    c.fleet.run_all(&nodes, "bootstrap", BOUND);
-    (c, nodes, etcd)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_master_joins_only_after_the_dead_member_is_removed() {
     let (c, nodes, mut etcd) = masters_with_etcd(3).await;
@@ -340,7 +324,16 @@ async fn a_replaced_master_joins_only_after_the_dead_member_is_removed() {
         &node_yaml(true, |cfg| cfg.agent.membership_wait_seconds = 120),
     );
     let mut joining = f.spawn(&node, "bootstrap");
-    std::thread::sleep(Duration::from_secs(4));
+    eventually(
+        "the replacement to wait for a membership check twice",
+        BOUND,
+        || {
+            f.log(&node, "bootstrap")
+                .matches("membership check")
+                .count()
+                >= 2
+        },
+    );
     assert!(
         joining.try_wait().unwrap().is_none(),
         "the replacement waits:\n{}",
@@ -363,7 +356,6 @@ async fn a_replaced_master_joins_only_after_the_dead_member_is_removed() {
         "{}",
         f.log(&nodes[0], "reconcile")
     );
-    let removed_at = SystemTime::now();
     assert_eq!(etcd.member_names(0), {
         let mut v = vec![c.masters[0].hostname.clone(), c.masters[1].hostname.clone()];
         v.sort();
@@ -382,20 +374,24 @@ async fn a_replaced_master_joins_only_after_the_dead_member_is_removed() {
         "{}",
         f.log(&node, "bootstrap")
     );
-    let join = f
-        .events_of("join-start")
-        .into_iter()
-        .find(|e| e["node"] == "m3")
+    // Exactly in this order in the one event log: reconcile removed the member, then
+    // deleted the Node (logged), then published the check; only then did m3 start its join.
+    let events = f.events();
+    let deleted = events
+        .iter()
+        .position(|e| {
+            e["cmd"] == "kubectl-delete-node" && e["target"] == c.masters[2].hostname.as_str()
+        })
         .unwrap();
-    let removed = removed_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let joined = events
+        .iter()
+        .position(|e| e["cmd"] == "join-start" && e["node"] == "m3")
+        .unwrap();
     assert!(
-        join["t"].as_f64().unwrap() > removed - 1.0,
-        "joined after the removal"
+        deleted < joined,
+        "m3 joined before the removal: {events:#?}"
     );
-    assert_eq!(join["controlPlane"], true);
+    assert_eq!(events[joined]["controlPlane"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -730,6 +726,7 @@ async fn static_credentials_bootstrap_offline_with_the_pre_generated_ca() {
     *material = Some(Box::new(m.clone()));
     let t = haimg::render::templates::Templates::embedded();
     let f = Fleet::new(Moto::start());
+    let gate = f.dir.path().join("gate-init");
     let dead = (
         "AWS_ENDPOINT_URL".to_string(),
         "http://127.0.0.1:9/".to_string(),
@@ -741,14 +738,22 @@ async fn static_credentials_bootstrap_offline_with_the_pre_generated_ca() {
         };
         let ud = haimg::render::user_data(&spec, g, &t).unwrap();
         let mut n = node_from_user_data(&f, node.name.as_str(), fixed_identity(), &ud.text);
-        // The first master's init takes a while, so the others first find no API server.
-        n.extra_env
-            .push(("FAKE_KUBEADM_INIT_SECONDS".into(), "2".into()));
+        // The first master's init is held until the others have found no API server.
+        n.extra_env.push((
+            "FAKE_KUBEADM_GATE".into(),
+            format!("init:{}", gate.display()),
+        ));
         n.extra_env.push((
             "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
             "http://127.0.0.1:9/".into(),
         ));
         n.extra_env.push(dead.clone());
+        // The first init fails after kubeadm wrote its files: the retry must find the
+        // pre-placed CA still there (kubeadm reset removes /etc/kubernetes/pki).
+        if node.name.as_str() == "m1" {
+            n.extra_env
+                .push(("FAKE_KUBEADM_FAIL_FIRST".into(), "init:1".into()));
+        }
         nodes.push(n);
     }
     let wg = haimg::render::Group::Worker(&spec.worker_pools[0]);
@@ -763,18 +768,57 @@ async fn static_credentials_bootstrap_offline_with_the_pre_generated_ca() {
     w.extra_env.push(dead);
     nodes.push(w);
     // Everyone starts at once: the joiners find no API server at first and retry.
-    f.run_all(&nodes, "bootstrap", BOUND);
+    let mut children: Vec<_> = nodes.iter().map(|n| f.spawn(n, "bootstrap")).collect();
+    eventually("each joiner to fail a join before the init", BOUND, || {
+        let failed = f.events_of("join-start");
+        ["m2", "m3", "w1"]
+            .iter()
+            .all(|n| failed.iter().any(|e| e["node"] == *n))
+    });
+    std::fs::write(&gate, "").unwrap();
+    for (n, ch) in nodes.iter().zip(children.iter_mut()) {
+        assert!(
+            wait_child(ch, BOUND).is_some_and(|s| s.success()),
+            "{}:\n{}",
+            n.name,
+            f.log(n, "bootstrap")
+        );
+    }
 
     assert_eq!(
         f.events_of("init-existing-ca").len(),
         1,
         "kubeadm init used the pre-generated CA"
     );
-    let inits = f.events_of("init");
+    let of_m1: Vec<(String, bool)> = f
+        .events()
+        .into_iter()
+        .filter(|e| e["node"] == "m1" && (e["cmd"] == "init" || e["cmd"] == "reset"))
+        .map(|e| (e["cmd"].as_str().unwrap().to_string(), e["failed"] == true))
+        .collect();
+    assert_eq!(
+        of_m1,
+        [
+            ("init".to_string(), true),
+            ("reset".to_string(), false),
+            ("init".to_string(), false)
+        ],
+        "a failed static init is reset and retried"
+    );
+    let inits: Vec<_> = f
+        .events_of("init")
+        .into_iter()
+        .filter(|e| e["failed"] != true)
+        .collect();
     assert_eq!(inits.len(), 1);
     assert_eq!(
         inits[0]["node"], "m1",
         "the first listed master initializes"
+    );
+    assert_eq!(
+        inits[0]["tokenTtls"],
+        serde_json::json!(["86400s"]),
+        "the static token lives the 24 h the docs promise workers"
     );
     assert_eq!(inits[0]["endpoint"], "10.0.0.9:8443");
     assert_eq!(

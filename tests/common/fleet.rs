@@ -631,3 +631,29 @@ pub async fn parameter(sdk: &aws_config::SdkConfig, name: &str) -> Option<serde_
         .ok()?;
     serde_json::from_str(out.parameter()?.value()?).ok()
 }
+
+/// Three masters with a real etcd whose members carry the masters' node names.
+pub async fn masters_with_etcd(masters: i32) -> (Cluster, Vec<Node>, super::etcd::EtcdCluster) {
+    let c = cluster(masters, 0).await;
+    let names: Vec<String> = c.masters.iter().map(|m| m.hostname.clone()).collect();
+    let etcd = super::etcd::EtcdCluster::start(&names);
+    let nodes: Vec<Node> = c
+        .masters
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let endpoint = etcd.endpoint(i);
+            c.fleet.node(
+                &format!("m{i}"),
+                id.clone(),
+                &node_yaml(true, |cfg| {
+                    cfg.agent.etcd.endpoint = endpoint;
+                    cfg.agent.membership_wait_seconds = 120;
+                }),
+            )
+        })
+        .collect();
+    c.fleet
+        .run_all(&nodes, "bootstrap", Duration::from_secs(120));
+    (c, nodes, etcd)
+}

@@ -14,6 +14,7 @@ holds a list of rules, applied to the first matching request(s):
   {"action": "ec2:RunInstances", "delay": 5}
       forward, then hold the response this many seconds (an interrupt can land while a
       call that already took effect is in flight).
+A rule with "body": S matches only requests whose body contains S (a parameter's name, say).
 A rule with "times": N applies N times, then no more; with "after": N it lets the first N
 matching requests through untouched.
 """
@@ -47,7 +48,7 @@ def classify(headers, body):
     return service, region, None
 
 
-def matching_rule(service, region, action):
+def matching_rule(service, region, action, body=b""):
     try:
         rules = json.load(open(RULES_FILE))
     except (OSError, ValueError):
@@ -57,6 +58,8 @@ def matching_rule(service, region, action):
         if r["action"] != f"{service}:{action}":
             continue
         if "region" in r and r["region"] != region:
+            continue
+        if "body" in r and r["body"].encode() not in body:
             continue
         s = seen.get(i, 0)
         seen[i] = s + 1
@@ -85,7 +88,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with lock:
             with open(LOG_FILE, "a") as f:
                 f.write(json.dumps({"service": service, "region": region, "action": action}) + "\n")
-            rule = matching_rule(service, region, action)
+            rule = matching_rule(service, region, action, body or b"")
         if rule and "error" in rule:
             e = rule["error"]
             if self.headers.get("X-Amz-Target"):

@@ -300,6 +300,13 @@ def main(argv):
         fail_if_asked("init")
         i = docs["InitConfiguration"]
         with locked_state() as s:
+            if s.get("initializedBy") not in (None, os.environ.get("FAKE_NODE_NAME")):
+                # A second `kubeadm init` behind the same endpoint makes a cluster of its
+                # own (its own etcd, CA and uploaded certs): the first is untouched.
+                write_node_files(True)
+                event(cmd="init", orphan=True)
+                return
+            s["initializedBy"] = os.environ.get("FAKE_NODE_NAME")
             own_crt, own_key = path("/etc/kubernetes/pki/ca.crt"), path("/etc/kubernetes/pki/ca.key")
             if os.path.exists(own_crt) or os.path.exists(own_key):
                 # kubeadm uses a CA it finds in place: both halves, and they must match.
@@ -354,6 +361,7 @@ def main(argv):
             if "controlPlane" in j:
                 ck = s.get("certificateKey") or {}
                 if j["controlPlane"].get("certificateKey") != ck.get("key") or ck.get("expires", 0) < time.time():
+                    event(cmd="join", failed=True, reason="certificate-key")
                     die("join: the certificate key does not decrypt the uploaded certs (wrong or expired)", 1)
             # A Node of the same name (a recycled address) is taken over, as the kubelet does.
             s["nodes"][j["nodeRegistration"]["name"]] = {"controlPlane": "controlPlane" in j, "ready": True,
@@ -383,6 +391,13 @@ def main(argv):
             die("reset needs --force")
         import shutil
         shutil.rmtree(path("/etc/kubernetes"), ignore_errors=True)
+        with locked_state() as s:
+            if s.get("initializedBy") == os.environ.get("FAKE_NODE_NAME"):
+                # The node that initialized the cluster resets: its cluster is gone.
+                s.update({"initializedBy": None, "tokens": {}, "certificateKey": None, "nodes": {}})
+                for f in ("ca.crt", "ca.key"):
+                    if os.path.exists(os.path.join(CLUSTER, f)):
+                        os.remove(os.path.join(CLUSTER, f))
         event(cmd="reset")
         return
     die(f"unknown subcommand {' '.join(argv[:2])!r}")
