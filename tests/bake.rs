@@ -550,6 +550,140 @@ fn a_bake_against_moto_builds_once_then_hits_the_cache() {
     s.assert_nothing_left("forced rebake");
 }
 
+/// The image parameters of the test recipe in a region: (name, value).
+fn image_parameters(s: &Setup, region: &str) -> Vec<(String, String)> {
+    let v = aws(
+        &s.moto,
+        region,
+        &[
+            "ssm",
+            "get-parameters-by-path",
+            "--path",
+            "/haimg/images/test-k8s",
+        ],
+    );
+    let mut out: Vec<(String, String)> = v["Parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["Name"].as_str().unwrap().to_string(),
+                p["Value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_publish_that_fails_in_the_second_region_moves_no_parameter_and_keeps_pointed_images() {
+    let s = setup();
+    let success =
+        serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success"}}]);
+    s.proxy.set_rules(success.clone());
+    let o = s.bake(&["--output", "json", "--copy-to", "us-east-1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = [
+        (REGION, image_parameters(&s, REGION)),
+        ("us-east-1", image_parameters(&s, "us-east-1")),
+    ];
+    assert_eq!(before[0].1.len(), 2);
+
+    // A forced rebake whose publication fails in the second region, after the first
+    // region's parameters moved.
+    let mut rules = success.as_array().unwrap().clone();
+    rules.push(
+        serde_json::json!({"action": "ssm:PutParameter", "region": "us-east-1",
+        "error": {"status": 400, "code": "AccessDeniedException", "message": "injected"}}),
+    );
+    s.proxy.set_rules(serde_json::Value::Array(rules));
+    let o = s.bake(&["--force", "--copy-to", "us-east-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("put /haimg/images/test-k8s/latest back to"),
+        "{}",
+        stderr(&o)
+    );
+    for (region, params) in &before {
+        assert_eq!(
+            &image_parameters(&s, region),
+            params,
+            "{region}: parameters moved"
+        );
+        // Every parameter points at an image that exists, and the new images are gone.
+        let images = aws(
+            &s.moto,
+            region,
+            &["ec2", "describe-images", "--owners", "self"],
+        );
+        let ids: Vec<&str> = images["Images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["ImageId"].as_str().unwrap())
+            .collect();
+        for (name, id) in params {
+            assert!(
+                ids.contains(&id.as_str()),
+                "{region}: {name} points at a deregistered {id}"
+            );
+        }
+        assert_eq!(
+            ids.len(),
+            1,
+            "{region}: the failed bake's image is removed: {ids:?}"
+        );
+    }
+    s.assert_nothing_left("failed publish");
+
+    // The same, and putting the first region's parameters back fails too: the image they
+    // now point at is kept, never deregistered under them.
+    let mut rules = success.as_array().unwrap().clone();
+    rules.push(
+        serde_json::json!({"action": "ssm:PutParameter", "region": "us-east-1",
+        "error": {"status": 400, "code": "AccessDeniedException", "message": "injected"}}),
+    );
+    rules.push(
+        serde_json::json!({"action": "ssm:PutParameter", "region": REGION, "after": 2,
+        "error": {"status": 400, "code": "AccessDeniedException", "message": "injected"}}),
+    );
+    s.proxy.set_rules(serde_json::Value::Array(rules));
+    let o = s.bake(&["--force", "--copy-to", "us-east-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("could not put /haimg/images/test-k8s/latest back"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains(&format!("keeping image {REGION}/")),
+        "{}",
+        stderr(&o)
+    );
+    let images = aws(
+        &s.moto,
+        REGION,
+        &["ec2", "describe-images", "--owners", "self"],
+    );
+    let ids: Vec<&str> = images["Images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ImageId"].as_str().unwrap())
+        .collect();
+    let params = image_parameters(&s, REGION);
+    assert_ne!(params, before[0].1, "the rollback failed, as injected");
+    for (name, id) in &params {
+        assert!(
+            ids.contains(&id.as_str()),
+            "{name} points at a deregistered {id}"
+        );
+    }
+    s.assert_nothing_left("failed publish and rollback");
+}
+
 fn assert_failed_cleanly(s: &Setup, o: &Output, what: &str, message: &str) {
     assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(o));
     assert!(stderr(o).contains(message), "{what}: {}", stderr(o));

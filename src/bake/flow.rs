@@ -79,6 +79,9 @@ pub struct Created {
     pub log_object: Option<String>,
     /// Images (region, id) not yet complete: deregistered with their snapshots on failure.
     pub unfinished_images: Vec<(String, String)>,
+    /// The image parameters (same names in every region): cleanup never deregisters an
+    /// image one of them points at.
+    pub parameters: Vec<String>,
 }
 
 pub type Tracker = Arc<Mutex<Created>>;
@@ -259,15 +262,13 @@ pub async fn run(
         copies = copy(sdk, plan, &ami_name, &region, &image, opts, &created).await?;
     }
 
+    // Every region's image is available: only now do the parameters move, all of them
+    // or (rolled back) none.
     step("publishing SSM parameters");
-    publish(sdk, plan, &image).await?;
-    for (r, id) in &copies {
-        let cfg = sdk
-            .to_builder()
-            .region(aws_config::Region::new(r.clone()))
-            .build();
-        publish(&cfg, plan, id).await?;
-    }
+    created.lock().unwrap().parameters = plan.parameters().to_vec();
+    let mut targets = vec![(region.clone(), image.clone())];
+    targets.extend(copies.iter().map(|(r, id)| (r.clone(), id.clone())));
+    publish_all(sdk, plan, &targets).await?;
     {
         let mut c = created.lock().unwrap();
         c.unfinished_images.clear();
@@ -817,23 +818,92 @@ async fn copy(
     Ok(out)
 }
 
-async fn publish(sdk: &SdkConfig, plan: &Plan, image: &str) -> Result<()> {
-    let ssm = aws_sdk_ssm::Client::new(sdk);
-    for name in plan.parameters() {
-        ssm.put_parameter()
-            .name(&name)
-            .value(image)
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
-            .description(format!(
-                "haimg image, recipe {} sha256 {}",
-                plan.recipe,
-                plan.short_hash()
-            ))
-            .overwrite(true)
-            .send()
-            .await
-            .map_err(Error::aws(format!("ssm PutParameter {name}")))?;
+/// Points the recipe's parameters at the new image in every region. If any write fails,
+/// the ones already made are put back as they were (or deleted where there was none), so
+/// no parameter is left pointing at an image that cleanup is about to deregister.
+async fn publish_all(sdk: &SdkConfig, plan: &Plan, images: &[(String, String)]) -> Result<()> {
+    let mut done: Vec<(aws_sdk_ssm::Client, String, Option<String>)> = Vec::new();
+    let mut failed = None;
+    'regions: for (region, image) in images {
+        let ssm = ssm_in(sdk, region);
+        for name in plan.parameters() {
+            let before = match parameter_value(&ssm, &name).await {
+                Ok(v) => v,
+                Err(e) => {
+                    failed = Some(e);
+                    break 'regions;
+                }
+            };
+            if let Err(e) = put_image_parameter(&ssm, plan, &name, image).await {
+                failed = Some(Error::Runtime(format!("{region}: {e}")));
+                break 'regions;
+            }
+            done.push((ssm.clone(), name.to_string(), before));
+        }
     }
+    let Some(e) = failed else { return Ok(()) };
+    for (ssm, name, before) in done.into_iter().rev() {
+        let undone = match &before {
+            Some(v) => put_image_parameter(&ssm, plan, &name, v).await,
+            None => ssm
+                .delete_parameter()
+                .name(&name)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(Error::aws(format!("ssm DeleteParameter {name}"))),
+        };
+        match undone {
+            Ok(()) => progress(format!(
+                "put {name} back to {}",
+                before.as_deref().unwrap_or("(none)")
+            )),
+            Err(e) => progress(format!("could not put {name} back: {e}")),
+        }
+    }
+    Err(e)
+}
+
+fn ssm_in(sdk: &SdkConfig, region: &str) -> aws_sdk_ssm::Client {
+    let cfg = sdk
+        .to_builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build();
+    aws_sdk_ssm::Client::new(&cfg)
+}
+
+async fn parameter_value(ssm: &aws_sdk_ssm::Client, name: &str) -> Result<Option<String>> {
+    match ssm.get_parameter().name(name).send().await {
+        Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::aws(format!("ssm GetParameter {name}"))(e)),
+    }
+}
+
+async fn put_image_parameter(
+    ssm: &aws_sdk_ssm::Client,
+    plan: &Plan,
+    name: &str,
+    image: &str,
+) -> Result<()> {
+    ssm.put_parameter()
+        .name(name)
+        .value(image)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .description(format!(
+            "haimg image, recipe {} sha256 {}",
+            plan.recipe,
+            plan.short_hash()
+        ))
+        .overwrite(true)
+        .send()
+        .await
+        .map_err(Error::aws(format!("ssm PutParameter {name}")))?;
     Ok(())
 }
 
@@ -920,6 +990,28 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
             .region(aws_config::Region::new(region.clone()))
             .build();
         let ec2 = aws_sdk_ec2::Client::new(&cfg);
+        // Never an image a parameter points at (a rollback that failed, a parameter set by
+        // hand): nodes launch from it.
+        let ssm = aws_sdk_ssm::Client::new(&cfg);
+        let mut pointed = None;
+        for name in &created.parameters {
+            match parameter_value(&ssm, name).await {
+                Ok(Some(v)) if v == *image => pointed = Some(name.clone()),
+                Ok(_) => {}
+                Err(e) => {
+                    pointed = Some(name.clone());
+                    left.push(format!(
+                        "image {region}/{image} kept: could not read {name}: {e}"
+                    ));
+                }
+            }
+        }
+        if let Some(name) = pointed {
+            progress(format!(
+                "keeping image {region}/{image}: {name} points at it"
+            ));
+            continue;
+        }
         let snaps = snapshots_of(&ec2, image).await.unwrap_or_default();
         match ec2.deregister_image().image_id(image).send().await {
             Ok(_) => progress(format!("deregistered unfinished image {region}/{image}")),
