@@ -937,11 +937,17 @@ fn a_binary_that_cannot_start_on_the_image_is_refused_before_any_aws_call() {
 
 /// The `HAIMG_LOG_URL` the bake gave the builder, from the command moto recorded.
 fn log_url_of_sent_command(s: &Setup) -> Option<String> {
+    export_of_sent_command(s, "HAIMG_LOG_URL")
+}
+
+/// A variable the sent command exports (`export NAME='value'`).
+fn export_of_sent_command(s: &Setup, name: &str) -> Option<String> {
     let cmds = aws(&s.moto, REGION, &["ssm", "list-commands"]);
     let lines = cmds["Commands"].as_array()?.first()?["Parameters"]["commands"].clone();
+    let prefix = format!("export {name}='");
     lines.as_array()?.iter().find_map(|l| {
         l.as_str()?
-            .strip_prefix("export HAIMG_LOG_URL='")
+            .strip_prefix(&prefix)
             .map(|u| u.trim_end_matches('\'').to_string())
     })
 }
@@ -1019,6 +1025,13 @@ fn a_failed_bake_shows_steps_as_they_run_and_the_whole_end_of_the_log() {
             "Get:{i} https://snapshot.ubuntu.com/ubuntu focal/main amd64 package {i}\n"
         ));
     }
+    // A download of the staged binary that failed, traced (`set -x`) and complained about
+    // with its URL: the presigned URL must not reach the terminal.
+    let binary_url = export_of_sent_command(&s, "HAIMG_BINARY_URL").unwrap();
+    assert!(binary_url.contains("X-Amz-Signature="), "{binary_url}");
+    log.push_str(&format!(
+        "+ curl -fsSL {binary_url} -o /usr/local/bin/haimg.download\ncurl: (22) The requested URL returned error: 403 ({binary_url})\n"
+    ));
     log.push_str("haimg-provision: keepalived 1:2.0.19-2ubuntu0.3 is not available from the configured sources (available: 1:2.0.19-2ubuntu0.2; apt snapshot: 20241101T000000Z)\n");
     log.push_str(
         "haimg-provision: FAILED: pinned package versions are missing from the apt sources\n",
@@ -1051,8 +1064,12 @@ fn a_failed_bake_shows_steps_as_they_run_and_the_whole_end_of_the_log() {
         "the log, not SSM's copy: {seen}"
     );
     assert!(
-        !seen.contains("X-Amz-Signature") && !seen.contains(&url),
-        "no presigned URL is printed"
+        !seen.contains("X-Amz-Signature") && !seen.contains(&url) && !seen.contains(&binary_url),
+        "no presigned URL is printed: {seen}"
+    );
+    assert!(
+        seen.contains("+ curl -fsSL <presigned URL> -o /usr/local/bin/haimg.download"),
+        "the failing download is shown, its URL redacted: {seen}"
     );
     assert!(seen.contains("terminated builder"), "{seen}");
     s.assert_nothing_left("failed script with a log");

@@ -131,6 +131,49 @@ fn retry_never_prints_the_arguments_of_a_failed_attempt() {
 }
 
 #[test]
+fn a_failing_download_of_the_staged_binary_prints_no_url() {
+    // A server that refuses every request, as S3 does an expired signature.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    // The script's own download line, as rendered.
+    let t = haimg::render::templates::Templates::embedded();
+    let (name, _) = haimg::recipe::EMBEDDED[0];
+    let recipe = haimg::recipe::load(Some(name)).unwrap().recipe;
+    let script = haimg::bake::script(&recipe, &"ab".repeat(32), &t).unwrap();
+    let line = script
+        .lines()
+        .find(|l| l.contains("\"${HAIMG_BINARY_URL}\""))
+        .expect("the script downloads HAIMG_BINARY_URL");
+    let dir = tempfile::tempdir().unwrap();
+    let line = line.replace("/usr/local/bin/", &format!("{}/", dir.path().display()));
+    let url = format!(
+        "http://127.0.0.1:{port}/haimg?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef"
+    );
+    let o = bash(
+        &format!("sleep() {{ :; }}; {line} || echo gave-up"),
+        &[("HAIMG_BINARY_URL", &url)],
+    );
+    assert_eq!(stdout(&o), "gave-up\n");
+    let err = stderr(&o);
+    assert!(err.contains("403"), "curl says why: {err}");
+    assert!(err.contains("attempt 5 of curl failed"), "{err}");
+    assert!(
+        !err.contains("X-Amz") && !err.contains("deadbeef") && !err.contains("127.0.0.1"),
+        "{err}"
+    );
+}
+
+#[test]
 fn every_apt_and_dpkg_call_of_every_script_waits_for_the_lock() {
     let t = haimg::render::templates::Templates::embedded();
     for (name, _) in haimg::recipe::EMBEDDED {

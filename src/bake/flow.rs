@@ -392,6 +392,39 @@ async fn read_log(s3: &aws_sdk_s3::Client, staged: &Staged) -> String {
     }
 }
 
+/// `text` with every presigned URL (one carrying an `X-Amz-Signature`, `-Credential` or
+/// `-Security-Token` query parameter) replaced by `<presigned URL>`: the script's output is
+/// shown on failure, and a signature is a credential until it expires, whatever printed it
+/// (a `set -x` trace, a tool's own error message).
+pub fn redact_presigned(text: &str) -> String {
+    let secret = |url: &str| {
+        [
+            "X-Amz-Signature=",
+            "X-Amz-Credential=",
+            "X-Amz-Security-Token=",
+        ]
+        .iter()
+        .any(|k| url.contains(k))
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("http") {
+        out.push_str(&rest[..i]);
+        let url = &rest[i..];
+        let end = url
+            .find(|c: char| c.is_whitespace() || "'\"<>`()".contains(c))
+            .unwrap_or(url.len());
+        out.push_str(if secret(&url[..end]) {
+            "<presigned URL>"
+        } else {
+            &url[..end]
+        });
+        rest = &url[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -617,7 +650,7 @@ async fn run_script(
                     "the provisioning script ended {} (exit {}) on {instance}{failed_step}; {source}:\n{}",
                     other.as_str(),
                     inv.response_code(),
-                    tail(&text, 40)
+                    redact_presigned(&tail(&text, 40))
                 )));
             }
         }
@@ -1051,4 +1084,20 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
         }
     }
     left
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn presigned_urls_are_redacted_wherever_they_appear() {
+        let url = "https://haimg-bake-1.s3.us-west-2.amazonaws.com/haimg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F&X-Amz-Signature=0123abcd";
+        let text = format!(
+            "+ curl -fsSL {url} -o /x\ncurl: (22) '{url}': 403\nsee https://example.com/docs.\n"
+        );
+        let r = super::redact_presigned(&text);
+        assert!(!r.contains("X-Amz") && !r.contains("0123abcd"), "{r}");
+        assert_eq!(r.matches("<presigned URL>").count(), 2, "{r}");
+        assert!(r.contains("see https://example.com/docs."), "{r}");
+        assert_eq!(super::redact_presigned("no urls here"), "no urls here");
+    }
 }
