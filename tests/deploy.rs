@@ -786,6 +786,14 @@ fn publish_join_material(env: &Env, expires_in: i64) {
     };
     put_param(env, "/haimg/demo/join/control-plane", &m(true), true);
     put_param(env, "/haimg/demo/join/worker", &m(false), true);
+    // What the agent writes beside them for `status`.
+    put_param(
+        env,
+        "/haimg/demo/join/times",
+        &json!({"generation": 3, "issuedAt": rfc3339(-600),
+                "controlPlaneExpiresAt": rfc3339(expires_in), "workerExpiresAt": rfc3339(expires_in)}),
+        false,
+    );
 }
 
 #[test]
@@ -843,7 +851,43 @@ fn status_shows_phase_targets_and_join_material_age_and_up_waits_for_health() {
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
     assert_has(&err, &["waiting: no cluster state yet", "healthy after"]);
 
+    // An operator with only iam/status-policy.json: reading a secret parameter, or asking
+    // for decryption, is refused.
+    let denied = |body: &str| {
+        json!({"action": "ssm:GetParameter", "body": body,
+        "error": {"status": 400, "code": "AccessDeniedException", "message": "not in iam/status-policy.json"}})
+    };
+    env.proxy.set_rules(json!([
+        denied("join/control-plane"),
+        denied("join/worker"),
+        denied("\"WithDecryption\":true"),
+    ]));
+    env.proxy.reset_log();
     let o = env.ok(&["status"]);
+    let calls = env.proxy.all_calls();
+    let policy: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.rendered().join("iam/status-policy.json")).unwrap(),
+    )
+    .unwrap();
+    let allowed: Vec<String> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|st| st["Action"].as_array().unwrap().iter())
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(!calls.is_empty());
+    for call in calls {
+        assert!(
+            allowed.contains(&call),
+            "status called {call}, which iam/status-policy.json does not allow: {allowed:?}"
+        );
+    }
+    assert!(
+        !policy.to_string().contains("kms:") && !policy.to_string().contains("join/control-plane"),
+        "{policy}"
+    );
+    env.proxy.set_rules(json!([]));
     let text = stdout(&o);
     assert_has(
         &text,

@@ -76,6 +76,24 @@ async fn three_masters_and_three_workers_form_one_cluster() {
         parameter(&c.sdk, "/haimg/demo/state").await.unwrap()["phase"],
         "ready"
     );
+    // The timestamps `status` reads, without the secrets, in a plain String.
+    let times = parameter(&c.sdk, "/haimg/demo/join/times").await.unwrap();
+    assert_eq!(times["generation"], 1);
+    assert_eq!(times["controlPlaneExpiresAt"], control["expiresAt"]);
+    assert_eq!(times["workerExpiresAt"], worker["expiresAt"]);
+    assert!(!times
+        .to_string()
+        .contains(control["token"].as_str().unwrap()));
+    let kind = aws_sdk_ssm::Client::new(&c.sdk)
+        .get_parameter()
+        .name("/haimg/demo/join/times")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        kind.parameter().unwrap().r#type(),
+        Some(&aws_sdk_ssm::types::ParameterType::String)
+    );
 
     // Secrets hygiene: no config file with secrets remains; no log line shows a secret.
     let token = control["token"].as_str().unwrap();
@@ -210,6 +228,11 @@ async fn expired_material_is_never_used_until_refresh_rotates_it() {
         .await
         .unwrap();
     assert_eq!(control["generation"], 2);
+    assert_eq!(
+        parameter(&c.sdk, "/haimg/demo/join/times").await.unwrap()["generation"],
+        2,
+        "a rotation updates the times too"
+    );
     // The rotated secrets never reach the refresh log (kubeadm printed the token to us).
     let refresh_log = f.log(&m0, "refresh");
     for secret in [

@@ -1,8 +1,9 @@
 //! `haimg status`: what runs, whether it is healthy, and how old the join material is.
 //!
 //! A [`Snapshot`] is read from AWS (`read`) and judged by a pure function (`problems`),
-//! which `up --wait` uses too. Join material is decrypted only to read its timestamps; the
-//! secrets never leave [`crate::node::join::JoinMaterial`] (whose secrets do not print).
+//! which `up --wait` uses too. The join material's timestamps come from `P/join/times`, a
+//! plain String beside it: `status` never reads, decrypts or needs a right to the secrets
+//! (`iam/status-policy.json` is all it needs).
 
 use std::time::SystemTime;
 
@@ -11,7 +12,7 @@ use serde::Serialize;
 use super::desired::Desired;
 use super::observe::{self, Clients};
 use crate::error::{Error, Result};
-use crate::node::join::{JoinMaterial, State};
+use crate::node::join::{PublishedTimes, State};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -197,14 +198,17 @@ pub async fn read(c: &Clients, d: &Desired, region: &str, master_count: usize) -
     let mut join = Vec::new();
     if let Some(prefix) = &d.ssm_prefix {
         let store = crate::node::store::Store::new(c.ssm.clone(), prefix, "");
-        state = store.get::<State>("state").await?;
-        for rel in ["join/control-plane", "join/worker"] {
-            if let Some(m) = store.get::<JoinMaterial>(rel).await? {
+        state = store.get_plain::<State>("state").await?;
+        if let Some(t) = store.get_plain::<PublishedTimes>("join/times").await? {
+            for (rel, expires_at) in [
+                ("join/control-plane", t.control_plane_expires_at),
+                ("join/worker", t.worker_expires_at),
+            ] {
                 join.push(JoinTimes {
                     parameter: store.name(rel),
-                    issued_at: m.issued_at,
-                    expires_at: m.expires_at,
-                    generation: m.generation,
+                    issued_at: t.issued_at,
+                    expires_at,
+                    generation: t.generation,
                 });
             }
         }

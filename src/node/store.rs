@@ -40,12 +40,21 @@ impl Store {
 
     /// Reads and parses a parameter (decrypting SecureStrings); `None` if it does not exist.
     pub async fn get<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
+        self.read(rel, true).await
+    }
+
+    /// Reads a String parameter without asking for decryption: no KMS right involved.
+    pub async fn get_plain<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
+        self.read(rel, false).await
+    }
+
+    async fn read<T: DeserializeOwned>(&self, rel: &str, decrypt: bool) -> Result<Option<T>> {
         let name = self.name(rel);
         let out = match self
             .client
             .get_parameter()
             .name(&name)
-            .with_decryption(true)
+            .with_decryption(decrypt)
             .send()
             .await
         {

@@ -17,6 +17,7 @@
 
 pub mod cmd;
 mod external;
+pub mod iam;
 pub mod names;
 pub mod security;
 pub mod templates;
@@ -462,6 +463,22 @@ struct PolicyCtx {
     group_arns: Vec<String>,
 }
 
+/// The least privilege of `haimg status` for this cluster.
+pub fn status_policy(spec: &ClusterSpec) -> iam::Policy {
+    let part = partition(spec);
+    let region = &spec.region;
+    let prefix = spec.ssm.prefix.as_str();
+    let arns = if matches!(spec.credentials, crate::spec::Credentials::Ssm) {
+        ["state", "join/times"]
+            .iter()
+            .map(|rel| format!("arn:{part}:ssm:{region}:*:parameter{prefix}/{rel}"))
+            .collect()
+    } else {
+        vec![]
+    };
+    iam::status_policy(arns)
+}
+
 fn policies(spec: &ClusterSpec, t: &Templates) -> Result<(Value, Value)> {
     let part = partition(spec);
     let region = &spec.region;
@@ -597,6 +614,12 @@ pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<A
         out.push(json_artifact(
             "security-groups/cluster-ingress.json".into(),
             &serde_json::to_value(security::ingress(spec)).expect("plain data"),
+        ));
+    }
+    if matches!(sel, Selection::All) {
+        out.push(json_artifact(
+            "iam/status-policy.json".into(),
+            &serde_json::to_value(status_policy(spec)).expect("plain data"),
         ));
     }
     let (master_policy, worker_policy) = policies(spec, t)?;
