@@ -112,7 +112,7 @@ fn hex_id(s: &str, prefix: &str, what: &str) -> Result<(), String> {
 string_type!(
     /// Cluster name: 1-20 characters, lowercase letters, digits and '-', starting with a letter. AWS names are built from it (the NLB and target group names, at most 32 characters, are `<name>-api`).
     ClusterName,
-    pattern: Some("^[a-z][a-z0-9-]{0,19}$"),
+    pattern: Some("^(?=.{1,20}$)[a-z](-?[a-z0-9])*$"),
     example: "demo",
     check: |s| {
         let ok = s.starts_with(|c: char| c.is_ascii_lowercase())
@@ -175,11 +175,12 @@ string_type!(
 string_type!(
     /// A container image reference (registry/repository:tag or @digest).
     ImageRef,
-    pattern: Some("^[a-z0-9][a-z0-9._/:@-]*[a-z0-9]$"),
+    pattern: Some("^(?=.{3,255}$)[a-z0-9][a-z0-9._/:@-]*[:@][a-z0-9._/:@-]*[a-z0-9]$"),
     example: "docker.io/library/haproxy:2.8.14",
     check: |s| {
         let ok = s.len() <= 255
             && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._/:@-".contains(c))
             && (s.contains(':') || s.contains('@'));
         if ok { Ok(()) } else { Err(format!("`{s}` is not a pinned container image reference (name:tag or name@digest)")) }
@@ -221,7 +222,7 @@ string_type!(
 string_type!(
     /// An AWS region code.
     Region,
-    pattern: Some("^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$"),
+    pattern: Some("^[a-z]{2}(-[a-z]+)+-[0-9]$"),
     example: "us-west-2",
     check: |s| {
         let parts: Vec<&str> = s.split('-').collect();
@@ -236,7 +237,7 @@ string_type!(
 string_type!(
     /// An EC2 instance type, e.g. t3.large or m6i.2xlarge.
     InstanceType,
-    pattern: Some("^[a-z][a-z0-9-]*\\.[a-z0-9-]+$"),
+    pattern: Some("^[a-z][a-z0-9-]{0,31}\\.[a-z0-9-]{1,32}$"),
     example: "t3.large",
     check: |s| {
         let ok = s.split_once('.').is_some_and(|(fam, size)| {
@@ -265,7 +266,7 @@ string_type!(
 string_type!(
     /// An SSM Parameter Store path: starts with '/', no trailing '/', at most 900 characters of A-Z a-z 0-9 _ . - /, not under the reserved /aws or /ssm.
     SsmPath,
-    pattern: Some("^(/[A-Za-z0-9_.-]+)+$"),
+    pattern: Some("^(?=.{2,900}$)(?!/([aA][wW][sS]|[sS][sS][mM]))(/[A-Za-z0-9_.-]+)+$"),
     example: "/haimg/demo",
     check: |s| {
         let ok = s.starts_with('/')
@@ -288,7 +289,7 @@ string_type!(
 string_type!(
     /// A public SSM parameter path that holds an AMI id (may be under /aws/service).
     AmiParameter,
-    pattern: Some("^(/[A-Za-z0-9_.-]+)+$"),
+    pattern: Some("^(?=.{2,2048}$)(/[A-Za-z0-9_.-]+)+$"),
     example: "/haimg/images/ubuntu-20.04-k8s/latest",
     check: |s| {
         let ok = s.starts_with('/')
@@ -302,7 +303,7 @@ string_type!(
 string_type!(
     /// A KMS key for SecureString parameters: `alias/NAME`, a key id (UUID) or a key/alias ARN.
     KmsKeyId,
-    pattern: Some("^(alias/[A-Za-z0-9/_-]+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]+)$"),
+    pattern: Some("^(alias/[A-Za-z0-9/_-]{1,250}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|alias/[A-Za-z0-9/_-]{1,250}))$"),
     example: "alias/aws/ssm",
     check: |s| {
         let alias = |a: &str| matches_charset(a, 1, 250, |c| c.is_ascii_alphanumeric() || "/_-".contains(c));
@@ -315,8 +316,10 @@ string_type!(
         } else if s.starts_with("arn:") {
             let f: Vec<&str> = s.splitn(6, ':').collect();
             f.len() == 6
-                && f[1].starts_with("aws")
+                && f[1].strip_prefix("aws").is_some_and(|p| p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
                 && f[2] == "kms"
+                && !f[3].is_empty()
+                && f[3].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && f[4].len() == 12
                 && f[4].bytes().all(|b| b.is_ascii_digit())
                 && (f[5].strip_prefix("key/").is_some_and(uuid) || f[5].strip_prefix("alias/").is_some_and(alias))
@@ -345,7 +348,8 @@ pub struct KubernetesVersion {
 }
 
 impl KubernetesVersion {
-    pub const PATTERN: Option<&'static str> = Some("^[0-9]+\\.[0-9]+\\.[0-9]+$");
+    pub const PATTERN: Option<&'static str> =
+        Some("^(0|[1-9][0-9]{0,8})\\.(0|[1-9][0-9]{0,8})\\.(0|[1-9][0-9]{0,8})$");
     /// `1.30` for `1.30.4`: the apt repository channel (pkgs.k8s.io/core:/stable:/v1.30).
     pub fn minor_string(&self) -> String {
         format!("{}.{}", self.major, self.minor)
@@ -369,6 +373,8 @@ impl TryFrom<&str> for KubernetesVersion {
         if parts.len() != 3
             || parts.iter().any(|p| {
                 p.is_empty()
+                    // Nine digits at most: no version part reaches a billion.
+                    || p.len() > 9
                     || !p.bytes().all(|b| b.is_ascii_digit())
                     || (p.len() > 1 && p.starts_with('0'))
             })
@@ -418,7 +424,7 @@ impl JsonSchema for KubernetesVersion {
         json_schema!({
             "type": "string",
             "description": "An exact Kubernetes version MAJOR.MINOR.PATCH (kubeadm, kubelet and kubectl are pinned to it). Quote it in YAML if it could read as a number.",
-            "pattern": "^[0-9]+\\.[0-9]+\\.[0-9]+$",
+            "pattern": Self::PATTERN,
             "examples": ["1.30.4"],
         })
     }
@@ -701,11 +707,177 @@ mod tests {
 
     #[test]
     fn schema_patterns_agree_with_checks() {
-        // Each pattern is a simplification of its check: spot-check both ways on examples.
-        assert!(ClusterName::try_from(ClusterName::EXAMPLE).is_ok());
-        assert!(AmiId::try_from(AmiId::EXAMPLE).is_ok());
-        assert!(KmsKeyId::try_from(KmsKeyId::EXAMPLE).is_ok());
-        assert!(SsmPath::try_from(SsmPath::EXAMPLE).is_ok());
-        assert!(Region::try_from(Region::EXAMPLE).is_ok());
+        // The published schema (what editors and `haimg validate`'s first pass use) and the
+        // typed checks must accept exactly the same strings: compared on every short
+        // string over each type's alphabet, and on long random ones around the limits.
+        fn agree<T: for<'a> TryFrom<&'a str, Error = String> + JsonSchema>(
+            alphabet: &str,
+            exhaustive: usize,
+            seeds: &[&str],
+            lengths: std::ops::RangeInclusive<usize>,
+        ) {
+            let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap();
+            let v = jsonschema::validator_for(&schema).unwrap();
+            let alphabet: Vec<char> = alphabet.chars().collect();
+            let mut corpus: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+            let mut frontier = vec![String::new()];
+            for _ in 0..exhaustive {
+                frontier = frontier
+                    .iter()
+                    .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                    .collect();
+                corpus.extend(frontier.iter().cloned());
+            }
+            // Seeded xorshift: the same corpus on every run.
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            for len in lengths {
+                for seed in seeds.iter().chain(std::iter::once(&"")) {
+                    for _ in 0..20 {
+                        let mut t: String = seed.chars().take(len).collect();
+                        while t.chars().count() < len {
+                            t.push(alphabet[(next() % alphabet.len() as u64) as usize]);
+                        }
+                        corpus.push(t.clone());
+                        // And one character changed anywhere.
+                        if !t.is_empty() {
+                            let mut cs: Vec<char> = t.chars().collect();
+                            let i = (next() % cs.len() as u64) as usize;
+                            cs[i] = alphabet[(next() % alphabet.len() as u64) as usize];
+                            corpus.push(cs.into_iter().collect());
+                        }
+                    }
+                }
+            }
+            for c in corpus {
+                let schema_ok = v.is_valid(&serde_json::Value::String(c.clone()));
+                let check_ok = T::try_from(c.as_str()).is_ok();
+                assert_eq!(
+                    schema_ok,
+                    check_ok,
+                    "{}: `{c}` is {} by the schema and {} by the check",
+                    std::any::type_name::<T>(),
+                    if schema_ok { "accepted" } else { "refused" },
+                    if check_ok { "accepted" } else { "refused" }
+                );
+            }
+        }
+        agree::<ClusterName>(
+            "az09-A_",
+            4,
+            &["demo", "demo-", "a--b", "prod-eu-1"],
+            18..=22,
+        );
+        agree::<PoolName>("az09-A_", 4, &["general", "gpu-", "a--b"], 18..=22);
+        agree::<NodeName>("az09-A.", 4, &["m1", "-m", "m-"], 61..=65);
+        agree::<InterfaceName>("aZ0_.:-/ ", 3, &["eth0", "enp0s3"], 14..=16);
+        agree::<ImageRef>(
+            "a0.:/@-A_",
+            3,
+            &["docker.io/library/haproxy:2.8.14", "a@sha256:00", "a:"],
+            250..=258,
+        );
+        agree::<AmiId>(
+            "0af-gAi",
+            3,
+            &[
+                "ami-0123456789abcdef0",
+                "ami-01234567",
+                "ami-0123456789abcdef",
+            ],
+            11..=22,
+        );
+        agree::<VpcId>(
+            "0af-gAv",
+            3,
+            &["vpc-0123456789abcdef0", "vpc-01234567"],
+            11..=22,
+        );
+        agree::<SubnetId>(
+            "0af-gAs",
+            3,
+            &["subnet-0123456789abcdef0", "subnet-01234567"],
+            14..=25,
+        );
+        agree::<SecurityGroupId>(
+            "0af-gAs",
+            3,
+            &["sg-0123456789abcdef0", "sg-01234567"],
+            10..=21,
+        );
+        agree::<Region>(
+            "agov-19",
+            4,
+            &[
+                "us-west-2",
+                "us-gov-west-1",
+                "us-isob-east-1",
+                "eu-central-1",
+                "ap-south-east-x-1",
+            ],
+            8..=16,
+        );
+        agree::<InstanceType>(
+            "az09.-A",
+            4,
+            &["t3.large", "m6i.2xlarge", "u-6tb1.metal"],
+            30..=68,
+        );
+        agree::<InstanceProfileName>("aZ0+=,.@_-/ ", 3, &["demo-master"], 126..=130);
+        agree::<SsmPath>(
+            "/awsmAWSM0_.-",
+            4,
+            &[
+                "/haimg/demo",
+                "/aws/x",
+                "/ssm",
+                "/AwS",
+                "/x/aws",
+                "/awx",
+                "/ss",
+            ],
+            895..=903,
+        );
+        agree::<AmiParameter>(
+            "/a_.-Z0 ",
+            4,
+            &["/aws/service/ami", "/haimg/images/x/latest"],
+            2045..=2050,
+        );
+        agree::<KmsKeyId>(
+            "aA0f/_-:",
+            3,
+            &[
+                "alias/aws/ssm",
+                "alias/",
+                "0123abcd-0123-0123-0123-0123456789ab",
+                "0123ABCD-0123-0123-0123-0123456789ab",
+                "arn:aws:kms:us-west-2:123456789012:key/0123abcd-0123-0123-0123-0123456789ab",
+                "arn:aws:kms:us-west-2:123456789012:key/not-a-uuid",
+                "arn:aws-cn:kms:cn-north-1:123456789012:alias/x",
+                "arn:awsX9:kms:us-west-2:123456789012:alias/x",
+                "arn:aws:kms::123456789012:alias/x",
+                "arn:aws:kms:US:123456789012:alias/x",
+            ],
+            240..=258,
+        );
+        agree::<KubernetesVersion>(
+            "0159.v",
+            5,
+            &[
+                "1.30.4",
+                "01.30.4",
+                "4294967295.0.0",
+                "4294967296.0.0",
+                "999999999.0.0",
+                "1000000000.1.1",
+            ],
+            12..=16,
+        );
     }
 }
