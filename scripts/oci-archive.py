@@ -52,7 +52,7 @@ def layer(adds):
             add_tree(tar, src, dst)
     diff = raw.getvalue()
     gz = io.BytesIO()
-    with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0) as g:
+    with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0, compresslevel=1) as g:
         g.write(diff)
     return diff, gz.getvalue()
 

@@ -981,7 +981,7 @@ fn resources_of_others_are_never_touched_and_leftover_join_material_is_cleared()
     put_param(&env, "/haimg/demo/notes", &json!("not haimg's"), false);
     let plan = stdout(&env.ok(&["up", "--dry-run"]));
     assert!(
-        plan.contains("- ssm parameters left by an earlier cluster (no control-plane group exists): /haimg/demo/join/control-plane, /haimg/demo/join/worker, /haimg/demo/state"),
+        plan.contains("- ssm parameters left by an earlier cluster (no control-plane group exists): /haimg/demo/join/control-plane, /haimg/demo/join/times, /haimg/demo/join/worker, /haimg/demo/state"),
         "{plan}"
     );
     let o = env.ok(&["up"]);
