@@ -3,6 +3,7 @@
 //! `scripts/install-test-deps.sh` (the README's test command does).
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod etcd;
 pub mod fleet;
 pub mod kubeapi;
