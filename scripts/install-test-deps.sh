@@ -10,7 +10,13 @@ set -euo pipefail
 VENV="${HAIMG_VENV:-$HOME/.cache/haimg/venv}"
 APT_PACKAGES=(procps curl xz-utils systemd containerd cloud-init shellcheck keepalived haproxy nginx-light libnginx-mod-stream etcd-server etcd-client iproute2 openssl python3-venv
   # what the older haproxy and keepalived in ../shared/validators link against
-  libssl3 libpcre2-8-0 zlib1g libcrypt1 libnl-3-200 libnl-genl-3-200 libsnmp40 libglib2.0-0)
+  libssl3 libpcre2-8-0 zlib1g libcrypt1 libnl-3-200 libnl-genl-3-200 libsnmp40 libglib2.0-0
+  # local images: a Debian root from the mirror, a bootable disk without mounts, and qemu
+  # with UEFI firmware to boot it (dpkg-dev-free: packages are built with dpkg-deb)
+  mmdebstrap e2fsprogs dosfstools mtools fdisk systemd-boot-efi ovmf)
+# Debian 12's qemu-system-x86 (7.2) breaks with the machine's qemu-utils 10.0 from
+# bookworm-backports: the three are installed together at 7.2.
+QEMU_PACKAGES=(qemu-system-x86 qemu-utils qemu-system-common)
 # moto[server] is the AWS emulator; awscli brings botocore's ParamValidator, the
 # AWS CLI's own parameter validation that rendered JSON is checked with.
 PIP_PACKAGES=("moto[server]==5.1.*" "awscli==1.*")
@@ -25,6 +31,15 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   # Services are not started inside the test machine: the tests run their own.
   DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  pins=()
+  for p in "${QEMU_PACKAGES[@]}"; do pins+=("$p=$v"); done
+  echo "install-test-deps: apt-get install ${pins[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades "${pins[@]}" >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/aws" ]; then

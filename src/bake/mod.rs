@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod cmd;
+pub mod disk;
 pub mod flow;
 
 use std::collections::BTreeMap;
