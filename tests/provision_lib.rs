@@ -483,3 +483,51 @@ fn a_failing_script_uploads_its_whole_log_on_exit() {
         0o600
     );
 }
+
+#[test]
+fn an_image_archive_is_imported_only_with_the_pinned_digest_and_name() {
+    let ctd = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload");
+    std::fs::write(&payload, "y".repeat(4096)).unwrap();
+    let name = "registry.example/haimg/imported:1.0";
+    let archive = oci_archive(dir.path(), name, &payload);
+    let sha = {
+        use sha2::Digest;
+        haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
+    };
+    let addr = ctd.address();
+    // A presigned-looking URL: curl reads the file through it, and it must never be printed.
+    let url = format!("file://{}?X-Amz-Signature=deadbeef", archive.display());
+    let env = [("CONTAINERD_ADDRESS", addr.to_str().unwrap())];
+    let import = |sha: &str, name: &str| {
+        bash(
+            &format!("sleep() {{ :; }}; import_image_archive \"$U\" '{sha}' '{name}' && image_complete '{name}'"),
+            &[env[0], ("U", url.as_str())],
+        )
+    };
+    // A wrong digest: nothing imported, the image named, the URL not.
+    let bad = import(&"0".repeat(64), name);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = stderr(&bad);
+    assert!(
+        err.contains(&format!("the archive of {name} has sha256 {sha}")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("deadbeef") && !err.contains("file://"),
+        "{err}"
+    );
+    assert!(!stdout(&ctd.ctr(&["images", "ls", "-q"])).contains(name));
+    // The archive holds another image than the recipe says.
+    let other = import(&sha, "registry.example/haimg/other:1.0");
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        stderr(&other).contains("does not hold registry.example/haimg/other:1.0"),
+        "{}",
+        stderr(&other)
+    );
+    // Right digest and name: imported, complete and unpacked.
+    let ok = import(&sha, name);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}
