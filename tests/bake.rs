@@ -1091,3 +1091,63 @@ fn wait_child(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn image_archives_are_staged_for_the_builder_and_removed_after() {
+    let s = setup();
+    let archive = s.dir.path().join("pause.tar");
+    std::fs::write(&archive, b"an OCI archive, as far as staging is concerned").unwrap();
+    let sha = {
+        use sha2::Digest;
+        haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
+    };
+    std::fs::write(
+        &s.recipe,
+        format!(
+            "{}  images:\n    - {{name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: {sha}}}\n",
+            recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id")
+        ),
+    )
+    .unwrap();
+    s.proxy.set_rules(serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "InProgress"}}]));
+    let mut child = s
+        .bake_cmd(&[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The command carries one presigned URL per archive; the builder fetches the bytes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let urls = loop {
+        if let Some(u) = export_of_sent_command(&s, "HAIMG_IMAGE_ARCHIVE_URLS") {
+            break u;
+        }
+        assert!(std::time::Instant::now() < deadline, "no command was sent");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let urls: Vec<&str> = urls.lines().collect();
+    assert_eq!(urls.len(), 1, "{urls:?}");
+    assert!(urls[0].contains("X-Amz-Signature="));
+    let got = run({
+        let mut c = std::process::Command::new(require_tool("curl"));
+        c.args(["-fsS", urls[0]]);
+        c
+    });
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(
+        got.stdout,
+        std::fs::read(&archive).unwrap(),
+        "the staged bytes"
+    );
+    s.proxy.set_rules(
+        serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success"}}]),
+    );
+    let status = wait_child(&mut child, Duration::from_secs(120)).expect("bake ends");
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("X-Amz-Signature"),
+        "no URL printed"
+    );
+    s.assert_nothing_left("a bake with image archives");
+}

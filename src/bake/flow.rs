@@ -77,6 +77,8 @@ pub struct Created {
     pub object: Option<String>,
     /// The script's full log, uploaded by the builder through a presigned PUT URL.
     pub log_object: Option<String>,
+    /// Staged image archives.
+    pub archive_objects: Vec<String>,
     /// Images (region, id) not yet complete: deregistered with their snapshots on failure.
     pub unfinished_images: Vec<(String, String)>,
     /// The image parameters (same names in every region): cleanup never deregisters an
@@ -301,6 +303,8 @@ fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
 pub struct Staged {
     pub binary_url: String,
     pub log_url: String,
+    /// One presigned GET per image archive, in the plan's order.
+    pub archive_urls: Vec<String>,
     pub bucket: String,
     pub log_key: String,
 }
@@ -358,6 +362,32 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         .presigned(presigning.clone())
         .await
         .map_err(Error::aws(format!("presigning s3://{bucket}/{key}")))?;
+    let mut archive_urls = Vec::new();
+    for (i, a) in plan.archives.iter().enumerate() {
+        let key = format!("images/{i}-{}.tar", &a.sha256[..12]);
+        let body = aws_sdk_s3::primitives::ByteStream::from_path(&a.archive)
+            .await
+            .map_err(|e| Error::Runtime(format!("reading {}: {e}", a.archive.display())))?;
+        created.lock().unwrap().archive_objects.push(key.clone());
+        s3.put_object()
+            .bucket(&bucket)
+            .key(&key)
+            .body(body)
+            .send()
+            .await
+            .map_err(Error::aws(format!(
+                "s3 PutObject s3://{bucket}/{key} ({})",
+                a.name
+            )))?;
+        let url = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(&key)
+            .presigned(presigning.clone())
+            .await
+            .map_err(Error::aws(format!("presigning s3://{bucket}/{key}")))?;
+        archive_urls.push(url.uri().to_string());
+    }
     created.lock().unwrap().log_object = Some(LOG_KEY.to_string());
     let log = s3
         .put_object()
@@ -370,6 +400,7 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
     Ok(Staged {
         binary_url: req.uri().to_string(),
         log_url: log.uri().to_string(),
+        archive_urls,
         bucket,
         log_key: LOG_KEY.to_string(),
     })
@@ -523,14 +554,22 @@ pub fn commands(plan: &Plan, staged: &Staged) -> Result<Vec<String>> {
     let packed =
         base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip to memory"));
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let lines = vec![
+    let mut lines = vec![
         "set -eu".to_string(),
         format!("export HAIMG_BINARY_URL={}", q(&staged.binary_url)),
         format!("export HAIMG_LOG_URL={}", q(&staged.log_url)),
+    ];
+    if !staged.archive_urls.is_empty() {
+        lines.push(format!(
+            "export HAIMG_IMAGE_ARCHIVE_URLS={}",
+            q(&staged.archive_urls.join("\n"))
+        ));
+    }
+    lines.extend([
         format!("export HAIMG_RECIPE_SHA256={}", q(&plan.recipe_hash)),
         format!("echo {packed} | base64 -d | gunzip > /root/haimg-provision.sh"),
         "exec bash /root/haimg-provision.sh".to_string(),
-    ];
+    ]);
     let size: usize = lines.iter().map(|l| l.len() + 1).sum();
     if size > COMMAND_LIMIT {
         return Err(Error::Runtime(format!("the packed provisioning script is {size} bytes; SSM Run Command takes at most {COMMAND_LIMIT}")));
@@ -1065,7 +1104,12 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
     if let Some(b) = &created.bucket {
         let s3 = s3_client(sdk);
         let gone = |e: &str| e.contains("NoSuchBucket");
-        for k in created.object.iter().chain(created.log_object.iter()) {
+        for k in created
+            .object
+            .iter()
+            .chain(created.log_object.iter())
+            .chain(created.archive_objects.iter())
+        {
             if let Err(e) = s3.delete_object().bucket(b).key(k).send().await {
                 let e = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
                 if !gone(&e) {

@@ -55,6 +55,9 @@ pub struct Plan {
     pub tags: BTreeMap<String, String>,
     pub steps: Vec<String>,
     pub script: String,
+    /// Image archives to stage for the builder, in the script's IMPORTED_IMAGES order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archives: Vec<crate::recipe::ImageArchive>,
 }
 
 impl Plan {
@@ -94,9 +97,19 @@ struct ScriptCtx<'a> {
     step_count: usize,
     pins: Vec<String>,
     extra_images: Vec<&'a str>,
+    imported: Vec<Imported<'a>>,
+    /// `{"name": "sha256", …}` of the imported images, for the image manifest.
+    imported_json: String,
     units: Vec<Unit>,
     cgroup_v2: bool,
     registry_hosts: Vec<RegistryHosts>,
+}
+
+/// An image the builder imports from an archive (in the order of HAIMG_IMAGE_ARCHIVE_URLS).
+#[derive(Serialize)]
+struct Imported<'a> {
+    name: &'a str,
+    sha256: &'a str,
 }
 
 /// One `/etc/containerd/certs.d/<host>/hosts.toml`.
@@ -188,6 +201,22 @@ pub fn script(recipe: &Recipe, haimg_sha256: &str, t: &Templates) -> Result<Stri
         step_count: steps.len(),
         pins: pins(recipe),
         extra_images: recipe.extra_images.iter().map(|i| i.as_str()).collect(),
+        imported: recipe
+            .images
+            .iter()
+            .map(|i| Imported {
+                name: i.name.as_str(),
+                sha256: &i.sha256,
+            })
+            .collect(),
+        imported_json: serde_json::to_string(
+            &recipe
+                .images
+                .iter()
+                .map(|i| (i.name.as_str(), i.sha256.as_str()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .expect("plain data"),
         units: UNITS
             .iter()
             .map(|(name, content)| Unit { name, content })
@@ -276,6 +305,7 @@ pub fn plan(recipe: &Recipe, base_ami: &str, haimg_sha256: &str, t: &Templates) 
         tags,
         steps: steps(recipe),
         script,
+        archives: recipe.images.clone(),
     })
 }
 

@@ -7,7 +7,7 @@
 mod wire;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -48,6 +48,10 @@ pub struct Recipe {
     pub apt_snapshot: Option<String>,
     pub cni: Cni,
     pub extra_images: Vec<ImageRef>,
+    /// Images imported from archives instead of pulled (a bake with no registry in reach).
+    /// Left out of the hash input when empty; each archive enters it by its digest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageArchive>,
     /// Registry host → mirrors (https URLs) containerd tries first, in order, at bake time
     /// and on the node; the upstream registry stays the last resort. Left out of the hash
     /// input when empty, so recipes without mirrors keep their hashes.
@@ -137,6 +141,20 @@ pub struct Cni {
     pub manifest_sha256: Option<String>,
 }
 
+/// An image archive (an OCI image layout or a `docker save` tar) and the image it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageArchive {
+    pub name: ImageRef,
+    /// sha256 of the archive file, lowercase hex: checked when the recipe loads, again on
+    /// the builder before the import.
+    pub sha256: String,
+    /// Where the archive is on this machine (relative paths resolve against the recipe
+    /// file's directory). Not hashed: the digest says what it is.
+    #[serde(skip)]
+    pub archive: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hardening {
@@ -162,7 +180,8 @@ pub fn load(arg: Option<&str>) -> Result<Loaded, Error> {
     if path.exists() {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Usage(format!("cannot read recipe {arg}: {e}")))?;
-        return load_str(&text, arg);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        return load_in(&text, arg, dir);
     }
     let name = arg.trim_end_matches(".yaml");
     match EMBEDDED.iter().find(|(n, _)| *n == name) {
@@ -178,7 +197,13 @@ pub fn load(arg: Option<&str>) -> Result<Loaded, Error> {
     }
 }
 
+/// A recipe from text; relative archive paths resolve against the current directory.
 pub fn load_str(text: &str, source: &str) -> Result<Loaded, Error> {
+    load_in(text, source, Path::new("."))
+}
+
+/// A recipe from text whose relative archive paths resolve against `dir`.
+pub fn load_in(text: &str, source: &str, dir: &Path) -> Result<Loaded, Error> {
     let doc = crate::yaml::parse(text).map_err(|e| {
         Error::Invalid(Diagnostics(vec![Diagnostic {
             file: source.into(),
@@ -196,7 +221,7 @@ pub fn load_str(text: &str, source: &str) -> Result<Loaded, Error> {
         }]))
     })?;
     let mut cx = Ctx::new(&doc, source);
-    let recipe = wire::resolve(&mut cx, &file);
+    let recipe = wire::resolve(&mut cx, &file, dir);
     match recipe {
         Some(recipe) if cx.errors.is_empty() => Ok(Loaded {
             recipe,
@@ -250,5 +275,80 @@ spec:
         );
         let e = load_str(&clash, "c.yaml").unwrap_err().to_string();
         assert!(e.contains("spec.ubuntu"), "{e}");
+    }
+
+    #[test]
+    fn image_archives_are_checked_by_digest_where_the_recipe_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pause.tar"), b"an archive").unwrap();
+        let sha = {
+            use sha2::Digest;
+            crate::bake::hex(&sha2::Sha256::digest(b"an archive"))
+        };
+        let base = r#"apiVersion: haimg.dev/v1alpha1
+kind: ImageRecipe
+metadata:
+  name: offline
+spec:
+  base:
+    ami: ami-0123456789abcdef0
+  architecture: amd64
+  kubernetesVersion: 1.30.4
+  aptSnapshot: 20241101T000000Z
+  packages: {containerd: "1.7.12-0ubuntu2~20.04.1", keepalived: "1:2.0.19-2ubuntu0.2", haproxy: "2.0.33-0ubuntu0.1"}
+  cni: {name: calico, version: v3.28.1, manifestSha256: 9a0e3e4e4b1c5f0a3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819a2b}
+  extraImages: [docker.io/library/haproxy:2.8.14]
+  hardening: {ssh: disabled}
+"#;
+        let with = |images: &str| format!("{base}  images:\n{images}");
+        let ok = with(&format!(
+            "    - {{name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: {}}}\n",
+            sha.to_uppercase()
+        ));
+        let r = load_in(&ok, "offline.yaml", dir.path()).unwrap().recipe;
+        assert_eq!(r.images.len(), 1);
+        assert_eq!(r.images[0].sha256, sha, "lowercased");
+        assert_eq!(r.images[0].archive, dir.path().join("pause.tar"));
+        // The digest is in the hash input; where the file is, is not.
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(&sha) && !json.contains("pause.tar"), "{json}");
+
+        let err = |images: String| {
+            load_in(&with(&images), "offline.yaml", dir.path())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(format!(
+            "    - {{name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: {}}}\n",
+            "a".repeat(64)
+        ));
+        assert!(
+            e.contains("offline.yaml:16:")
+                && e.contains("spec.images[0].sha256")
+                && e.contains(&format!(
+                    "has sha256 {sha}, the recipe pins {}",
+                    "a".repeat(64)
+                )),
+            "{e}"
+        );
+        let e = err(format!(
+            "    - {{name: registry.k8s.io/pause:3.9, archive: missing.tar, sha256: {sha}}}\n"
+        ));
+        assert!(
+            e.contains("spec.images[0].archive") && e.contains("missing.tar"),
+            "{e}"
+        );
+        let e = err(format!(
+            "    - {{name: docker.io/library/haproxy:2.8.14, archive: pause.tar, sha256: {sha}}}\n"
+        ));
+        assert!(e.contains("listed twice"), "{e}");
+        let e = err(format!(
+            "    - {{name: pause:3.9, archive: pause.tar, sha256: {sha}}}\n"
+        ));
+        assert!(e.contains("name the registry"), "{e}");
+        let e = err(
+            "    - {name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: abc}\n".into(),
+        );
+        assert!(e.contains("is not a sha256"), "{e}");
     }
 }

@@ -41,6 +41,9 @@ pub struct SpecFile {
     pub cni: CniFile,
     #[serde(default)]
     pub extra_images: Vec<String>,
+    /// Image archives imported instead of pulled.
+    #[serde(default)]
+    pub images: Vec<ImageArchiveFile>,
     /// Registry host → mirrors tried first, in order (an ECR pull-through cache, a private
     /// registry): anonymous Docker Hub pulls are limited per address.
     #[serde(default)]
@@ -64,6 +67,14 @@ pub struct CniFile {
     pub manifest_url: Option<String>,
     #[serde(default)]
     pub manifest_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageArchiveFile {
+    pub name: String,
+    pub archive: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,7 +109,76 @@ fn is_exact_debian_version(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
 }
 
-pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile) -> Option<Recipe> {
+/// A fully qualified image reference (`ctr` pulls and imports only those), or an error at
+/// `at`.
+fn qualified_image(cx: &mut Ctx, at: &str, img: &str) -> Option<ImageRef> {
+    let r = cx.parse::<ImageRef>(at, img)?;
+    if !r.as_str().contains('/')
+        || !r
+            .as_str()
+            .split('/')
+            .next()
+            .is_some_and(|h| h.contains('.') || h.contains(':'))
+    {
+        cx.error(at, format!("`{img}`: name the registry (docker.io/library/haproxy:2.8.14): containerd's `ctr` pulls fully qualified references only"));
+    }
+    Some(r)
+}
+
+/// The sha256 of a file, streamed.
+fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(crate::bake::hex(&h.finalize()))
+}
+
+fn image_archives(
+    cx: &mut Ctx,
+    files: &[ImageArchiveFile],
+    extra: &[String],
+    dir: &std::path::Path,
+) -> Vec<ImageArchive> {
+    let mut out: Vec<ImageArchive> = Vec::new();
+    for (i, a) in files.iter().enumerate() {
+        let at = format!("/spec/images/{i}");
+        let Some(name) = qualified_image(cx, &format!("{at}/name"), &a.name) else {
+            continue;
+        };
+        if out.iter().any(|o| o.name == name) || extra.contains(&a.name) {
+            cx.error(&format!("{at}/name"), format!("`{}` is listed twice: an image is either pulled (extraImages) or imported from one archive", a.name));
+        }
+        let sha = a.sha256.to_lowercase();
+        if !is_hex(&sha, 64) {
+            cx.error(
+                &format!("{at}/sha256"),
+                format!(
+                    "`{}` is not a sha256: 64 hex digits (sha256sum of the archive)",
+                    a.sha256
+                ),
+            );
+            continue;
+        }
+        let path = dir.join(&a.archive);
+        match file_sha256(&path) {
+            Err(e) => cx.error(&format!("{at}/archive"), format!("{}: {e}", path.display())),
+            Ok(got) if got != sha => cx.error(
+                &format!("{at}/sha256"),
+                format!("{} has sha256 {got}, the recipe pins {sha}", path.display()),
+            ),
+            Ok(_) => {}
+        }
+        out.push(ImageArchive {
+            name,
+            sha256: sha,
+            archive: path,
+        });
+    }
+    out
+}
+
+pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Option<Recipe> {
     if f.api_version != crate::spec::wire::API_VERSION {
         cx.error(
             "/apiVersion",
@@ -276,19 +356,11 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile) -> Option<Recipe> {
     }
     let mut extra_images = Vec::new();
     for (i, img) in s.extra_images.iter().enumerate() {
-        if let Some(r) = cx.parse::<ImageRef>(&format!("/spec/extraImages/{i}"), img) {
-            if !r.as_str().contains('/')
-                || !r
-                    .as_str()
-                    .split('/')
-                    .next()
-                    .is_some_and(|h| h.contains('.') || h.contains(':'))
-            {
-                cx.error(&format!("/spec/extraImages/{i}"), format!("`{img}`: name the registry (docker.io/library/haproxy:2.8.14): containerd's `ctr` pulls fully qualified references only"));
-            }
+        if let Some(r) = qualified_image(cx, &format!("/spec/extraImages/{i}"), img) {
             extra_images.push(r);
         }
     }
+    let images = image_archives(cx, &s.images, &s.extra_images, dir);
     let mut registry_mirrors = BTreeMap::new();
     for (host, mirrors) in &s.registry_mirrors {
         let at = format!("/spec/registryMirrors/{}", crate::yaml::escape(host));
@@ -338,6 +410,7 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile) -> Option<Recipe> {
             manifest_sha256: cni.manifest_sha256.clone().map(|h| h.to_lowercase()),
         },
         extra_images,
+        images,
         registry_mirrors,
         hardening: Hardening {
             ssh: s.hardening.ssh.clone(),

@@ -167,6 +167,31 @@ image_complete() {
     fi
 }
 
+# Imports an image archive (OCI layout or docker-save tar) into containerd's k8s.io
+# namespace instead of pulling: for bakes with no registry in reach. URL is where the bake
+# staged it (a presigned URL: never printed), SHA256 the digest the recipe pins, NAME the
+# image the archive must carry. Fails naming the image, never the URL.
+import_image_archive() {
+    local url=$1 sha=$2 name=$3 tmp got
+    tmp=$(mktemp /var/tmp/haimg-image.XXXXXX)
+    if ! retry curl -fsSL "${url}" -o "${tmp}"; then
+        rm -f "${tmp}"
+        die "could not download the archive of ${name}"
+    fi
+    got=$(sha256sum "${tmp}" | cut -d' ' -f1)
+    if [ "${got}" != "${sha}" ]; then
+        rm -f "${tmp}"
+        die "the archive of ${name} has sha256 ${got}, the recipe pins ${sha}"
+    fi
+    if ! ctr --namespace k8s.io images import --all-platforms "${tmp}" >/dev/null; then
+        rm -f "${tmp}"
+        die "containerd could not import the archive of ${name}"
+    fi
+    rm -f "${tmp}"
+    ctr --namespace k8s.io images ls -q | grep -qxF "${name}" \
+        || die "the archive with sha256 ${sha} does not hold ${name}"
+}
+
 # Points a Calico manifest's images at quay.io/calico (the same images Calico publishes to
 # Docker Hub, without Docker Hub's anonymous pull limit of a few per hour per address).
 prefer_quay_for_calico() {
