@@ -1093,7 +1093,7 @@ fn wait_child(
 }
 
 #[test]
-fn image_archives_are_staged_for_the_builder_and_removed_after() {
+fn image_archives_and_packages_are_staged_for_the_builder_and_removed_after() {
     let s = setup();
     let archive = s.dir.path().join("pause.tar");
     std::fs::write(&archive, b"an OCI archive, as far as staging is concerned").unwrap();
@@ -1101,10 +1101,23 @@ fn image_archives_are_staged_for_the_builder_and_removed_after() {
         use sha2::Digest;
         haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
     };
+    // And the Kubernetes packages as files (what a mirror of pkgs.k8s.io would hold).
+    let mut debs = String::from("  kubernetesPackages:\n");
+    for p in ["kubeadm", "kubelet", "kubectl"] {
+        let f = s.dir.path().join(format!("{p}_1.30.4-1.1_amd64.deb"));
+        std::fs::write(&f, format!("{p} package")).unwrap();
+        let sha = {
+            use sha2::Digest;
+            haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&f).unwrap()))
+        };
+        debs.push_str(&format!(
+            "    - {{file: {p}_1.30.4-1.1_amd64.deb, sha256: {sha}}}\n"
+        ));
+    }
     std::fs::write(
         &s.recipe,
         format!(
-            "{}  images:\n    - {{name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: {sha}}}\n",
+            "{}  images:\n    - {{name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: {sha}}}\n{debs}",
             recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id")
         ),
     )
@@ -1139,6 +1152,17 @@ fn image_archives_are_staged_for_the_builder_and_removed_after() {
         std::fs::read(&archive).unwrap(),
         "the staged bytes"
     );
+    let debs = export_of_sent_command(&s, "HAIMG_DEB_URLS").expect("the packages are staged");
+    let debs: Vec<&str> = debs.lines().collect();
+    assert_eq!(debs.len(), 3, "{debs:?}");
+    for (url, p) in debs.iter().zip(["kubeadm", "kubelet", "kubectl"]) {
+        let got = run({
+            let mut c = std::process::Command::new(require_tool("curl"));
+            c.args(["-fsS", url]);
+            c
+        });
+        assert_eq!(String::from_utf8_lossy(&got.stdout), format!("{p} package"));
+    }
     s.proxy.set_rules(
         serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success"}}]),
     );

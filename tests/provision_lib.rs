@@ -595,3 +595,98 @@ fn a_recipe_with_image_archives_renders_a_clean_script_whose_import_step_works()
     assert!(stdout(&o).contains(&format!("imported {name} (archive sha256 {sha})")));
     assert!(!stdout(&o).contains("deadbeef") && !stderr(&o).contains("deadbeef"));
 }
+
+/// A minimal real package (dpkg-deb) named `file` that says it is `package` `version`.
+fn tiny_deb(dir: &Path, file: &str, package: &str, version: &str) -> (PathBuf, String) {
+    let root = dir.join(format!("root-{file}"));
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!("Package: {package}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@localhost>\nDescription: test\n"),
+    )
+    .unwrap();
+    let out = dir.join(file);
+    let o = run({
+        let mut c = Command::new("dpkg-deb");
+        c.args(["--root-owner-group", "--build"])
+            .arg(&root)
+            .arg(&out);
+        c
+    });
+    assert!(o.status.success(), "{}", stderr(&o));
+    use sha2::Digest;
+    let sha = haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&out).unwrap()));
+    (out, sha)
+}
+
+#[test]
+fn local_kubernetes_packages_are_fetched_checked_by_digest_and_by_what_they_say_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("  kubernetesPackages:\n");
+    let mut urls = Vec::new();
+    for p in ["kubeadm", "kubelet", "kubectl"] {
+        let file = format!("{p}_1.30.4-1.1_amd64.deb");
+        // The file named kubectl is really kubelet: what the package says decides.
+        let inside = if p == "kubectl" { "kubelet" } else { p };
+        let (path, sha) = tiny_deb(dir.path(), &file, inside, "1.30.4-1.1");
+        yaml.push_str(&format!(
+            "    - {{file: {}, sha256: {sha}}}\n",
+            path.display()
+        ));
+        urls.push(format!(
+            "file://{}?X-Amz-Signature=deadbeef",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(repo().join("image-recipes/ubuntu-20.04.yaml"))
+        .unwrap()
+        .replace("  hardening:", &format!("{yaml}  hardening:"))
+        .replace("kubernetesVersion: 1.30.4", "kubernetesVersion: 1.30.4");
+    let r = haimg::recipe::load_str(&text, "offline.yaml")
+        .unwrap()
+        .recipe;
+    assert_eq!(r.kubernetes_packages.len(), 3);
+    let t = haimg::render::templates::Templates::embedded();
+    let s = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();
+    assert!(
+        !s.contains("pkgs.k8s.io/core"),
+        "no Kubernetes repository with local packages"
+    );
+    assert!(s.contains("check_pins_available \"${REPO_PINS[@]}\""));
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &s).unwrap();
+    let o = run({
+        let mut c = Command::new(require_tool("shellcheck"));
+        c.arg(f.path());
+        c
+    });
+    assert!(o.status.success(), "{}", stdout(&o));
+    // The rendered step, run as the builder would, into a directory of the test's.
+    let start = s.find("readonly LOCAL_DEBS=(").unwrap();
+    let end = s.find("readonly EXTRA_IMAGES=(").unwrap();
+    let arrays = &s[start..end];
+    let start = s
+        .find("step \"kubernetes packages from staged files\"")
+        .unwrap();
+    let end = start + s[start..].find("\ndone\n").unwrap() + 6;
+    let fetch = s[start..end].replace(
+        "/var/cache/haimg/debs",
+        &dir.path().join("cache").display().to_string(),
+    );
+    let o = bash(
+        &format!("sleep() {{ :; }}; step() {{ echo \"==> $*\"; }}; {arrays}\n{fetch}"),
+        &[("HAIMG_DEB_URLS", &urls.join("\n"))],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("the file pinned as kubectl 1.30.4-1.1 is kubelet 1.30.4-1.1"),
+        "{err}"
+    );
+    assert!(
+        stdout(&o).contains("staged kubeadm 1.30.4-1.1"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!err.contains("deadbeef") && !stdout(&o).contains("deadbeef"));
+}

@@ -77,7 +77,7 @@ pub struct Created {
     pub object: Option<String>,
     /// The script's full log, uploaded by the builder through a presigned PUT URL.
     pub log_object: Option<String>,
-    /// Staged image archives.
+    /// Staged image archives and packages.
     pub archive_objects: Vec<String>,
     /// Images (region, id) not yet complete: deregistered with their snapshots on failure.
     pub unfinished_images: Vec<(String, String)>,
@@ -305,6 +305,8 @@ pub struct Staged {
     pub log_url: String,
     /// One presigned GET per image archive, in the plan's order.
     pub archive_urls: Vec<String>,
+    /// One presigned GET per local Kubernetes package, in the plan's order.
+    pub deb_urls: Vec<String>,
     pub bucket: String,
     pub log_key: String,
 }
@@ -365,28 +367,15 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
     let mut archive_urls = Vec::new();
     for (i, a) in plan.archives.iter().enumerate() {
         let key = format!("images/{i}-{}.tar", &a.sha256[..12]);
-        let body = aws_sdk_s3::primitives::ByteStream::from_path(&a.archive)
-            .await
-            .map_err(|e| Error::Runtime(format!("reading {}: {e}", a.archive.display())))?;
-        created.lock().unwrap().archive_objects.push(key.clone());
-        s3.put_object()
-            .bucket(&bucket)
-            .key(&key)
-            .body(body)
-            .send()
-            .await
-            .map_err(Error::aws(format!(
-                "s3 PutObject s3://{bucket}/{key} ({})",
-                a.name
-            )))?;
-        let url = s3
-            .get_object()
-            .bucket(&bucket)
-            .key(&key)
-            .presigned(presigning.clone())
-            .await
-            .map_err(Error::aws(format!("presigning s3://{bucket}/{key}")))?;
-        archive_urls.push(url.uri().to_string());
+        let what = a.name.to_string();
+        archive_urls
+            .push(stage_file(&s3, &bucket, &key, &a.archive, &what, &presigning, created).await?);
+    }
+    let mut deb_urls = Vec::new();
+    for d in &plan.debs {
+        let key = format!("debs/{}_{}.deb", d.package, &d.sha256[..12]);
+        let what = format!("{} {}", d.package, d.version);
+        deb_urls.push(stage_file(&s3, &bucket, &key, &d.path, &what, &presigning, created).await?);
     }
     created.lock().unwrap().log_object = Some(LOG_KEY.to_string());
     let log = s3
@@ -401,9 +390,48 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         binary_url: req.uri().to_string(),
         log_url: log.uri().to_string(),
         archive_urls,
+        deb_urls,
         bucket,
         log_key: LOG_KEY.to_string(),
     })
+}
+
+/// Uploads one file the builder needs (recorded first, so cleanup removes it even when an
+/// interrupt cuts the upload short) and presigns its GET.
+async fn stage_file(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    path: &std::path::Path,
+    what: &str,
+    presigning: &aws_sdk_s3::presigning::PresigningConfig,
+    created: &Tracker,
+) -> Result<String> {
+    let body = aws_sdk_s3::primitives::ByteStream::from_path(path)
+        .await
+        .map_err(|e| Error::Runtime(format!("reading {}: {e}", path.display())))?;
+    created
+        .lock()
+        .unwrap()
+        .archive_objects
+        .push(key.to_string());
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body)
+        .send()
+        .await
+        .map_err(Error::aws(format!(
+            "s3 PutObject s3://{bucket}/{key} ({what})"
+        )))?;
+    let url = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(presigning.clone())
+        .await
+        .map_err(Error::aws(format!("presigning s3://{bucket}/{key}")))?;
+    Ok(url.uri().to_string())
 }
 
 /// The builder's log so far (empty until its first upload).
@@ -559,11 +587,13 @@ pub fn commands(plan: &Plan, staged: &Staged) -> Result<Vec<String>> {
         format!("export HAIMG_BINARY_URL={}", q(&staged.binary_url)),
         format!("export HAIMG_LOG_URL={}", q(&staged.log_url)),
     ];
-    if !staged.archive_urls.is_empty() {
-        lines.push(format!(
-            "export HAIMG_IMAGE_ARCHIVE_URLS={}",
-            q(&staged.archive_urls.join("\n"))
-        ));
+    for (var, urls) in [
+        ("HAIMG_IMAGE_ARCHIVE_URLS", &staged.archive_urls),
+        ("HAIMG_DEB_URLS", &staged.deb_urls),
+    ] {
+        if !urls.is_empty() {
+            lines.push(format!("export {var}={}", q(&urls.join("\n"))));
+        }
     }
     lines.extend([
         format!("export HAIMG_RECIPE_SHA256={}", q(&plan.recipe_hash)),

@@ -58,6 +58,9 @@ pub struct Plan {
     /// Image archives to stage for the builder, in the script's IMPORTED_IMAGES order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub archives: Vec<crate::recipe::ImageArchive>,
+    /// Local Kubernetes packages to stage, in the script's LOCAL_DEBS order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub debs: Vec<crate::recipe::DebFile>,
 }
 
 impl Plan {
@@ -98,6 +101,10 @@ struct ScriptCtx<'a> {
     pins: Vec<String>,
     extra_images: Vec<&'a str>,
     imported: Vec<Imported<'a>>,
+    /// Local Kubernetes packages (in the order of HAIMG_DEB_URLS), and the pins apt takes
+    /// from its repositories (all of them without local packages).
+    local_debs: Vec<&'a crate::recipe::DebFile>,
+    repo_pins: Vec<String>,
     /// `{"name": "sha256", …}` of the imported images, for the image manifest.
     imported_json: String,
     units: Vec<Unit>,
@@ -142,7 +149,11 @@ pub fn hosts_toml(host: &str, mirrors: &[String]) -> String {
 pub fn steps(recipe: &Recipe) -> Vec<String> {
     let mut s = vec![
         "apt sources",
-        "kubernetes apt repository",
+        if recipe.kubernetes_packages.is_empty() {
+            "kubernetes apt repository"
+        } else {
+            "kubernetes packages from staged files"
+        },
         "pinned packages",
         "kernel modules and sysctls",
         "swap off",
@@ -201,6 +212,16 @@ pub fn script(recipe: &Recipe, haimg_sha256: &str, t: &Templates) -> Result<Stri
         step_count: steps.len(),
         pins: pins(recipe),
         extra_images: recipe.extra_images.iter().map(|i| i.as_str()).collect(),
+        local_debs: recipe.kubernetes_packages.iter().collect(),
+        repo_pins: pins(recipe)
+            .into_iter()
+            .filter(|p| {
+                !recipe
+                    .kubernetes_packages
+                    .iter()
+                    .any(|d| p.split('=').next() == Some(d.package.as_str()))
+            })
+            .collect(),
         imported: recipe
             .images
             .iter()
@@ -306,6 +327,7 @@ pub fn plan(recipe: &Recipe, base_ami: &str, haimg_sha256: &str, t: &Templates) 
         steps: steps(recipe),
         script,
         archives: recipe.images.clone(),
+        debs: recipe.kubernetes_packages.clone(),
     })
 }
 

@@ -43,6 +43,10 @@ pub struct Recipe {
     pub kubernetes_key_fingerprint: String,
     /// Exact apt versions of containerd, keepalived, haproxy (and any more), held.
     pub packages: BTreeMap<String, String>,
+    /// The Kubernetes packages as local `.deb` files instead of pkgs.k8s.io (a mirror's
+    /// copies, or packages built in-house). Left out of the hash input when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kubernetes_packages: Vec<DebFile>,
     /// Ubuntu snapshot archive timestamp (`20240601T000000Z`): the whole package set as
     /// it was then.
     pub apt_snapshot: Option<String>,
@@ -139,6 +143,18 @@ pub struct Cni {
     pub version: String,
     pub manifest_url: String,
     pub manifest_sha256: Option<String>,
+}
+
+/// A local Debian package: what its file name says it is, and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DebFile {
+    pub package: String,
+    pub version: String,
+    pub sha256: String,
+    /// Where the file is on this machine. Not hashed: the digest says what it is.
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 /// An image archive (an OCI image layout or a `docker save` tar) and the image it holds.
@@ -350,5 +366,84 @@ spec:
             "    - {name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: abc}\n".into(),
         );
         assert!(e.contains("is not a sha256"), "{e}");
+    }
+
+    #[test]
+    fn local_kubernetes_packages_must_be_the_recipes_versions_and_all_three() {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = |p: &str| {
+            use sha2::Digest;
+            crate::bake::hex(&sha2::Sha256::digest(
+                std::fs::read(dir.path().join(p)).unwrap(),
+            ))
+        };
+        for f in [
+            "kubeadm_1.30.4-1.1_amd64.deb",
+            "kubelet_1.30.4-1.1_amd64.deb",
+            "kubectl_1.30.4-1.1_amd64.deb",
+            "kubectl_1.30.3-1.1_amd64.deb",
+            "kubelet_1.30.4-1.1_arm64.deb",
+            "etcd_3.5.0_amd64.deb",
+        ] {
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("image-recipes/ubuntu-20.04.yaml"),
+        )
+        .unwrap();
+        let with = |files: &[&str]| {
+            let mut y = String::from("  kubernetesPackages:\n");
+            for f in files {
+                y.push_str(&format!("    - {{file: {f}, sha256: {}}}\n", sha(f)));
+            }
+            let t = text.replace("  hardening:", &format!("{y}  hardening:"));
+            load_in(&t, "offline.yaml", dir.path())
+        };
+        let ok = with(&[
+            "kubeadm_1.30.4-1.1_amd64.deb",
+            "kubelet_1.30.4-1.1_amd64.deb",
+            "kubectl_1.30.4-1.1_amd64.deb",
+        ])
+        .unwrap()
+        .recipe;
+        let got: Vec<(&str, &str)> = ok
+            .kubernetes_packages
+            .iter()
+            .map(|d| (d.package.as_str(), d.version.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("kubeadm", "1.30.4-1.1"),
+                ("kubelet", "1.30.4-1.1"),
+                ("kubectl", "1.30.4-1.1")
+            ]
+        );
+        let err = |files: &[&str]| with(files).unwrap_err().to_string();
+        let e = err(&[
+            "kubeadm_1.30.4-1.1_amd64.deb",
+            "kubelet_1.30.4-1.1_amd64.deb",
+            "kubectl_1.30.3-1.1_amd64.deb",
+        ]);
+        assert!(e.contains("is kubectl 1.30.3-1.1; kubernetesVersion and kubernetesPackageRevision make it 1.30.4-1.1"), "{e}");
+        let e = err(&[
+            "kubeadm_1.30.4-1.1_amd64.deb",
+            "kubectl_1.30.4-1.1_amd64.deb",
+        ]);
+        assert!(e.contains("`kubelet` is missing"), "{e}");
+        let e = err(&[
+            "kubeadm_1.30.4-1.1_amd64.deb",
+            "kubelet_1.30.4-1.1_arm64.deb",
+            "kubectl_1.30.4-1.1_amd64.deb",
+        ]);
+        assert!(e.contains("is for arm64, the image is amd64"), "{e}");
+        let e = err(&[
+            "etcd_3.5.0_amd64.deb",
+            "kubeadm_1.30.4-1.1_amd64.deb",
+            "kubelet_1.30.4-1.1_amd64.deb",
+            "kubectl_1.30.4-1.1_amd64.deb",
+        ]);
+        assert!(e.contains("`etcd` is not a Kubernetes package"), "{e}");
     }
 }

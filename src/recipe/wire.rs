@@ -36,6 +36,9 @@ pub struct SpecFile {
     #[serde(default)]
     pub kubernetes_key_fingerprint: Option<String>,
     pub packages: BTreeMap<String, String>,
+    /// Local `.deb` files of kubeadm, kubelet, kubectl (and cri-tools, kubernetes-cni).
+    #[serde(default)]
+    pub kubernetes_packages: Vec<LocalFile>,
     #[serde(default)]
     pub apt_snapshot: Option<String>,
     pub cni: CniFile,
@@ -67,6 +70,13 @@ pub struct CniFile {
     pub manifest_url: Option<String>,
     #[serde(default)]
     pub manifest_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalFile {
+    pub file: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +144,119 @@ fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
     Ok(crate::bake::hex(&h.finalize()))
 }
 
+/// A local file the recipe pins by digest: its path (relative to `dir`) when it exists
+/// and has that digest, else an error at `at`/`field` or `at`/sha256.
+fn checked_file(
+    cx: &mut Ctx,
+    at: &str,
+    field: &str,
+    dir: &std::path::Path,
+    file: &str,
+    sha256: &str,
+) -> Option<(std::path::PathBuf, String)> {
+    let sha = sha256.to_lowercase();
+    if !is_hex(&sha, 64) {
+        cx.error(
+            &format!("{at}/sha256"),
+            format!("`{sha256}` is not a sha256: 64 hex digits (sha256sum of the file)"),
+        );
+        return None;
+    }
+    let path = dir.join(file);
+    match file_sha256(&path) {
+        Err(e) => {
+            cx.error(&format!("{at}/{field}"), format!("{}: {e}", path.display()));
+            None
+        }
+        Ok(got) if got != sha => {
+            cx.error(
+                &format!("{at}/sha256"),
+                format!("{} has sha256 {got}, the recipe pins {sha}", path.display()),
+            );
+            None
+        }
+        Ok(_) => Some((path, sha)),
+    }
+}
+
+/// The Kubernetes packages from local `.deb` files: named `<package>_<version>_<arch>.deb`
+/// as Debian names them, kubeadm, kubelet and kubectl at the recipe's version.
+fn kubernetes_debs(
+    cx: &mut Ctx,
+    files: &[LocalFile],
+    dir: &std::path::Path,
+    version: Option<String>,
+    arch: Option<Arch>,
+) -> Vec<DebFile> {
+    let mut out: Vec<DebFile> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let at = format!("/spec/kubernetesPackages/{i}");
+        let base = std::path::Path::new(&f.file)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let parts: Vec<&str> = base
+            .strip_suffix(".deb")
+            .map(|b| b.split('_').collect())
+            .unwrap_or_default();
+        let [package, deb_version, deb_arch] = parts[..] else {
+            cx.error(&format!("{at}/file"), format!("`{}` is not named as a Debian package is: <package>_<version>_<architecture>.deb", f.file));
+            continue;
+        };
+        if !KUBERNETES_PACKAGES.contains(&package) {
+            cx.error(
+                &format!("{at}/file"),
+                format!(
+                    "`{package}` is not a Kubernetes package ({}): pin the others under packages",
+                    KUBERNETES_PACKAGES.join(", ")
+                ),
+            );
+            continue;
+        }
+        if let Some(a) = arch {
+            if deb_arch != a.as_str() && deb_arch != "all" {
+                cx.error(
+                    &format!("{at}/file"),
+                    format!(
+                        "`{}` is for {deb_arch}, the image is {}",
+                        f.file,
+                        a.as_str()
+                    ),
+                );
+            }
+        }
+        if let Some(v) = &version {
+            if ["kubeadm", "kubelet", "kubectl"].contains(&package) && deb_version != v {
+                cx.error(&format!("{at}/file"), format!("`{}` is {package} {deb_version}; kubernetesVersion and kubernetesPackageRevision make it {v}", f.file));
+            }
+        }
+        if seen.contains(&package) {
+            cx.error(
+                &format!("{at}/file"),
+                format!("a second `{package}` package"),
+            );
+        }
+        seen.push(package);
+        if let Some((path, sha256)) = checked_file(cx, &at, "file", dir, &f.file, &f.sha256) {
+            out.push(DebFile {
+                package: package.to_string(),
+                version: deb_version.to_string(),
+                sha256,
+                path,
+            });
+        }
+    }
+    if !files.is_empty() {
+        for p in ["kubeadm", "kubelet", "kubectl"] {
+            if !seen.contains(&p) {
+                cx.error("/spec/kubernetesPackages", format!("`{p}` is missing: with local packages, pkgs.k8s.io is not used, so kubeadm, kubelet and kubectl all come from files"));
+            }
+        }
+    }
+    out
+}
+
 fn image_archives(
     cx: &mut Ctx,
     files: &[ImageArchiveFile],
@@ -149,31 +272,15 @@ fn image_archives(
         if out.iter().any(|o| o.name == name) || extra.contains(&a.name) {
             cx.error(&format!("{at}/name"), format!("`{}` is listed twice: an image is either pulled (extraImages) or imported from one archive", a.name));
         }
-        let sha = a.sha256.to_lowercase();
-        if !is_hex(&sha, 64) {
-            cx.error(
-                &format!("{at}/sha256"),
-                format!(
-                    "`{}` is not a sha256: 64 hex digits (sha256sum of the archive)",
-                    a.sha256
-                ),
-            );
-            continue;
+        if let Some((archive, sha256)) =
+            checked_file(cx, &at, "archive", dir, &a.archive, &a.sha256)
+        {
+            out.push(ImageArchive {
+                name,
+                sha256,
+                archive,
+            });
         }
-        let path = dir.join(&a.archive);
-        match file_sha256(&path) {
-            Err(e) => cx.error(&format!("{at}/archive"), format!("{}: {e}", path.display())),
-            Ok(got) if got != sha => cx.error(
-                &format!("{at}/sha256"),
-                format!("{} has sha256 {got}, the recipe pins {sha}", path.display()),
-            ),
-            Ok(_) => {}
-        }
-        out.push(ImageArchive {
-            name,
-            sha256: sha,
-            archive: path,
-        });
     }
     out
 }
@@ -361,6 +468,13 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
         }
     }
     let images = image_archives(cx, &s.images, &s.extra_images, dir);
+    let kubernetes_packages = kubernetes_debs(
+        cx,
+        &s.kubernetes_packages,
+        dir,
+        kubernetes_version.map(|v| format!("{v}-{revision}")),
+        architecture,
+    );
     let mut registry_mirrors = BTreeMap::new();
     for (host, mirrors) in &s.registry_mirrors {
         let at = format!("/spec/registryMirrors/{}", crate::yaml::escape(host));
@@ -402,6 +516,7 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
         kubernetes_package_revision: revision,
         kubernetes_key_fingerprint: fingerprint,
         packages: s.packages.clone(),
+        kubernetes_packages,
         apt_snapshot: s.apt_snapshot.clone(),
         cni: Cni {
             name: cni.name.clone(),

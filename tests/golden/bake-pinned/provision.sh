@@ -192,6 +192,22 @@ import_image_archive() {
         || die "the archive with sha256 ${sha} does not hold ${name}"
 }
 
+# Downloads a staged .deb into DIR, checked by the recipe's SHA256 and by what the package
+# says it is (dpkg-deb), and prints its path: the Kubernetes packages of a bake that does
+# not reach pkgs.k8s.io. Fails naming the package, never the URL.
+fetch_deb() {
+    local url=$1 sha=$2 package=$3 version=$4 dir=$5 file got
+    file="${dir}/${package}_${version}.deb"
+    install -d -m 0755 "${dir}"
+    retry curl -fsSL "${url}" -o "${file}" || die "could not download the ${package} package"
+    got=$(sha256sum "${file}" | cut -d' ' -f1)
+    [ "${got}" = "${sha}" ] || die "the ${package} package has sha256 ${got}, the recipe pins ${sha}"
+    local is
+    is="$(dpkg-deb -f "${file}" Package) $(dpkg-deb -f "${file}" Version)"
+    [ "${is}" = "${package} ${version}" ] || die "the file pinned as ${package} ${version} is ${is}"
+    echo "${file}"
+}
+
 # Points a Calico manifest's images at quay.io/calico (the same images Calico publishes to
 # Docker Hub, without Docker Hub's anonymous pull limit of a few per hour per address).
 prefer_quay_for_calico() {
