@@ -127,7 +127,7 @@ pub fn kernel_of(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
                 .map(str::to_string)
         })
         .collect();
-    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions.sort_by_key(|a| version_key(a));
     let v = versions.pop().ok_or_else(|| {
         Error::Runtime(format!(
             "{} holds no kernel (vmlinuz-*): the root needs a kernel package",
@@ -355,12 +355,12 @@ mod tests {
 
     #[test]
     fn the_newest_kernel_wins_numerically() {
-        let mut v = vec![
+        let mut v = [
             "6.1.0-9-cloud-amd64",
             "6.1.0-50-cloud-amd64",
             "6.1.0-10-cloud-amd64",
         ];
-        v.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        v.sort_by_key(|a| version_key(a));
         assert_eq!(v.last(), Some(&"6.1.0-50-cloud-amd64"));
     }
 }

@@ -711,8 +711,7 @@ async fn run_script(
                 };
                 let failed_step = text
                     .lines()
-                    .filter(|l| l.starts_with("==> "))
-                    .last()
+                    .rfind(|l| l.starts_with("==> "))
                     .map(|l| format!(" in step {}", l.trim_start_matches("==> ")))
                     .unwrap_or_default();
                 return Err(Error::Runtime(format!(

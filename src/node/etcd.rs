@@ -202,7 +202,7 @@ fn is_transient(e: &Error) -> bool {
 /// Whether removing one more member keeps a majority of the remaining members alive:
 /// after removal there are `members - 1` members, of which `alive` must be a quorum.
 pub fn removal_keeps_quorum(members: usize, alive: usize) -> bool {
-    members >= 2 && alive >= (members - 1) / 2 + 1
+    members >= 2 && alive > (members - 1) / 2
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub fn fs_type<'a>(mountinfo: &'a str, mount_point: &str) -> Option<&'a str> {
             let fstype = right.split(' ').next()?;
             (point == mount_point).then_some(fstype)
         })
-        .last()
+        .next_back()
 }
 
 /// Active swap areas in `/proc/swaps` (its first line is a header).

@@ -236,7 +236,7 @@ pub async fn run(agent: &Agent) -> Result<()> {
     let dead: Vec<String> = after
         .iter()
         .filter(|m| m.name != agent.id.hostname && dead_reason(m, &instances, &owners).is_some())
-        .map(|m| display_name(m))
+        .map(display_name)
         .collect();
     // Records of terminated instances are done with (instance ids are never reused).
     for r in records.iter().filter(|r| {

@@ -160,13 +160,14 @@ fn serve(
             "local-hostname" => ("200 OK", id.hostname.clone()),
             "local-ipv4" => ("200 OK", id.private_ip.clone()),
             "placement/availability-zone" => ("200 OK", id.az.clone()),
-            "autoscaling/target-lifecycle-state" => match {
+            "autoscaling/target-lifecycle-state" => {
                 polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                lifecycle.lock().unwrap().clone()
-            } {
-                Some(s) => ("200 OK", s),
-                None => ("404 Not Found", String::new()),
-            },
+                let state = lifecycle.lock().unwrap().clone();
+                match state {
+                    Some(s) => ("200 OK", s),
+                    None => ("404 Not Found", String::new()),
+                }
+            }
             _ => ("404 Not Found", String::new()),
         }
     };
