@@ -607,3 +607,107 @@ async fn a_replacement_at_its_predecessors_address_keeps_its_node_and_the_dead_m
         "the terminated predecessor's record is removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clocks_that_disagree_within_two_thirds_of_the_lease_never_take_over_a_live_holder() {
+    let c = cluster(2, 0).await;
+    let f = &c.fleet;
+    let lease = Duration::from_secs(3);
+    let short = |cfg: &mut haimg::node::config::NodeConfig| cfg.agent.init_lease_seconds = 3;
+    let g = gate(f, "init");
+    let m0 = with(
+        f,
+        "m0",
+        &c.masters[0],
+        true,
+        short,
+        &[("FAKE_KUBEADM_GATE", format!("init:{}", g.display()))],
+    );
+    let mut holder = f.spawn(&m0, "bootstrap");
+    eventually("m0's kubeadm init to start", BOUND, || {
+        !f.events_of("init-gated").is_empty()
+    });
+    wait_past_lease(&c, "/haimg/demo/init/lock-1", lease).await;
+    // m1's clock runs 1 s ahead: m0's renewals (every second) look older to it, but
+    // never older than the lease.
+    let m1 = with(
+        f,
+        "m1",
+        &c.masters[1],
+        true,
+        short,
+        &[("HAIMG_CLOCK_SKEW_SECONDS", "1".into())],
+    );
+    let mut other = f.spawn(&m1, "bootstrap");
+    eventually("m1 to find the lease held three times", BOUND, || {
+        f.log(&m1, "bootstrap")
+            .matches("init lock epoch 1 is held by")
+            .count()
+            >= 3
+    });
+    open_gate(&g);
+    assert!(
+        wait_child(&mut holder, BOUND).unwrap().success(),
+        "{}",
+        f.log(&m0, "bootstrap")
+    );
+    assert!(
+        wait_child(&mut other, BOUND).unwrap().success(),
+        "{}",
+        f.log(&m1, "bootstrap")
+    );
+    assert_eq!(f.events_of("init-start").len(), 1, "{:?}", f.events());
+    assert!(
+        parameter(&c.sdk, "/haimg/demo/init/lock-2").await.is_none(),
+        "no takeover"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_the_clock_tolerance_a_takeover_still_leaves_one_cluster() {
+    let c = cluster(2, 0).await;
+    let f = &c.fleet;
+    let short = |cfg: &mut haimg::node::config::NodeConfig| cfg.agent.init_lease_seconds = 3;
+    let g = gate(f, "init");
+    let m0 = with(
+        f,
+        "m0",
+        &c.masters[0],
+        true,
+        short,
+        &[("FAKE_KUBEADM_GATE", format!("init:{}", g.display()))],
+    );
+    let mut holder = f.spawn(&m0, "bootstrap");
+    eventually("m0's kubeadm init to start", BOUND, || {
+        !f.events_of("init-gated").is_empty()
+    });
+    // Ten seconds ahead: every lease of m0's looks expired to m1 (the documented limit).
+    let m1 = with(
+        f,
+        "m1",
+        &c.masters[1],
+        true,
+        short,
+        &[("HAIMG_CLOCK_SKEW_SECONDS", "10".into())],
+    );
+    f.run_all(std::slice::from_ref(&m1), "bootstrap", BOUND);
+    assert!(
+        parameter(&c.sdk, "/haimg/demo/init/lock-2").await.is_some(),
+        "m1 took over"
+    );
+    open_gate(&g);
+    assert!(
+        wait_child(&mut holder, BOUND).unwrap().success(),
+        "{}",
+        f.log(&m0, "bootstrap")
+    );
+    // The create-only publication decides: m1's cluster; m0 reset its own and joined.
+    assert_eq!(
+        cmds_of(f, "m0", &["init", "reset", "join"]),
+        ["init(orphan)", "reset", "join"]
+    );
+    assert_eq!(
+        parameter(&c.sdk, "/haimg/demo/state").await.unwrap()["initializedBy"],
+        c.masters[1].instance_id.as_str()
+    );
+}

@@ -78,7 +78,7 @@ async fn give_up(agent: &Agent, why: &Error) {
 }
 
 async fn elect_and_join(agent: &Agent) -> Result<()> {
-    let boot = SystemTime::now();
+    let boot = super::clock::now();
     let s = &agent.cfg.agent;
     let mut backoff = Backoff::new(
         Duration::from_millis(s.poll_initial_millis),
@@ -174,7 +174,7 @@ async fn run_static(agent: &Agent, st: &StaticJoin, mut backoff: Backoff) -> Res
         tracing::info!(endpoint = %endpoint, "cluster initialized with static credentials");
         return Ok(());
     }
-    let now = SystemTime::now();
+    let now = super::clock::now();
     let m = JoinMaterial {
         endpoint,
         token: st.token.clone(),
@@ -210,7 +210,7 @@ enum Step {
 
 async fn worker_step(agent: &Agent, margin: Duration) -> Result<Step> {
     match agent.store.get::<JoinMaterial>("join/worker").await? {
-        Some(m) if m.usable(SystemTime::now(), margin) => {
+        Some(m) if m.usable(super::clock::now(), margin) => {
             join(agent, &m, None).await?;
             Ok(Step::Done)
         }
@@ -222,7 +222,7 @@ async fn worker_step(agent: &Agent, margin: Duration) -> Result<Step> {
 }
 
 async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Result<Step> {
-    let now = SystemTime::now();
+    let now = super::clock::now();
     if let Some(m) = agent
         .store
         .get::<JoinMaterial>("join/control-plane")
@@ -306,7 +306,7 @@ async fn record_member(agent: &Agent) -> Result<()> {
     let record = MemberRecord {
         instance_id: agent.id.instance_id.clone(),
         private_ip: agent.id.private_ip.clone(),
-        started_at: SystemTime::now(),
+        started_at: super::clock::now(),
     };
     agent
         .store
@@ -339,7 +339,7 @@ async fn membership_blocks_join(agent: &Agent, boot: SystemTime) -> Result<Optio
     }
     let fresh = health.as_ref().is_some_and(|h| h.checked_at >= boot);
     if !fresh {
-        let waited = SystemTime::now().duration_since(boot).unwrap_or_default();
+        let waited = super::clock::now().duration_since(boot).unwrap_or_default();
         let bound = Duration::from_secs(agent.cfg.agent.membership_wait_seconds);
         if waited < bound {
             return Ok(Some(
@@ -389,7 +389,7 @@ pub async fn resolve_endpoint(agent: &Agent) -> Result<String> {
 
 async fn init(agent: &Agent, held: &Held) -> Result<Step> {
     let endpoint = resolve_endpoint(agent).await?;
-    let now = SystemTime::now();
+    let now = super::clock::now();
     let state = State {
         phase: Phase::Initializing,
         initialized_by: agent.id.instance_id.clone(),
@@ -455,7 +455,7 @@ async fn init(agent: &Agent, held: &Held) -> Result<Step> {
     let health = EtcdHealth {
         members: 1,
         dead: vec![],
-        checked_at: SystemTime::now(),
+        checked_at: super::clock::now(),
         checked_by: agent.id.instance_id.clone(),
     };
     let ready = State {
@@ -523,7 +523,7 @@ pub fn material(
     let ca = std::fs::read_to_string(&ca_path).map_err(Error::io(&ca_path))?;
     let hash = pki::ca_cert_hash(&ca)
         .map_err(|e| Error::Runtime(format!("{}: {e}", ca_path.display())))?;
-    let now = SystemTime::now();
+    let now = super::clock::now();
     let lifetime = Duration::from_secs(s.certificate_key_ttl_seconds.min(s.token_ttl_seconds));
     Ok(JoinMaterial {
         endpoint: endpoint.to_string(),

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod bootstrap;
+pub mod clock;
 pub mod config;
 pub mod etcd;
 pub mod evict;

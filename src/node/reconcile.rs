@@ -28,7 +28,7 @@
 //!   success), and the last writer of `P/state` wins with the same facts.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::agent::Agent;
 use super::etcd::{removal_keeps_quorum, Etcd, Member};
@@ -253,7 +253,7 @@ pub async fn run(agent: &Agent) -> Result<()> {
         state.etcd = Some(EtcdHealth {
             members: after.len(),
             dead,
-            checked_at: SystemTime::now(),
+            checked_at: super::clock::now(),
             checked_by: agent.id.instance_id.clone(),
         });
         agent.store.put("state", &state, false, true).await?;

@@ -31,7 +31,7 @@
 //!   did; its own publish is refused, and the successor's key is dead until the next
 //!   rotation. Joining masters then fail their attempts and the group replaces them.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::agent::{paths, write_secret_file, Agent, SecretFile};
 use super::bootstrap::{material, publish_worker, resolve_endpoint};
@@ -46,7 +46,7 @@ pub async fn run(agent: &Agent) -> Result<()> {
         tracing::info!("not an initialized control-plane node: nothing to refresh");
         return Ok(());
     }
-    let now = SystemTime::now();
+    let now = super::clock::now();
     let current = agent
         .store
         .get::<JoinMaterial>("join/control-plane")

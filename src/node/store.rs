@@ -275,7 +275,7 @@ pub struct Held {
 
 impl Held {
     fn start(store: Store, dir: &str, me: &str, epoch: u64, lease: Duration) -> Held {
-        let acquired_at = SystemTime::now();
+        let acquired_at = super::clock::now();
         let name = format!("{dir}/lock-{epoch}");
         let renewer = {
             let (store, me, name) = (store.clone(), me.to_string(), name.clone());
@@ -286,7 +286,7 @@ impl Held {
                     let lock = Lock {
                         instance_id: me.clone(),
                         acquired_at,
-                        renewed_at: Some(SystemTime::now()),
+                        renewed_at: Some(super::clock::now()),
                         released: false,
                     };
                     if let Err(e) = store.put(&name, &lock, false, true).await {
@@ -342,7 +342,7 @@ impl Held {
         let lock = Lock {
             instance_id: self.me.clone(),
             acquired_at: self.acquired_at,
-            renewed_at: Some(SystemTime::now()),
+            renewed_at: Some(super::clock::now()),
             released: true,
         };
         let name = format!("{}/lock-{}", self.dir, self.epoch);
