@@ -120,6 +120,28 @@ async fn three_masters_and_three_workers_form_one_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn kubeadm_is_told_the_etcd_image_the_image_carries() {
+    let c = cluster(1, 0).await;
+    let f = &c.fleet;
+    let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
+    // What `haimg bake` writes: an etcd built from another release than kubeadm's default.
+    std::fs::write(
+        m0.root.join("etc/haimg/image-manifest.json"),
+        r#"{"images": [{"image": "registry.k8s.io/etcd:3.5.21-0", "digest": "sha256:00"},
+                       {"image": "registry.k8s.io/pause:3.9", "digest": "sha256:01"}]}"#,
+    )
+    .unwrap();
+    f.run_all(std::slice::from_ref(&m0), "bootstrap", BOUND);
+    assert_eq!(f.events_of("init")[0]["etcdImageTag"], "3.5.21-0");
+    // Without a manifest kubeadm keeps its default (no etcd section at all).
+    let c = cluster(1, 0).await;
+    let f = &c.fleet;
+    let m0 = f.node("m0", c.masters[0].clone(), &node_yaml(true, |_| {}));
+    f.run_all(std::slice::from_ref(&m0), "bootstrap", BOUND);
+    assert!(f.events_of("init")[0]["etcdImageTag"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_master_takes_over_when_the_init_holder_dies_before_publishing() {
     let c = cluster(3, 1).await;
     let f = &c.fleet;

@@ -66,13 +66,21 @@ fn check_spec(spec_file: &str, version: &str, kubeadm: &str) {
             let ttl = Duration::from_secs(cfg.agent.token_ttl_seconds);
             validate(
                 kubeadm,
-                &init_config(&cfg, &id(), endpoint, Some(&token), ttl, &key),
+                &init_config(
+                    &cfg,
+                    &id(),
+                    endpoint,
+                    Some(&token),
+                    ttl,
+                    &key,
+                    Some("3.5.21-0"),
+                ),
                 &what("init"),
             );
             // The rotation's `kubeadm init phase upload-certs --config`: no token.
             validate(
                 kubeadm,
-                &init_config(&cfg, &id(), endpoint, None, Duration::ZERO, &key),
+                &init_config(&cfg, &id(), endpoint, None, Duration::ZERO, &key, None),
                 &what("upload-certs"),
             );
             validate(
@@ -109,7 +117,7 @@ fn the_real_validator_can_fail() {
         .spec;
     let cfg = haimg::render::node_config(&spec, Group::Master);
     let key = secret::certificate_key();
-    let good = init_config(&cfg, &id(), "lb:6443", None, Duration::ZERO, &key);
+    let good = init_config(&cfg, &id(), "lb:6443", None, Duration::ZERO, &key, None);
     // The v1beta4 spelling of the control-plane wait is an unknown field to v1beta3.
     let bad = good.replace("timeoutForControlPlane", "controlPlaneComponentHealthCheck");
     assert_ne!(good, bad, "the config names the control-plane wait");

@@ -57,6 +57,8 @@ pub mod paths {
     pub const CA_KEY: &str = "/etc/kubernetes/pki/ca.key";
     pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
     pub const CNI_MANIFEST: &str = "/usr/share/haimg/cni/manifest.yaml";
+    /// What the bake put into the image (packages, images with digests).
+    pub const IMAGE_MANIFEST: &str = "/etc/haimg/image-manifest.json";
     /// Kubeadm config files holding secrets: 0600, removed after use.
     pub const INIT_CONFIG: &str = "/etc/haimg/kubeadm-init.yaml";
     pub const JOIN_CONFIG: &str = "/etc/haimg/kubeadm-join.yaml";

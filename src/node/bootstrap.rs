@@ -482,7 +482,15 @@ async fn kubeadm_init(
     let _cleanup = SecretFile(config_path.clone());
     write_secret_file(
         &config_path,
-        &kubeadm::init_config(&agent.cfg, &agent.id, endpoint, Some(token), token_ttl, key),
+        &kubeadm::init_config(
+            &agent.cfg,
+            &agent.id,
+            endpoint,
+            Some(token),
+            token_ttl,
+            key,
+            baked_etcd_tag(agent).as_deref(),
+        ),
     )?;
     let cfg = config_path.to_string_lossy();
     let mut args = vec!["init", "--config", &cfg, "--upload-certs"];
@@ -654,4 +662,16 @@ async fn reset(agent: &Agent) {
 fn read_kept(p: &std::path::Path) -> Option<(std::path::PathBuf, Vec<u8>, std::fs::Permissions)> {
     let meta = std::fs::metadata(p).ok()?;
     Some((p.to_path_buf(), std::fs::read(p).ok()?, meta.permissions()))
+}
+
+/// The etcd image tag the image carries, if its manifest names one (see
+/// [`kubeadm::baked_etcd_tag`]); no manifest (a node not made by `haimg bake`) is none.
+pub fn baked_etcd_tag(agent: &Agent) -> Option<String> {
+    let path = agent.path(paths::IMAGE_MANIFEST);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let tag = kubeadm::baked_etcd_tag(&text);
+    if tag.is_none() {
+        tracing::warn!(manifest = %path.display(), "the image manifest names no single etcd image: kubeadm uses its default");
+    }
+    tag
 }

@@ -121,6 +121,36 @@ struct ClusterConfiguration<'a> {
     control_plane_endpoint: &'a str,
     networking: Networking<'a>,
     api_server: ApiServer,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd: Option<EtcdConfig<'a>>,
+}
+
+#[derive(Serialize)]
+struct EtcdConfig<'a> {
+    local: EtcdLocal<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EtcdLocal<'a> {
+    image_tag: &'a str,
+}
+
+/// The tag of the etcd image the node's image carries, from its image manifest (which
+/// lists every baked image): an image may carry another etcd than kubeadm's default for
+/// its version (built from another release, say), and kubeadm must be told, or it looks
+/// for an image that is not there. `None` when the manifest names no single etcd image.
+pub fn baked_etcd_tag(manifest: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(manifest).ok()?;
+    let tags: Vec<&str> = v["images"]
+        .as_array()?
+        .iter()
+        .filter_map(|i| i["image"].as_str()?.strip_prefix("registry.k8s.io/etcd:"))
+        .collect();
+    match tags[..] {
+        [one] => Some(one.to_string()),
+        _ => None,
+    }
 }
 
 #[derive(Serialize)]
@@ -225,6 +255,7 @@ pub fn init_config(
     token: Option<&Secret>,
     token_ttl: std::time::Duration,
     certificate_key: &Secret,
+    etcd_image_tag: Option<&str>,
 ) -> String {
     let api = kubeadm_api_version(&cfg.kubernetes.version);
     let v1beta3 = api.ends_with("v1beta3");
@@ -269,6 +300,9 @@ pub fn init_config(
             cert_sans: vec![host.to_string()],
             timeout_for_control_plane: v1beta3.then(|| CONTROL_PLANE_WAIT.into()),
         },
+        etcd: etcd_image_tag.map(|image_tag| EtcdConfig {
+            local: EtcdLocal { image_tag },
+        }),
     };
     let kubelet = KubeletConfiguration {
         api_version: "kubelet.config.k8s.io/v1beta1",
@@ -311,4 +345,33 @@ pub fn join_config(
         }),
     };
     crate::yaml::to_string(&join)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_baked_etcd_tag_is_read_from_the_image_manifest() {
+        let m = |images: &str| format!(r#"{{"recipe": "x", "images": [{images}]}}"#);
+        assert_eq!(
+            super::baked_etcd_tag(&m(
+                r#"{"image": "registry.k8s.io/etcd:3.5.21-0", "digest": "d"}, {"image": "registry.k8s.io/pause:3.9", "digest": "d"}"#
+            ))
+            .as_deref(),
+            Some("3.5.21-0")
+        );
+        assert_eq!(
+            super::baked_etcd_tag(&m(
+                r#"{"image": "registry.k8s.io/pause:3.9", "digest": "d"}"#
+            )),
+            None
+        );
+        assert_eq!(
+            super::baked_etcd_tag(&m(
+                r#"{"image": "registry.k8s.io/etcd:3.5.21-0"}, {"image": "registry.k8s.io/etcd:3.5.12-0"}"#
+            )),
+            None,
+            "two etcd images: kubeadm's default decides"
+        );
+        assert_eq!(super::baked_etcd_tag("not json"), None);
+    }
 }

@@ -124,7 +124,15 @@ async fn rotate(
         let _cleanup = SecretFile(path.clone());
         write_secret_file(
             &path,
-            &kubeadm::init_config(&agent.cfg, &agent.id, &endpoint, None, Duration::ZERO, &key),
+            &kubeadm::init_config(
+                &agent.cfg,
+                &agent.id,
+                &endpoint,
+                None,
+                Duration::ZERO,
+                &key,
+                super::bootstrap::baked_etcd_tag(agent).as_deref(),
+            ),
         )?;
         let cfg = path.to_string_lossy();
         agent

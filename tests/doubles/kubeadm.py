@@ -127,7 +127,10 @@ def read_config(f):
         check_registration(i.get("nodeRegistration", {}), api, "InitConfiguration.nodeRegistration")
     if "ClusterConfiguration" in by_kind:
         c = by_kind["ClusterConfiguration"]
-        strict(c, {"apiVersion", "kind", "clusterName", "kubernetesVersion", "controlPlaneEndpoint", "networking", "apiServer"}, "ClusterConfiguration")
+        strict(c, {"apiVersion", "kind", "clusterName", "kubernetesVersion", "controlPlaneEndpoint", "networking", "apiServer", "etcd"}, "ClusterConfiguration")
+        if "etcd" in c:
+            strict(c["etcd"], {"local"}, "ClusterConfiguration.etcd")
+            strict(c["etcd"]["local"], {"imageTag"}, "ClusterConfiguration.etcd.local")
         strict(c.get("networking", {}), {"podSubnet", "serviceSubnet", "dnsDomain"}, "ClusterConfiguration.networking")
         strict(c.get("apiServer", {}), {"certSANs"} | ({"timeoutForControlPlane"} if api.endswith("v1beta3") else set()), "ClusterConfiguration.apiServer")
         if c.get("kubernetesVersion") != "v" + version:
@@ -336,6 +339,7 @@ def main(argv):
               bindPort=i["localAPIEndpoint"]["bindPort"], kubeletExtraArgs=i["nodeRegistration"].get("kubeletExtraArgs"),
               certSANs=docs["ClusterConfiguration"].get("apiServer", {}).get("certSANs", []),
               tokenTtls=[t.get("ttl") for t in i.get("bootstrapTokens", [])],
+              etcdImageTag=docs["ClusterConfiguration"].get("etcd", {}).get("local", {}).get("imageTag"),
               providerID=kubelet_arg(i["nodeRegistration"], "provider-id"))
         return
     if cmd == "join":
