@@ -1097,19 +1097,13 @@ fn image_archives_and_packages_are_staged_for_the_builder_and_removed_after() {
     let s = setup();
     let archive = s.dir.path().join("pause.tar");
     std::fs::write(&archive, b"an OCI archive, as far as staging is concerned").unwrap();
-    let sha = {
-        use sha2::Digest;
-        haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
-    };
+    let sha = sha256_file(&archive);
     // And the Kubernetes packages as files (what a mirror of pkgs.k8s.io would hold).
     let mut debs = String::from("  kubernetesPackages:\n");
     for p in ["kubeadm", "kubelet", "kubectl"] {
         let f = s.dir.path().join(format!("{p}_1.30.4-1.1_amd64.deb"));
         std::fs::write(&f, format!("{p} package")).unwrap();
-        let sha = {
-            use sha2::Digest;
-            haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&f).unwrap()))
-        };
+        let sha = sha256_file(&f);
         debs.push_str(&format!(
             "    - {{file: {p}_1.30.4-1.1_amd64.deb, sha256: {sha}}}\n"
         ));

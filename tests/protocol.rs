@@ -86,6 +86,35 @@ fn with(
     n
 }
 
+/// A node config tweak: this init lease.
+fn init_lease(secs: u64) -> impl Fn(&mut haimg::node::config::NodeConfig) + Copy {
+    move |cfg| cfg.agent.init_lease_seconds = secs
+}
+
+/// Master m0 with an init lease of `lease_secs`, whose `kubeadm init` holds until the
+/// returned gate is opened.
+fn gated_init_holder(f: &Fleet, c: &Cluster, lease_secs: u64) -> (Node, PathBuf) {
+    let g = gate(f, "init");
+    let m0 = with(
+        f,
+        "m0",
+        &c.masters[0],
+        true,
+        init_lease(lease_secs),
+        &[("FAKE_KUBEADM_GATE", format!("init:{}", g.display()))],
+    );
+    (m0, g)
+}
+
+/// Starts m0's bootstrap and waits until its kubeadm init is held at the gate.
+fn start_gated(f: &Fleet, m0: &Node) -> std::process::Child {
+    let child = f.spawn(m0, "bootstrap");
+    eventually("m0's kubeadm init to start", BOUND, || {
+        !f.events_of("init-gated").is_empty()
+    });
+    child
+}
+
 /// Waits until a lease lock has been held for longer than `lease` by the reader's clock,
 /// so a takeover would be allowed were it not renewed.
 async fn wait_past_lease(c: &Cluster, lock: &str, lease: Duration) {
@@ -297,20 +326,9 @@ async fn a_slow_init_holder_keeps_its_lease_and_there_is_one_init() {
     let c = cluster(3, 0).await;
     let f = &c.fleet;
     let lease = Duration::from_secs(2);
-    let short = |cfg: &mut haimg::node::config::NodeConfig| cfg.agent.init_lease_seconds = 2;
-    let g = gate(f, "init");
-    let m0 = with(
-        f,
-        "m0",
-        &c.masters[0],
-        true,
-        short,
-        &[("FAKE_KUBEADM_GATE", format!("init:{}", g.display()))],
-    );
-    let mut holder = f.spawn(&m0, "bootstrap");
-    eventually("m0's kubeadm init to start", BOUND, || {
-        !f.events_of("init-gated").is_empty()
-    });
+    let short = init_lease(2);
+    let (m0, g) = gated_init_holder(f, &c, 2);
+    let mut holder = start_gated(f, &m0);
     wait_past_lease(&c, "/haimg/demo/init/lock-1", lease).await;
     let others = [
         with(f, "m1", &c.masters[1], true, short, &[]),
@@ -360,20 +378,9 @@ async fn a_frozen_init_holder_that_lost_its_lease_resets_and_joins_the_winner() 
     let c = cluster(2, 0).await;
     let f = &c.fleet;
     let lease = Duration::from_secs(2);
-    let short = |cfg: &mut haimg::node::config::NodeConfig| cfg.agent.init_lease_seconds = 2;
-    let g = gate(f, "init");
-    let m0 = with(
-        f,
-        "m0",
-        &c.masters[0],
-        true,
-        short,
-        &[("FAKE_KUBEADM_GATE", format!("init:{}", g.display()))],
-    );
-    let mut frozen = f.spawn(&m0, "bootstrap");
-    eventually("m0's kubeadm init to start", BOUND, || {
-        !f.events_of("init-gated").is_empty()
-    });
+    let short = init_lease(2);
+    let (m0, g) = gated_init_holder(f, &c, 2);
+    let mut frozen = start_gated(f, &m0);
     // The whole node freezes (a paused VM): the agent and its kubeadm.
     signal_group(&frozen, "STOP");
     wait_past_lease(&c, "/haimg/demo/init/lock-1", lease).await;
@@ -613,20 +620,9 @@ async fn clocks_that_disagree_within_two_thirds_of_the_lease_never_take_over_a_l
     let c = cluster(2, 0).await;
     let f = &c.fleet;
     let lease = Duration::from_secs(3);
-    let short = |cfg: &mut haimg::node::config::NodeConfig| cfg.agent.init_lease_seconds = 3;
-    let g = gate(f, "init");
-    let m0 = with(
-        f,
-        "m0",
-        &c.masters[0],
-        true,
-        short,
-        &[("FAKE_KUBEADM_GATE", format!("init:{}", g.display()))],
-    );
-    let mut holder = f.spawn(&m0, "bootstrap");
-    eventually("m0's kubeadm init to start", BOUND, || {
-        !f.events_of("init-gated").is_empty()
-    });
+    let short = init_lease(3);
+    let (m0, g) = gated_init_holder(f, &c, 3);
+    let mut holder = start_gated(f, &m0);
     wait_past_lease(&c, "/haimg/demo/init/lock-1", lease).await;
     // m1's clock runs 1 s ahead: m0's renewals (every second) look older to it, but
     // never older than the lease.
@@ -667,20 +663,9 @@ async fn clocks_that_disagree_within_two_thirds_of_the_lease_never_take_over_a_l
 async fn beyond_the_clock_tolerance_a_takeover_still_leaves_one_cluster() {
     let c = cluster(2, 0).await;
     let f = &c.fleet;
-    let short = |cfg: &mut haimg::node::config::NodeConfig| cfg.agent.init_lease_seconds = 3;
-    let g = gate(f, "init");
-    let m0 = with(
-        f,
-        "m0",
-        &c.masters[0],
-        true,
-        short,
-        &[("FAKE_KUBEADM_GATE", format!("init:{}", g.display()))],
-    );
-    let mut holder = f.spawn(&m0, "bootstrap");
-    eventually("m0's kubeadm init to start", BOUND, || {
-        !f.events_of("init-gated").is_empty()
-    });
+    let short = init_lease(3);
+    let (m0, g) = gated_init_holder(f, &c, 3);
+    let mut holder = start_gated(f, &m0);
     // Ten seconds ahead: every lease of m0's looks expired to m1 (the documented limit).
     let m1 = with(
         f,

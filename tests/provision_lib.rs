@@ -492,10 +492,7 @@ fn an_image_archive_is_imported_only_with_the_pinned_digest_and_name() {
     std::fs::write(&payload, "y".repeat(4096)).unwrap();
     let name = "registry.example/haimg/imported:1.0";
     let archive = oci_archive(dir.path(), name, &payload);
-    let sha = {
-        use sha2::Digest;
-        haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
-    };
+    let sha = sha256_file(&archive);
     let addr = ctd.address();
     // A presigned-looking URL: curl reads the file through it, and it must never be printed.
     let url = format!("file://{}?X-Amz-Signature=deadbeef", archive.display());
@@ -540,10 +537,7 @@ fn a_recipe_with_image_archives_renders_a_clean_script_whose_import_step_works()
     std::fs::write(&payload, "z".repeat(4096)).unwrap();
     let name = "registry.k8s.io/pause:3.9";
     let archive = oci_archive(dir.path(), name, &payload);
-    let sha = {
-        use sha2::Digest;
-        haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
-    };
+    let sha = sha256_file(&archive);
     let text = std::fs::read_to_string(repo().join("image-recipes/ubuntu-20.04.yaml"))
         .unwrap()
         .replace(
@@ -637,8 +631,7 @@ fn tiny_deb(dir: &Path, file: &str, package: &str, version: &str) -> (PathBuf, S
         c
     });
     assert!(o.status.success(), "{}", stderr(&o));
-    use sha2::Digest;
-    let sha = haimg::bake::hex(&sha2::Sha256::digest(std::fs::read(&out).unwrap()));
+    let sha = sha256_file(&out);
     (out, sha)
 }
 
