@@ -484,15 +484,21 @@ fn a_failing_script_uploads_its_whole_log_on_exit() {
     );
 }
 
-#[test]
-fn an_image_archive_is_imported_only_with_the_pinned_digest_and_name() {
+/// A real containerd, and an OCI archive of image `name` with its sha256.
+fn archive_fixture(name: &str) -> (Containerd, tempfile::TempDir, PathBuf, String) {
     let ctd = Containerd::start();
     let dir = tempfile::tempdir().unwrap();
     let payload = dir.path().join("payload");
-    std::fs::write(&payload, "y".repeat(4096)).unwrap();
-    let name = "registry.example/haimg/imported:1.0";
+    std::fs::write(&payload, name.repeat(256)).unwrap();
     let archive = oci_archive(dir.path(), name, &payload);
     let sha = sha256_file(&archive);
+    (ctd, dir, archive, sha)
+}
+
+#[test]
+fn an_image_archive_is_imported_only_with_the_pinned_digest_and_name() {
+    let name = "registry.example/haimg/imported:1.0";
+    let (ctd, dir, archive, sha) = archive_fixture(name);
     let addr = ctd.address();
     // A presigned-looking URL: curl reads the file through it, and it must never be printed.
     let url = format!("file://{}?X-Amz-Signature=deadbeef", archive.display());
@@ -531,13 +537,8 @@ fn an_image_archive_is_imported_only_with_the_pinned_digest_and_name() {
 
 #[test]
 fn a_recipe_with_image_archives_renders_a_clean_script_whose_import_step_works() {
-    let ctd = Containerd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let payload = dir.path().join("payload");
-    std::fs::write(&payload, "z".repeat(4096)).unwrap();
     let name = "registry.k8s.io/pause:3.9";
-    let archive = oci_archive(dir.path(), name, &payload);
-    let sha = sha256_file(&archive);
+    let (ctd, dir, archive, sha) = archive_fixture(name);
     let text = std::fs::read_to_string(repo().join("image-recipes/ubuntu-20.04.yaml"))
         .unwrap()
         .replace(
