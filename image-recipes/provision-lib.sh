@@ -107,22 +107,29 @@ image_complete() {
     fi
 }
 
+# Downloads URL (a presigned URL: never printed) to FILE and checks it has SHA256; WHAT
+# names it in an error.
+fetch_verified() {
+    local url=$1 sha=$2 file=$3 what=$4 got
+    if ! retry curl -fsSL "${url}" -o "${file}"; then
+        rm -f "${file}"
+        die "could not download ${what}"
+    fi
+    got=$(sha256sum "${file}" | cut -d' ' -f1)
+    if [ "${got}" != "${sha}" ]; then
+        rm -f "${file}"
+        die "${what} has sha256 ${got}, the recipe pins ${sha}"
+    fi
+}
+
 # Imports an image archive (OCI layout or docker-save tar) into containerd's k8s.io
 # namespace instead of pulling: for bakes with no registry in reach. URL is where the bake
 # staged it (a presigned URL: never printed), SHA256 the digest the recipe pins, NAME the
 # image the archive must carry. Fails naming the image, never the URL.
 import_image_archive() {
-    local url=$1 sha=$2 name=$3 tmp got
+    local url=$1 sha=$2 name=$3 tmp
     tmp=$(mktemp /var/tmp/haimg-image.XXXXXX)
-    if ! retry curl -fsSL "${url}" -o "${tmp}"; then
-        rm -f "${tmp}"
-        die "could not download the archive of ${name}"
-    fi
-    got=$(sha256sum "${tmp}" | cut -d' ' -f1)
-    if [ "${got}" != "${sha}" ]; then
-        rm -f "${tmp}"
-        die "the archive of ${name} has sha256 ${got}, the recipe pins ${sha}"
-    fi
+    fetch_verified "${url}" "${sha}" "${tmp}" "the archive of ${name}"
     if ! ctr --namespace k8s.io images import --all-platforms "${tmp}" >/dev/null; then
         rm -f "${tmp}"
         die "containerd could not import the archive of ${name}"
@@ -136,16 +143,23 @@ import_image_archive() {
 # says it is (dpkg-deb), and prints its path: the Kubernetes packages of a bake that does
 # not reach pkgs.k8s.io. Fails naming the package, never the URL.
 fetch_deb() {
-    local url=$1 sha=$2 package=$3 version=$4 dir=$5 file got
+    local url=$1 sha=$2 package=$3 version=$4 dir=$5 file
     file="${dir}/${package}_${version}.deb"
     install -d -m 0755 "${dir}"
-    retry curl -fsSL "${url}" -o "${file}" || die "could not download the ${package} package"
-    got=$(sha256sum "${file}" | cut -d' ' -f1)
-    [ "${got}" = "${sha}" ] || die "the ${package} package has sha256 ${got}, the recipe pins ${sha}"
+    fetch_verified "${url}" "${sha}" "${file}" "the ${package} package"
     local is
     is="$(dpkg-deb -f "${file}" Package) $(dpkg-deb -f "${file}" Version)"
     [ "${is}" = "${package} ${version}" ] || die "the file pinned as ${package} ${version} is ${is}"
     echo "${file}"
+}
+
+# Points the Ubuntu archive and security sources of SOURCES (a sources.list) at MIRROR,
+# whose Release files must be signed by the key in KEY (signed-by: apt trusts nothing else
+# for them).
+use_apt_mirror() {
+    local sources=$1 mirror=$2 key=$3
+    sed -i -E "s#^deb[[:space:]]+https?://[^ ]*(archive|security|ports)\.ubuntu\.com/ubuntu(-ports)?/?[[:space:]]#deb [signed-by=${key}] ${mirror%/}/ #" "${sources}"
+    grep -q "signed-by=${key}" "${sources}" || die "no Ubuntu archive source in ${sources} to point at the mirror"
 }
 
 # Points a Calico manifest's images at quay.io/calico (the same images Calico publishes to

@@ -1093,11 +1093,15 @@ fn wait_child(
 }
 
 #[test]
-fn image_archives_and_packages_are_staged_for_the_builder_and_removed_after() {
+fn image_archives_packages_and_the_mirror_key_are_staged_for_the_builder_and_removed_after() {
     let s = setup();
     let archive = s.dir.path().join("pause.tar");
     std::fs::write(&archive, b"an OCI archive, as far as staging is concerned").unwrap();
     let sha = sha256_file(&archive);
+    // And an apt mirror's key.
+    let key = s.dir.path().join("mirror.asc");
+    std::fs::write(&key, "-----BEGIN PGP PUBLIC KEY BLOCK-----\ntest\n").unwrap();
+    let key_sha = sha256_file(&key);
     // And the Kubernetes packages as files (what a mirror of pkgs.k8s.io would hold).
     let mut debs = String::from("  kubernetesPackages:\n");
     for p in ["kubeadm", "kubelet", "kubectl"] {
@@ -1111,8 +1115,9 @@ fn image_archives_and_packages_are_staged_for_the_builder_and_removed_after() {
     std::fs::write(
         &s.recipe,
         format!(
-            "{}  images:\n    - {{name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: {sha}}}\n{debs}",
+            "{}  images:\n    - {{name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: {sha}}}\n{debs}  aptMirror: {{url: https://mirror.internal.example/ubuntu, key: mirror.asc, sha256: {key_sha}}}\n",
             recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id")
+                .replace("  aptSnapshot: 20241101T000000Z\n", "")
         ),
     )
     .unwrap();
@@ -1146,6 +1151,13 @@ fn image_archives_and_packages_are_staged_for_the_builder_and_removed_after() {
         std::fs::read(&archive).unwrap(),
         "the staged bytes"
     );
+    let key_url = export_of_sent_command(&s, "HAIMG_APT_KEY_URL").expect("the key is staged");
+    let got = run({
+        let mut c = std::process::Command::new(require_tool("curl"));
+        c.args(["-fsS", &key_url]);
+        c
+    });
+    assert_eq!(got.stdout, std::fs::read(&key).unwrap(), "the staged key");
     let debs = export_of_sent_command(&s, "HAIMG_DEB_URLS").expect("the packages are staged");
     let debs: Vec<&str> = debs.lines().collect();
     assert_eq!(debs.len(), 3, "{debs:?}");

@@ -498,7 +498,7 @@ fn archive_fixture(name: &str) -> (Containerd, tempfile::TempDir, PathBuf, Strin
 #[test]
 fn an_image_archive_is_imported_only_with_the_pinned_digest_and_name() {
     let name = "registry.example/haimg/imported:1.0";
-    let (ctd, dir, archive, sha) = archive_fixture(name);
+    let (ctd, _dir, archive, sha) = archive_fixture(name);
     let addr = ctd.address();
     // A presigned-looking URL: curl reads the file through it, and it must never be printed.
     let url = format!("file://{}?X-Amz-Signature=deadbeef", archive.display());
@@ -705,4 +705,214 @@ fn local_kubernetes_packages_are_fetched_checked_by_digest_and_by_what_they_say_
         stdout(&o)
     );
     assert!(!err.contains("deadbeef") && !stdout(&o).contains("deadbeef"));
+}
+
+/// A signed apt mirror over HTTP: `dists/<suite>/InRelease` clearsigned with a fresh key,
+/// one package per suite. Returns the server (killed on drop), its URL and the key file.
+struct SignedMirror {
+    server: std::process::Child,
+    url: String,
+    key: PathBuf,
+}
+
+impl Drop for SignedMirror {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn gpg(home: &Path, args: &[&str]) -> Output {
+    let o = run({
+        let mut c = Command::new(require_tool("gpg"));
+        c.arg("--homedir")
+            .arg(home)
+            .args(["--batch", "--quiet"])
+            .args(args);
+        c
+    });
+    assert!(o.status.success(), "gpg {args:?}: {}", stderr(&o));
+    o
+}
+
+fn signed_mirror(dir: &Path, suites: &[&str]) -> SignedMirror {
+    let home = dir.join("gnupg");
+    std::fs::create_dir_all(&home).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    gpg(
+        &home,
+        &[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "haimg test mirror",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+    );
+    let key = dir.join("mirror.asc");
+    std::fs::write(&key, gpg(&home, &["--armor", "--export"]).stdout).unwrap();
+    let root = dir.join("mirror");
+    for suite in suites {
+        let d = root.join(format!("dists/{suite}"));
+        std::fs::create_dir_all(d.join("main/binary-amd64")).unwrap();
+        let packages = format!("Package: keepalived\nVersion: 1:2.0.19-2ubuntu0.2\nArchitecture: all\nFilename: pool/keepalived.deb\nSize: 1\nDescription: test ({suite})\n");
+        std::fs::write(d.join("main/binary-amd64/Packages"), &packages).unwrap();
+        let sha = sha256_file(&d.join("main/binary-amd64/Packages"));
+        let date = stdout(&run({
+            let mut c = Command::new("date");
+            c.args(["-u", "-R"]);
+            c
+        }));
+        std::fs::write(
+            d.join("Release"),
+            format!(
+                "Suite: {suite}\nCodename: {suite}\nComponents: main\nArchitectures: amd64\nDate: {}\nSHA256:\n {sha} {} main/binary-amd64/Packages\n",
+                date.trim(),
+                packages.len()
+            ),
+        )
+        .unwrap();
+        let (rel, inrel) = (d.join("Release"), d.join("InRelease"));
+        gpg(
+            &home,
+            &[
+                "--clearsign",
+                "-o",
+                inrel.to_str().unwrap(),
+                rel.to_str().unwrap(),
+            ],
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    SignedMirror {
+        server,
+        url: format!("http://127.0.0.1:{port}/"),
+        key,
+    }
+}
+
+#[test]
+fn an_apt_mirror_replaces_the_ubuntu_sources_and_is_trusted_by_its_own_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = signed_mirror(dir.path(), &["focal", "focal-security"]);
+    // An apt of the test's own, with the sources an Ubuntu 20.04 AMI ships.
+    let conf = local_repo(&dir.path().join("apt"), &[]);
+    let sources = dir.path().join("apt/sources.list");
+    let ami_sources = "deb http://us-west-2.ec2.archive.ubuntu.com/ubuntu/ focal main restricted\n\
+                       deb http://security.ubuntu.com/ubuntu focal-security main\n";
+    let update = |key: &Path| {
+        std::fs::write(&sources, ami_sources).unwrap();
+        bash(
+            &format!(
+                "use_apt_mirror '{}' '{}' '{}' && cat '{}' && apt-get update -q && apt-cache madison keepalived",
+                sources.display(),
+                mirror.url,
+                key.display(),
+                sources.display()
+            ),
+            &[("APT_CONFIG", conf.to_str().unwrap())],
+        )
+    };
+    let ok = update(&mirror.key);
+    assert!(ok.status.success(), "{}\n{}", stdout(&ok), stderr(&ok));
+    let out = stdout(&ok);
+    assert!(
+        out.contains(&format!(
+            "deb [signed-by={}] {} focal main restricted",
+            mirror.key.display(),
+            mirror.url
+        )),
+        "{out}"
+    );
+    assert!(out.contains("focal-security main"), "{out}");
+    assert!(!out.contains("ubuntu.com"), "no Ubuntu host is left: {out}");
+    assert!(
+        out.contains("1:2.0.19-2ubuntu0.2"),
+        "the mirror's packages are seen: {out}"
+    );
+    // Another key: apt refuses the mirror's Release files.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = signed_mirror(other.path(), &["focal"]);
+    let bad = update(&stranger.key);
+    let text = format!("{}{}", stdout(&bad), stderr(&bad));
+    assert!(
+        !bad.status.success() || text.contains("NO_PUBKEY") || text.contains("not signed"),
+        "a mirror signed by another key must not be trusted: {text}"
+    );
+    assert!(
+        text.contains("NO_PUBKEY") || text.contains("is not signed"),
+        "{text}"
+    );
+    // The rendered script wires it: the key fetched by digest, the sources rewritten, and
+    // no snapshot (the mirror is what it serves).
+    let key_sha = sha256_file(&mirror.key);
+    let text = std::fs::read_to_string(repo().join("image-recipes/ubuntu-20.04.yaml"))
+        .unwrap()
+        .replace("  aptSnapshot: 20241101T000000Z\n", "")
+        .replace(
+            "  hardening:",
+            &format!(
+                "  aptMirror: {{url: {}, key: {}, sha256: {key_sha}}}\n  hardening:",
+                mirror.url,
+                mirror.key.display()
+            ),
+        );
+    let r = haimg::recipe::load_str(&text, "mirrored.yaml")
+        .unwrap()
+        .recipe;
+    let t = haimg::render::templates::Templates::embedded();
+    let script = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();
+    for needle in [
+        format!("fetch_verified \"${{HAIMG_APT_KEY_URL}}\" '{key_sha}' /etc/apt/keyrings/haimg-mirror.'asc'"),
+        format!("use_apt_mirror /etc/apt/sources.list '{}' /etc/apt/keyrings/haimg-mirror.'asc'", mirror.url),
+        "readonly APT_SNAPSHOT=''".to_string(),
+    ] {
+        assert!(script.contains(&needle), "{needle}");
+    }
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &script).unwrap();
+    let o = run({
+        let mut c = Command::new(require_tool("shellcheck"));
+        c.arg(f.path());
+        c
+    });
+    assert!(o.status.success(), "{}", stdout(&o));
+    // A mirror and a snapshot together are refused.
+    let both = text.replace(
+        "  aptMirror:",
+        "  aptSnapshot: 20241101T000000Z\n  aptMirror:",
+    );
+    let e = haimg::recipe::load_str(&both, "both.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("aptSnapshot or aptMirror, not both"), "{e}");
 }

@@ -307,6 +307,8 @@ pub struct Staged {
     pub archive_urls: Vec<String>,
     /// One presigned GET per local Kubernetes package, in the plan's order.
     pub deb_urls: Vec<String>,
+    /// The apt mirror's key, presigned.
+    pub apt_key_url: Option<String>,
     pub bucket: String,
     pub log_key: String,
 }
@@ -371,6 +373,21 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         archive_urls
             .push(stage_file(&s3, &bucket, &key, &a.archive, &what, &presigning, created).await?);
     }
+    let apt_key_url = match &plan.apt_mirror {
+        Some(m) => Some(
+            stage_file(
+                &s3,
+                &bucket,
+                "apt-mirror-key",
+                &m.key,
+                "the apt mirror's key",
+                &presigning,
+                created,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let mut deb_urls = Vec::new();
     for d in &plan.debs {
         let key = format!("debs/{}_{}.deb", d.package, &d.sha256[..12]);
@@ -391,6 +408,7 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         log_url: log.uri().to_string(),
         archive_urls,
         deb_urls,
+        apt_key_url,
         bucket,
         log_key: LOG_KEY.to_string(),
     })
@@ -587,6 +605,9 @@ pub fn commands(plan: &Plan, staged: &Staged) -> Result<Vec<String>> {
         format!("export HAIMG_BINARY_URL={}", q(&staged.binary_url)),
         format!("export HAIMG_LOG_URL={}", q(&staged.log_url)),
     ];
+    if let Some(u) = &staged.apt_key_url {
+        lines.push(format!("export HAIMG_APT_KEY_URL={}", q(u)));
+    }
     for (var, urls) in [
         ("HAIMG_IMAGE_ARCHIVE_URLS", &staged.archive_urls),
         ("HAIMG_DEB_URLS", &staged.deb_urls),

@@ -61,6 +61,9 @@ pub struct Plan {
     /// Local Kubernetes packages to stage, in the script's LOCAL_DEBS order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub debs: Vec<crate::recipe::DebFile>,
+    /// The apt mirror whose key is staged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apt_mirror: Option<crate::recipe::AptMirror>,
 }
 
 impl Plan {
@@ -97,6 +100,10 @@ struct ScriptCtx<'a> {
     cni_url: &'a str,
     cni_sha256: &'a str,
     apt_snapshot: &'a str,
+    /// The apt mirror (empty: none), its key's sha256 and the key file's extension.
+    apt_mirror_url: &'a str,
+    apt_key_sha256: &'a str,
+    apt_key_ext: &'a str,
     step_count: usize,
     pins: Vec<String>,
     extra_images: Vec<&'a str>,
@@ -209,6 +216,18 @@ pub fn script(recipe: &Recipe, haimg_sha256: &str, t: &Templates) -> Result<Stri
         cni_url: &recipe.cni.manifest_url,
         cni_sha256: recipe.cni.manifest_sha256.as_deref().unwrap_or(""),
         apt_snapshot: recipe.apt_snapshot.as_deref().unwrap_or(""),
+        apt_mirror_url: recipe.apt_mirror.as_ref().map_or("", |m| m.url.as_str()),
+        apt_key_sha256: recipe
+            .apt_mirror
+            .as_ref()
+            .map_or("", |m| m.key_sha256.as_str()),
+        apt_key_ext: recipe.apt_mirror.as_ref().map_or("asc", |m| {
+            if m.key.extension().is_some_and(|e| e == "gpg") {
+                "gpg"
+            } else {
+                "asc"
+            }
+        }),
         step_count: steps.len(),
         pins: pins(recipe),
         extra_images: recipe.extra_images.iter().map(|i| i.as_str()).collect(),
@@ -328,6 +347,7 @@ pub fn plan(recipe: &Recipe, base_ami: &str, haimg_sha256: &str, t: &Templates) 
         script,
         archives: recipe.images.clone(),
         debs: recipe.kubernetes_packages.clone(),
+        apt_mirror: recipe.apt_mirror.clone(),
     })
 }
 

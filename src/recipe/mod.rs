@@ -50,6 +50,10 @@ pub struct Recipe {
     /// Ubuntu snapshot archive timestamp (`20240601T000000Z`): the whole package set as
     /// it was then.
     pub apt_snapshot: Option<String>,
+    /// A mirror of the distribution's archive, with its signing key: apt uses it instead
+    /// of the archive and security hosts. Left out of the hash input when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apt_mirror: Option<AptMirror>,
     pub cni: Cni,
     pub extra_images: Vec<ImageRef>,
     /// Images imported from archives instead of pulled (a bake with no registry in reach).
@@ -143,6 +147,18 @@ pub struct Cni {
     pub version: String,
     pub manifest_url: String,
     pub manifest_sha256: Option<String>,
+}
+
+/// An apt mirror and the public key its Release files are signed with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AptMirror {
+    pub url: String,
+    /// sha256 of the key file (ASCII-armored `.asc` or binary `.gpg`).
+    pub key_sha256: String,
+    /// The key file on this machine. Not hashed: the digest says what it is.
+    #[serde(skip)]
+    pub key: PathBuf,
 }
 
 /// A local Debian package: what its file name says it is, and its digest.

@@ -41,6 +41,8 @@ pub struct SpecFile {
     pub kubernetes_packages: Vec<LocalFile>,
     #[serde(default)]
     pub apt_snapshot: Option<String>,
+    #[serde(default)]
+    pub apt_mirror: Option<AptMirrorFile>,
     pub cni: CniFile,
     #[serde(default)]
     pub extra_images: Vec<String>,
@@ -70,6 +72,14 @@ pub struct CniFile {
     pub manifest_url: Option<String>,
     #[serde(default)]
     pub manifest_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptMirrorFile {
+    pub url: String,
+    pub key: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,9 +429,29 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
         if !ok {
             cx.error("/spec/aptSnapshot", format!("`{ts}` is not an Ubuntu snapshot timestamp: YYYYMMDDTHHMMSSZ, from 2023 on (e.g. 20241101T000000Z)"));
         }
-    } else {
+    } else if s.apt_mirror.is_none() {
         cx.warn("/spec", "no aptSnapshot: the pinned versions are taken from the live archive, where superseded versions disappear; pin aptSnapshot for bakes that can be repeated");
     }
+    let apt_mirror = s.apt_mirror.as_ref().and_then(|m| {
+        if s.apt_snapshot.is_some() {
+            cx.error("/spec/aptMirror", "give aptSnapshot or aptMirror, not both: a mirror is what it serves (mirror the snapshot to pin versions)");
+        }
+        let url_ok = (m.url.starts_with("https://") || m.url.starts_with("http://"))
+            && m.url.len() > "https://".len()
+            && !m.url.contains(|c: char| c.is_whitespace() || "'\"`$\\<>#;[]".contains(c));
+        if !url_ok {
+            cx.error("/spec/aptMirror/url", format!("`{}`: an http:// or https:// URL without quotes, spaces or shell characters (apt checks the signatures, so http is safe)", m.url));
+        }
+        if !(m.key.ends_with(".asc") || m.key.ends_with(".gpg")) {
+            cx.error("/spec/aptMirror/key", format!("`{}`: the key file is ASCII-armored (.asc) or binary (.gpg), and named so (apt tells them apart by the name)", m.key));
+        }
+        let (key, key_sha256) = checked_file(cx, "/spec/aptMirror", "key", dir, &m.key, &m.sha256)?;
+        Some(AptMirror {
+            url: m.url.clone(),
+            key_sha256,
+            key,
+        })
+    });
     let cni = &s.cni;
     if cni.name != "calico" {
         cx.error("/spec/cni/name", format!("`{}` is not supported: haimg bakes calico (its IP autodetection is set so it never picks a VIP)", cni.name));
@@ -518,6 +548,7 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
         packages: s.packages.clone(),
         kubernetes_packages,
         apt_snapshot: s.apt_snapshot.clone(),
+        apt_mirror,
         cni: Cni {
             name: cni.name.clone(),
             version: cni.version.clone(),
