@@ -73,8 +73,18 @@ pub struct Disk {
     pub kernel: String,
 }
 
-/// The tools a disk needs, each found or named.
+/// The tools a disk needs, each found on `PATH` (and in /usr/sbin, /sbin) or named.
 pub fn check_tools() -> Result<()> {
+    let dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .collect();
+    check_tools_in(&dirs, Path::new(SYSTEMD_BOOT_EFI))
+}
+
+/// [`check_tools`] with the directories searched and the loader's path given.
+pub fn check_tools_in(dirs: &[PathBuf], loader: &Path) -> Result<()> {
     let missing: Vec<&str> = [
         "mkfs.ext4",
         "mkfs.vfat",
@@ -84,15 +94,16 @@ pub fn check_tools() -> Result<()> {
         "qemu-img",
     ]
     .into_iter()
-    .filter(|t| which(t).is_none())
+    .filter(|t| !dirs.iter().any(|d| d.join(t).is_file()))
     .collect();
     let mut problems: Vec<String> = missing
         .iter()
         .map(|t| format!("`{t}` is not installed"))
         .collect();
-    if !Path::new(SYSTEMD_BOOT_EFI).is_file() {
+    if !loader.is_file() {
         problems.push(format!(
-            "{SYSTEMD_BOOT_EFI} is missing (Debian's systemd-boot-efi)"
+            "{} is missing (Debian's systemd-boot-efi)",
+            loader.display()
         ));
     }
     if problems.is_empty() {
@@ -103,15 +114,6 @@ pub fn check_tools() -> Result<()> {
             problems.join("; ")
         )))
     }
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 /// The newest kernel in `<root>/boot` and its initramfs.
@@ -351,6 +353,38 @@ mod tests {
             s.starts_with("label: gpt\nstart=2048, size=131072, type=U"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn missing_tools_are_all_named_before_any_work() {
+        let empty = tempfile::tempdir().unwrap();
+        let loader = empty.path().join("loader.efi");
+        let dirs = [empty.path().to_path_buf()];
+        let e = check_tools_in(&dirs, &loader).unwrap_err().to_string();
+        for t in [
+            "mkfs.ext4",
+            "mkfs.vfat",
+            "mmd",
+            "mcopy",
+            "sfdisk",
+            "qemu-img",
+            "loader.efi",
+        ] {
+            assert!(e.contains(t), "{t}: {e}");
+        }
+        // With the tools there, nothing is missing.
+        for t in [
+            "mkfs.ext4",
+            "mkfs.vfat",
+            "mmd",
+            "mcopy",
+            "sfdisk",
+            "qemu-img",
+            "loader.efi",
+        ] {
+            std::fs::write(empty.path().join(t), "").unwrap();
+        }
+        check_tools_in(&dirs, &loader).unwrap();
     }
 
     #[test]
