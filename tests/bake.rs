@@ -550,6 +550,21 @@ fn a_bake_against_moto_builds_once_then_hits_the_cache() {
     s.assert_nothing_left("forced rebake");
 }
 
+/// The ids of the images this account owns in a region.
+fn own_images(s: &Setup, region: &str) -> Vec<String> {
+    let images = aws(
+        &s.moto,
+        region,
+        &["ec2", "describe-images", "--owners", "self"],
+    );
+    images["Images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ImageId"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The image parameters of the test recipe in a region: (name, value).
 fn image_parameters(s: &Setup, region: &str) -> Vec<(String, String)> {
     let v = aws(
@@ -613,20 +628,10 @@ fn a_publish_that_fails_in_the_second_region_moves_no_parameter_and_keeps_pointe
             "{region}: parameters moved"
         );
         // Every parameter points at an image that exists, and the new images are gone.
-        let images = aws(
-            &s.moto,
-            region,
-            &["ec2", "describe-images", "--owners", "self"],
-        );
-        let ids: Vec<&str> = images["Images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["ImageId"].as_str().unwrap())
-            .collect();
+        let ids = own_images(&s, region);
         for (name, id) in params {
             assert!(
-                ids.contains(&id.as_str()),
+                ids.contains(id),
                 "{region}: {name} points at a deregistered {id}"
             );
         }
@@ -662,24 +667,11 @@ fn a_publish_that_fails_in_the_second_region_moves_no_parameter_and_keeps_pointe
         "{}",
         stderr(&o)
     );
-    let images = aws(
-        &s.moto,
-        REGION,
-        &["ec2", "describe-images", "--owners", "self"],
-    );
-    let ids: Vec<&str> = images["Images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["ImageId"].as_str().unwrap())
-        .collect();
+    let ids = own_images(&s, REGION);
     let params = image_parameters(&s, REGION);
     assert_ne!(params, before[0].1, "the rollback failed, as injected");
     for (name, id) in &params {
-        assert!(
-            ids.contains(&id.as_str()),
-            "{name} points at a deregistered {id}"
-        );
+        assert!(ids.contains(id), "{name} points at a deregistered {id}");
     }
     s.assert_nothing_left("failed publish and rollback");
 }
@@ -1180,4 +1172,12 @@ fn image_archives_packages_and_the_mirror_key_are_staged_for_the_builder_and_rem
         "no URL printed"
     );
     s.assert_nothing_left("a bake with image archives");
+
+    // A bake that fails after staging them leaves none of them either.
+    s.proxy.set_rules(serde_json::json!([
+        {"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success"}},
+        {"action": "ec2:CreateImage", "error": {"status": 400, "code": "InvalidParameterValue", "message": "injected fault"}}
+    ]));
+    let o = s.bake(&["--force"]);
+    assert_failed_cleanly(&s, &o, "a failed bake with staged files", "injected fault");
 }

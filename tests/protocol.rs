@@ -381,7 +381,9 @@ async fn a_frozen_init_holder_that_lost_its_lease_resets_and_joins_the_winner() 
     let short = init_lease(2);
     let (m0, g) = gated_init_holder(f, &c, 2);
     let mut frozen = start_gated(f, &m0);
-    // The whole node freezes (a paused VM): the agent and its kubeadm.
+    // The whole node freezes (a paused VM): the agent and its kubeadm. A stopped process
+    // never times out: whatever happens below, the guard resumes and kills it.
+    let thaw = Thaw(frozen.id());
     signal_group(&frozen, "STOP");
     wait_past_lease(&c, "/haimg/demo/init/lock-1", lease).await;
     let m1 = with(f, "m1", &c.masters[1], true, short, &[]);
@@ -394,6 +396,7 @@ async fn a_frozen_init_holder_that_lost_its_lease_resets_and_joins_the_winner() 
     // m0 wakes up, finishes its init, finds the lease lost, resets and joins m1's cluster.
     open_gate(&g);
     signal_group(&frozen, "CONT");
+    drop(thaw);
     assert!(
         wait_child(&mut frozen, BOUND).unwrap().success(),
         "{}",
@@ -426,6 +429,22 @@ async fn a_frozen_init_holder_that_lost_its_lease_resets_and_joins_the_winner() 
         .await
         .unwrap();
     assert_eq!(published["generation"], 1);
+}
+
+/// Resumes and kills a process group that a test stopped, if the test ends while it is
+/// stopped (a failed assertion); disarmed by dropping it after the group was resumed.
+struct Thaw(u32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for sig in ["CONT", "KILL"] {
+                let _ = std::process::Command::new("kill")
+                    .args(["-s", sig, "--", &format!("-{}", self.0)])
+                    .status();
+            }
+        }
+    }
 }
 
 fn signal_group(child: &std::process::Child, sig: &str) {

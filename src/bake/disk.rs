@@ -361,7 +361,7 @@ mod tests {
         let loader = empty.path().join("loader.efi");
         let dirs = [empty.path().to_path_buf()];
         let e = check_tools_in(&dirs, &loader).unwrap_err().to_string();
-        for t in [
+        let needed = [
             "mkfs.ext4",
             "mkfs.vfat",
             "mmd",
@@ -369,19 +369,12 @@ mod tests {
             "sfdisk",
             "qemu-img",
             "loader.efi",
-        ] {
+        ];
+        for t in needed {
             assert!(e.contains(t), "{t}: {e}");
         }
         // With the tools there, nothing is missing.
-        for t in [
-            "mkfs.ext4",
-            "mkfs.vfat",
-            "mmd",
-            "mcopy",
-            "sfdisk",
-            "qemu-img",
-            "loader.efi",
-        ] {
+        for t in needed {
             std::fs::write(empty.path().join(t), "").unwrap();
         }
         check_tools_in(&dirs, &loader).unwrap();
