@@ -183,7 +183,7 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
         }
         assert_eq!(
             s.contains("systemd.unified_cgroup_hierarchy=1"),
-            r.ubuntu == haimg::recipe::Ubuntu::Focal,
+            r.os == haimg::recipe::Os::Focal,
             "{name}: cgroup v2 on 20.04 only"
         );
         for (unit, _) in haimg::bake::UNITS {

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -100,55 +100,8 @@ fn a_disk_assembled_from_a_debian_root_boots_by_itself_under_qemu() {
     assert_eq!(info["virtual-size"], disk.layout.disk_size);
 
     // Boot it: UEFI firmware, the disk's own systemd-boot, no network at all.
-    let vars = dir.path().join("vars.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf is installed");
-    let serial = dir.path().join("serial.log");
-    let t1 = Instant::now();
-    let mut qemu = Command::new(require_tool("qemu-system-x86_64"))
-        .args([
-            "-machine", "q35", "-m", "1024", "-smp", "2", "-accel", "tcg",
-        ])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-nic",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .args([
-            "-drive",
-            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ])
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", out.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The machine powers itself off after its report: wait for qemu to exit, bounded.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = qemu.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            panic!(
-                "no power-off within 300 s; the console:\n{}",
-                std::fs::read_to_string(&serial).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let booted = t1.elapsed();
-    let console = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
-    assert!(status.success(), "qemu: {status}\n{console}");
+    let b = common::qemu::boot(&out, None, dir.path(), Duration::from_secs(300));
+    let (booted, console) = (b.elapsed, b.console);
     let report = console
         .lines()
         .find_map(|l| l.split("HAIMG-BOOT-REPORT ").nth(1))

@@ -13,13 +13,7 @@ use common::containerd::Containerd;
 use common::*;
 
 fn artifacts() -> PathBuf {
-    let o = run({
-        let mut c = Command::new(repo().join("scripts/kube-artifacts.sh"));
-        c.arg("v1.30.0");
-        c
-    });
-    assert!(o.status.success(), "kube-artifacts.sh: {}", stderr(&o));
-    PathBuf::from(stdout(&o).trim())
+    kube_artifacts()
 }
 
 /// images.tsv: (name, archive, sha256).

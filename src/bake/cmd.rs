@@ -19,9 +19,24 @@ pub enum Output {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A recipe file, or the name of an embedded recipe (ubuntu-20.04, ubuntu-22.04).
+    /// A recipe file, or the name of an embedded recipe (ubuntu-20.04, ubuntu-22.04,
+    /// debian-12).
     #[arg(value_name = "RECIPE")]
     pub recipe: Option<String>,
+    /// Where the image is made: an AMI on AWS, or a bootable disk image on this machine.
+    #[arg(long, value_enum, default_value = "aws")]
+    pub target: Target,
+    /// The directory the recipe's relative file paths (packages, image archives) resolve
+    /// against (default: the recipe file's directory; the current one for an embedded
+    /// recipe).
+    #[arg(long, value_name = "DIR")]
+    pub sources: Option<std::path::PathBuf>,
+    /// `--target qemu`: the local image store (default: ~/.cache/haimg/images).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<std::path::PathBuf>,
+    /// `--target qemu`: also write the raw disk beside the qcow2.
+    #[arg(long)]
+    pub raw: bool,
     /// Print the plan (hash, base image, tags, steps) and the full provisioning script;
     /// no AWS call when the base AMI is pinned by id.
     #[arg(long)]
@@ -48,7 +63,7 @@ pub struct Args {
     /// Leave the builder running after the bake, for debugging (staged files still go).
     #[arg(long)]
     pub keep_builder: bool,
-    /// Bound on the provisioning script.
+    /// Bound on the provisioning script (`--target qemu`: on the whole bake).
     #[arg(long, value_name = "DURATION", default_value = "45m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     #[arg(long, value_enum, default_value = "text")]
@@ -62,8 +77,16 @@ pub struct Args {
     pub poll: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// An AMI, baked on an EC2 builder driven by SSM Run Command.
+    Aws,
+    /// A bootable qcow2 disk image in the local image store, baked in a chroot.
+    Qemu,
+}
+
 pub fn run(args: Args) -> Result<()> {
-    let loaded = crate::recipe::load(args.recipe.as_deref())?;
+    let loaded = crate::recipe::load_from(args.recipe.as_deref(), args.sources.as_deref())?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
@@ -91,12 +114,11 @@ pub fn run(args: Args) -> Result<()> {
         None => format!("the running haimg ({})", binary.display()),
     };
     let bytes = std::fs::read(&binary).map_err(|e| Error::Usage(format!("{what}: {e}")))?;
-    let base_name = format!("Ubuntu {}", recipe.ubuntu.version());
     if let Some(why) = super::binary::refusal(
         &bytes,
         recipe.architecture,
-        &base_name,
-        recipe.ubuntu.glibc(),
+        recipe.os.pretty(),
+        recipe.os.glibc(),
     ) {
         // A dry run only prints the plan: say it, but show the plan.
         if args.dry_run {
@@ -110,18 +132,27 @@ pub fn run(args: Args) -> Result<()> {
     let haimg_sha256 = super::hex(&Sha256::digest(&bytes));
     drop(bytes);
     let t = Templates::embedded();
+    if args.target == Target::Qemu {
+        return super::local::cmd::run(&args, &recipe, &binary, &haimg_sha256, &t);
+    }
+    let Some(recipe_base) = recipe.base.clone() else {
+        return Err(Error::Usage(format!(
+            "recipe {} has no spec.base (an AMI to start from): it bakes only locally, with --target qemu",
+            recipe.name
+        )));
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Runtime(format!("tokio: {e}")))?;
     rt.block_on(async move {
         // --dry-run with a pinned AMI: no AWS configuration is even loaded.
-        let sdk = match (&recipe.base, args.dry_run) {
+        let sdk = match (&recipe_base, args.dry_run) {
             (Base::Ami(_), true) => None,
             _ => Some(crate::aws::load(args.region.as_deref(), args.profile.as_deref()).await),
         };
         let base = match &sdk {
-            None => match &recipe.base {
+            None => match &recipe_base {
                 Base::Ami(id) => id.to_string(),
                 Base::SsmParameter(_) => unreachable!("only a pinned AMI skips AWS"),
             },

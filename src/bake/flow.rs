@@ -96,8 +96,12 @@ fn progress(msg: impl std::fmt::Display) {
 /// The base AMI id: as pinned, or read from its SSM parameter.
 pub async fn resolve_base(sdk: &SdkConfig, recipe: &Recipe) -> Result<String> {
     match &recipe.base {
-        Base::Ami(id) => Ok(id.to_string()),
-        Base::SsmParameter(p) => {
+        None => Err(Error::Usage(format!(
+            "recipe {} has no spec.base: it bakes only locally (--target qemu)",
+            recipe.name
+        ))),
+        Some(Base::Ami(id)) => Ok(id.to_string()),
+        Some(Base::SsmParameter(p)) => {
             let ssm = aws_sdk_ssm::Client::new(sdk);
             let out = ssm
                 .get_parameter()
@@ -301,14 +305,7 @@ fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
 /// and 8,000 of stderr, and nothing while the command runs; the log has it all, as it grows.
 /// Neither URL is ever printed: each signature is a credential until it expires.
 pub struct Staged {
-    pub binary_url: String,
-    pub log_url: String,
-    /// One presigned GET per image archive, in the plan's order.
-    pub archive_urls: Vec<String>,
-    /// One presigned GET per local Kubernetes package, in the plan's order.
-    pub deb_urls: Vec<String>,
-    /// The apt mirror's key, presigned.
-    pub apt_key_url: Option<String>,
+    pub inputs: super::Inputs,
     pub bucket: String,
     pub log_key: String,
 }
@@ -371,7 +368,7 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         let key = format!("images/{i}-{}.tar", &a.sha256[..12]);
         let what = a.name.to_string();
         archive_urls
-            .push(stage_file(&s3, &bucket, &key, &a.archive, &what, &presigning, created).await?);
+            .push(stage_file(&s3, &bucket, &key, Local::Path(&a.archive), &what, &presigning, created).await?);
     }
     let apt_key_url = match &plan.apt_mirror {
         Some(m) => Some(
@@ -379,8 +376,23 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
                 &s3,
                 &bucket,
                 "apt-mirror-key",
-                &m.key,
+                Local::Bytes(&m.key_data),
                 "the apt mirror's key",
+                &presigning,
+                created,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let cni_manifest_url = match &plan.cni_manifest {
+        Some(data) => Some(
+            stage_file(
+                &s3,
+                &bucket,
+                "cni-manifest.yaml",
+                Local::Bytes(data),
+                "the CNI manifest",
                 &presigning,
                 created,
             )
@@ -392,7 +404,7 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
     for d in &plan.debs {
         let key = format!("debs/{}_{}.deb", d.package, &d.sha256[..12]);
         let what = format!("{} {}", d.package, d.version);
-        deb_urls.push(stage_file(&s3, &bucket, &key, &d.path, &what, &presigning, created).await?);
+        deb_urls.push(stage_file(&s3, &bucket, &key, Local::Path(&d.path), &what, &presigning, created).await?);
     }
     created.lock().unwrap().log_object = Some(LOG_KEY.to_string());
     let log = s3
@@ -404,14 +416,24 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         .await
         .map_err(Error::aws(format!("presigning s3://{bucket}/{LOG_KEY}")))?;
     Ok(Staged {
-        binary_url: req.uri().to_string(),
-        log_url: log.uri().to_string(),
-        archive_urls,
-        deb_urls,
-        apt_key_url,
+        inputs: super::Inputs {
+            binary_url: req.uri().to_string(),
+            log_url: Some(log.uri().to_string()),
+            archive_urls,
+            deb_urls,
+            apt_key_url,
+            cni_manifest_url,
+            recipe_sha256: plan.recipe_hash.clone(),
+        },
         bucket,
         log_key: LOG_KEY.to_string(),
     })
+}
+
+/// What a staged file is made of: a file on this machine, or bytes the recipe carries.
+enum Local<'a> {
+    Path(&'a std::path::Path),
+    Bytes(&'a [u8]),
 }
 
 /// Uploads one file the builder needs (recorded first, so cleanup removes it even when an
@@ -420,14 +442,17 @@ async fn stage_file(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-    path: &std::path::Path,
+    local: Local<'_>,
     what: &str,
     presigning: &aws_sdk_s3::presigning::PresigningConfig,
     created: &Tracker,
 ) -> Result<String> {
-    let body = aws_sdk_s3::primitives::ByteStream::from_path(path)
-        .await
-        .map_err(|e| Error::Runtime(format!("reading {}: {e}", path.display())))?;
+    let body = match local {
+        Local::Path(path) => aws_sdk_s3::primitives::ByteStream::from_path(path)
+            .await
+            .map_err(|e| Error::Runtime(format!("reading {}: {e}", path.display())))?,
+        Local::Bytes(b) => aws_sdk_s3::primitives::ByteStream::from(b.to_vec()),
+    };
     created
         .lock()
         .unwrap()
@@ -600,24 +625,11 @@ pub fn commands(plan: &Plan, staged: &Staged) -> Result<Vec<String>> {
     let packed =
         base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip to memory"));
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let mut lines = vec![
-        "set -eu".to_string(),
-        format!("export HAIMG_BINARY_URL={}", q(&staged.binary_url)),
-        format!("export HAIMG_LOG_URL={}", q(&staged.log_url)),
-    ];
-    if let Some(u) = &staged.apt_key_url {
-        lines.push(format!("export HAIMG_APT_KEY_URL={}", q(u)));
-    }
-    for (var, urls) in [
-        ("HAIMG_IMAGE_ARCHIVE_URLS", &staged.archive_urls),
-        ("HAIMG_DEB_URLS", &staged.deb_urls),
-    ] {
-        if !urls.is_empty() {
-            lines.push(format!("export {var}={}", q(&urls.join("\n"))));
-        }
+    let mut lines = vec!["set -eu".to_string()];
+    for (var, value) in staged.inputs.env() {
+        lines.push(format!("export {var}={}", q(&value)));
     }
     lines.extend([
-        format!("export HAIMG_RECIPE_SHA256={}", q(&plan.recipe_hash)),
         format!("echo {packed} | base64 -d | gunzip > /root/haimg-provision.sh"),
         "exec bash /root/haimg-provision.sh".to_string(),
     ]);

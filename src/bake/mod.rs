@@ -8,6 +8,7 @@ pub mod binary;
 pub mod cmd;
 pub mod disk;
 pub mod flow;
+pub mod local;
 
 use std::collections::BTreeMap;
 
@@ -64,6 +65,9 @@ pub struct Plan {
     /// The apt mirror whose key is staged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apt_mirror: Option<crate::recipe::AptMirror>,
+    /// The CNI manifest to stage, when the recipe gives it as a file.
+    #[serde(skip)]
+    pub cni_manifest: Option<Vec<u8>>,
 }
 
 impl Plan {
@@ -80,15 +84,76 @@ impl Plan {
     }
 }
 
+/// The provisioning script's run-time inputs (its environment): where the bake staged each
+/// file it needs. Not part of the recipe hash: the script pins every file's digest. The URLs
+/// may be presigned (credentials until they expire): never printed.
+pub struct Inputs {
+    pub binary_url: String,
+    pub log_url: Option<String>,
+    /// One per image archive, in the plan's order.
+    pub archive_urls: Vec<String>,
+    /// One per local Kubernetes package, in the plan's order.
+    pub deb_urls: Vec<String>,
+    pub apt_key_url: Option<String>,
+    pub cni_manifest_url: Option<String>,
+    pub recipe_sha256: String,
+}
+
+impl Inputs {
+    /// `NAME=value` pairs, in a fixed order (lists are newline-separated).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("HAIMG_BINARY_URL", self.binary_url.clone())];
+        if let Some(u) = &self.log_url {
+            out.push(("HAIMG_LOG_URL", u.clone()));
+        }
+        if let Some(u) = &self.apt_key_url {
+            out.push(("HAIMG_APT_KEY_URL", u.clone()));
+        }
+        if let Some(u) = &self.cni_manifest_url {
+            out.push(("HAIMG_CNI_MANIFEST_URL", u.clone()));
+        }
+        for (var, urls) in [
+            ("HAIMG_IMAGE_ARCHIVE_URLS", &self.archive_urls),
+            ("HAIMG_DEB_URLS", &self.deb_urls),
+        ] {
+            if !urls.is_empty() {
+                out.push((var, urls.join("\n")));
+            }
+        }
+        out.push(("HAIMG_RECIPE_SHA256", self.recipe_sha256.clone()));
+        out
+    }
+}
+
 #[derive(Serialize)]
 struct Unit {
     name: &'static str,
     content: &'static str,
 }
 
+/// Where the provisioning script runs: the one script's differences between platforms are
+/// these values, rendered in (never a second script).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    /// A booted builder instance (the AMI path): it may load modules, apply sysctls,
+    /// restart services.
+    Instance,
+    /// The image's root filesystem in a chroot (the local path): nothing may touch this
+    /// machine's kernel, and no service manager runs.
+    Chroot,
+}
+
 #[derive(Serialize)]
 struct ScriptCtx<'a> {
     description: String,
+    chroot: bool,
+    /// `Ubuntu` or `Debian`.
+    os_family: &'static str,
+    /// `url suite` of each Debian apt source (empty without a mirror).
+    debian_sources: Vec<String>,
+    calico: bool,
+    cni_staged: bool,
     recipe: &'a str,
     haimg_version: &'static str,
     haimg_sha256: &'a str,
@@ -165,7 +230,7 @@ pub fn steps(recipe: &Recipe) -> Vec<String> {
         "kernel modules and sysctls",
         "swap off",
     ];
-    if recipe.ubuntu.boots_cgroup_v1() {
+    if recipe.os.boots_cgroup_v1() {
         s.push("cgroup v2 on the kernel command line");
     }
     s.extend([
@@ -194,21 +259,49 @@ pub fn pins(recipe: &Recipe) -> Vec<String> {
     out
 }
 
-/// Renders the provisioning script for a recipe and a haimg binary digest.
+/// Renders the AMI builder's provisioning script for a recipe and a haimg binary digest.
 pub fn script(recipe: &Recipe, haimg_sha256: &str, t: &Templates) -> Result<String> {
+    script_for(recipe, Platform::Instance, haimg_sha256, t)
+}
+
+/// Renders the provisioning script for `platform`.
+pub fn script_for(
+    recipe: &Recipe,
+    platform: Platform,
+    haimg_sha256: &str,
+    t: &Templates,
+) -> Result<String> {
     let v = recipe.kubernetes_version;
     let steps = steps(recipe);
+    let os_family = match recipe.os.id() {
+        "ubuntu" => "Ubuntu",
+        _ => "Debian",
+    };
     let ctx = ScriptCtx {
         description: format!(
-            "haimg {} provisioning script: recipe {}, Kubernetes {v}, Ubuntu {}",
+            "haimg {} provisioning script: recipe {}, Kubernetes {v}, {os_family} {}{}",
             env!("CARGO_PKG_VERSION"),
             recipe.name,
-            recipe.ubuntu.codename()
+            recipe.os.codename(),
+            match platform {
+                Platform::Instance => "",
+                Platform::Chroot => ", local image (chroot)",
+            }
         ),
+        chroot: platform == Platform::Chroot,
+        os_family,
+        debian_sources: recipe.apt_mirror.as_ref().map_or(vec![], |m| {
+            m.sources(recipe.os)
+                .into_iter()
+                .map(|(u, s)| format!("{u} {s}"))
+                .collect()
+        }),
+        calico: recipe.cni.is_calico(),
+        cni_staged: recipe.cni.manifest_data.is_some(),
         recipe: &recipe.name,
         haimg_version: env!("CARGO_PKG_VERSION"),
         haimg_sha256,
-        codename: recipe.ubuntu.codename(),
+        codename: recipe.os.codename(),
         arch: recipe.architecture.as_str(),
         kubernetes_version: v.to_string(),
         kubernetes_minor: format!("v{}.{}", v.major, v.minor),
@@ -221,13 +314,7 @@ pub fn script(recipe: &Recipe, haimg_sha256: &str, t: &Templates) -> Result<Stri
             .apt_mirror
             .as_ref()
             .map_or("", |m| m.key_sha256.as_str()),
-        apt_key_ext: recipe.apt_mirror.as_ref().map_or("asc", |m| {
-            if m.key.extension().is_some_and(|e| e == "gpg") {
-                "gpg"
-            } else {
-                "asc"
-            }
-        }),
+        apt_key_ext: recipe.apt_mirror.as_ref().map_or("asc", |m| m.key_ext()),
         step_count: steps.len(),
         pins: pins(recipe),
         extra_images: recipe.extra_images.iter().map(|i| i.as_str()).collect(),
@@ -261,7 +348,7 @@ pub fn script(recipe: &Recipe, haimg_sha256: &str, t: &Templates) -> Result<Stri
             .iter()
             .map(|(name, content)| Unit { name, content })
             .collect(),
-        cgroup_v2: recipe.ubuntu.boots_cgroup_v1(),
+        cgroup_v2: recipe.os.boots_cgroup_v1(),
         registry_hosts: recipe
             .registry_mirrors
             .iter()
@@ -348,6 +435,7 @@ pub fn plan(recipe: &Recipe, base_ami: &str, haimg_sha256: &str, t: &Templates) 
         archives: recipe.images.clone(),
         debs: recipe.kubernetes_packages.clone(),
         apt_mirror: recipe.apt_mirror.clone(),
+        cni_manifest: recipe.cni.manifest_data.clone(),
     })
 }
 

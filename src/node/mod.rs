@@ -50,10 +50,15 @@ pub fn run(args: Args) -> Result<()> {
         .expect("a tokio runtime");
     rt.block_on(async {
         if let NodeCommand::Preflight = args.command {
-            // Needs neither AWS nor instance metadata: only the node config's bounds.
+            // Needs neither AWS nor instance metadata: only the node config's bounds, and
+            // the defaults on an image no user-data has configured yet (a boot test).
             let seams = agent::Seams::from_env();
-            let cfg = agent::load_config(&seams)?;
-            let bound = std::time::Duration::from_secs(cfg.agent.cri_wait_seconds);
+            let settings = if seams.node_config.exists() {
+                agent::load_config(&seams)?.agent
+            } else {
+                config::AgentSettings::default()
+            };
+            let bound = std::time::Duration::from_secs(settings.cri_wait_seconds);
             return preflight::run(&seams, bound).await;
         }
         let agent = agent::Agent::load().await?;

@@ -26,6 +26,22 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "ubuntu-22.04",
         include_str!("../../image-recipes/ubuntu-22.04.yaml"),
     ),
+    (
+        "debian-12",
+        include_str!("../../image-recipes/debian-12.yaml"),
+    ),
+];
+
+/// Files the embedded recipes name (public signing keys), by the path a recipe gives.
+pub const EMBEDDED_FILES: &[(&str, &[u8])] = &[
+    (
+        "keys/debian-12-archive.gpg",
+        include_bytes!("../../image-recipes/keys/debian-12-archive.gpg"),
+    ),
+    (
+        "cni/kindnet.yaml",
+        include_bytes!("../../image-recipes/cni/kindnet.yaml"),
+    ),
 ];
 
 /// A validated recipe. Field order is the canonical order hashed into the recipe hash.
@@ -33,8 +49,9 @@ pub const EMBEDDED: &[(&str, &str)] = &[
 #[serde(rename_all = "camelCase")]
 pub struct Recipe {
     pub name: String,
-    pub base: Base,
-    pub ubuntu: Ubuntu,
+    /// The AMI an `--target aws` bake starts from; none for a recipe baked only locally.
+    pub base: Option<Base>,
+    pub os: Os,
     pub architecture: Arch,
     pub kubernetes_version: KubernetesVersion,
     /// The pkgs.k8s.io package revision: kubeadm `1.30.4-<revision>`.
@@ -75,37 +92,60 @@ pub enum Base {
     SsmParameter(AmiParameter),
 }
 
+/// The distribution release an image is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Ubuntu {
-    #[serde(rename = "20.04")]
+pub enum Os {
+    #[serde(rename = "ubuntu-20.04")]
     Focal,
-    #[serde(rename = "22.04")]
+    #[serde(rename = "ubuntu-22.04")]
     Jammy,
+    #[serde(rename = "debian-12")]
+    Bookworm,
 }
 
-impl Ubuntu {
+impl Os {
     pub fn codename(self) -> &'static str {
         match self {
-            Ubuntu::Focal => "focal",
-            Ubuntu::Jammy => "jammy",
+            Os::Focal => "focal",
+            Os::Jammy => "jammy",
+            Os::Bookworm => "bookworm",
         }
     }
-    /// 20.04 boots cgroup v1; 22.04 already boots v2.
+    /// `ubuntu` or `debian`: what `/etc/os-release` calls it (`ID`).
+    pub fn id(self) -> &'static str {
+        match self {
+            Os::Focal | Os::Jammy => "ubuntu",
+            Os::Bookworm => "debian",
+        }
+    }
+    /// "Ubuntu 20.04", "Debian 12".
+    pub fn pretty(self) -> &'static str {
+        match self {
+            Os::Focal => "Ubuntu 20.04",
+            Os::Jammy => "Ubuntu 22.04",
+            Os::Bookworm => "Debian 12",
+        }
+    }
+    /// Ubuntu 20.04 boots cgroup v1; the others already boot v2.
     pub fn boots_cgroup_v1(self) -> bool {
-        self == Ubuntu::Focal
+        self == Os::Focal
     }
     /// The glibc the release ships (`ldd --version`): the newest symbol version a binary
     /// staged into its image may need.
     pub fn glibc(self) -> (u32, u32) {
         match self {
-            Ubuntu::Focal => (2, 31),
-            Ubuntu::Jammy => (2, 35),
+            Os::Focal => (2, 31),
+            Os::Jammy => (2, 35),
+            Os::Bookworm => (2, 36),
         }
     }
-    pub fn version(self) -> &'static str {
-        match self {
-            Ubuntu::Focal => "20.04",
-            Ubuntu::Jammy => "22.04",
+    /// The suites an image's apt sources name on its mirror (a base made from the mirror
+    /// takes its packages from all of them).
+    pub fn suites(self) -> Vec<String> {
+        let c = self.codename();
+        match self.id() {
+            "ubuntu" => vec![c.into(), format!("{c}-updates"), format!("{c}-security")],
+            _ => vec![c.into(), format!("{c}-updates")],
         }
     }
 }
@@ -145,8 +185,22 @@ impl Arch {
 pub struct Cni {
     pub name: String,
     pub version: String,
+    /// Where the bake downloads the manifest (empty with a local `manifest` file).
     pub manifest_url: String,
     pub manifest_sha256: Option<String>,
+    /// The manifest from a local file (an air-gapped bake, or a CNI haimg does not
+    /// download), read when the recipe loads: staged like the image archives, checked by
+    /// `manifest_sha256`. Not hashed: the digest says what it is.
+    #[serde(skip)]
+    pub manifest_data: Option<Vec<u8>>,
+}
+
+impl Cni {
+    /// Calico's manifest is patched at bake time (quay.io images, IP autodetection that
+    /// never picks a VIP); other CNIs are baked as given.
+    pub fn is_calico(&self) -> bool {
+        self.name == "calico"
+    }
 }
 
 /// An apt mirror and the public key its Release files are signed with.
@@ -156,9 +210,44 @@ pub struct AptMirror {
     pub url: String,
     /// sha256 of the key file (ASCII-armored `.asc` or binary `.gpg`).
     pub key_sha256: String,
-    /// The key file on this machine. Not hashed: the digest says what it is.
+    /// The key file on this machine (or in the binary, for an embedded recipe); its
+    /// content is read when the recipe loads. Not hashed: the digest says what it is.
     #[serde(skip)]
     pub key: PathBuf,
+    #[serde(skip)]
+    pub key_data: Vec<u8>,
+    /// Debian's security archive mirror (`bookworm-security`), signed by the same keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_url: Option<String>,
+}
+
+impl AptMirror {
+    /// `gpg` for a binary keyring, `asc` for an ASCII-armored key (apt tells them apart
+    /// by the name).
+    pub fn key_ext(&self) -> &'static str {
+        if self.key.extension().is_some_and(|e| e == "gpg") {
+            "gpg"
+        } else {
+            "asc"
+        }
+    }
+    /// A local directory mirror (`file:///srv/mirror`), as opposed to an http(s) one.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.url.strip_prefix("file://").map(Path::new)
+    }
+    /// The (url, suite) pairs a Debian image's apt takes its packages from: the release and
+    /// its updates from the mirror, its security updates from the security mirror.
+    pub fn sources(&self, os: Os) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = os
+            .suites()
+            .into_iter()
+            .map(|s| (self.url.clone(), s))
+            .collect();
+        if let Some(sec) = &self.security_url {
+            out.push((sec.clone(), format!("{}-security", os.codename())));
+        }
+        out
+    }
 }
 
 /// A local Debian package: what its file name says it is, and its digest.
@@ -204,20 +293,80 @@ pub struct Loaded {
     pub source: String,
 }
 
+/// Where a recipe's relative file paths (archives, packages, keys, manifests) point.
+#[derive(Debug, Clone, Copy)]
+pub struct Files<'a> {
+    pub dir: &'a Path,
+    /// An embedded recipe also finds [`EMBEDDED_FILES`] (its keys) in the binary.
+    pub embedded: bool,
+}
+
+impl Files<'_> {
+    /// The file's bytes are in the binary (an embedded recipe's key).
+    fn embedded(&self, file: &str) -> Option<&'static [u8]> {
+        if !self.embedded {
+            return None;
+        }
+        EMBEDDED_FILES
+            .iter()
+            .find(|(n, _)| *n == file)
+            .map(|(_, b)| *b)
+    }
+    /// Where `file` is, for messages and for reading.
+    pub fn path(&self, file: &str) -> PathBuf {
+        match self.embedded(file) {
+            // Displays as `<embedded image-recipes>/keys/…`, and keeps the extension.
+            Some(_) => Path::new("<embedded image-recipes>").join(file),
+            None => self.dir.join(file),
+        }
+    }
+    /// The sha256 of `file`, streamed.
+    pub fn sha256(&self, file: &str) -> std::io::Result<String> {
+        use sha2::Digest;
+        if let Some(b) = self.embedded(file) {
+            return Ok(crate::bake::hex(&sha2::Sha256::digest(b)));
+        }
+        let mut f = std::fs::File::open(self.dir.join(file))?;
+        let mut h = sha2::Sha256::new();
+        std::io::copy(&mut f, &mut h)?;
+        Ok(crate::bake::hex(&h.finalize()))
+    }
+    pub fn read(&self, file: &str) -> std::io::Result<Vec<u8>> {
+        match self.embedded(file) {
+            Some(b) => Ok(b.to_vec()),
+            None => std::fs::read(self.dir.join(file)),
+        }
+    }
+}
+
 /// `arg` is a path to a recipe file, or the name of an embedded recipe; `None` is the
-/// default recipe.
+/// default recipe. Relative file paths resolve against the recipe file's directory, or the
+/// current directory for an embedded recipe.
 pub fn load(arg: Option<&str>) -> Result<Loaded, Error> {
+    load_from(arg, None)
+}
+
+/// [`load`], with relative file paths resolved against `sources` when it is given (the
+/// directory of packages and image archives an embedded recipe such as `debian-12` names).
+pub fn load_from(arg: Option<&str>, sources: Option<&Path>) -> Result<Loaded, Error> {
     let arg = arg.unwrap_or(DEFAULT_NAME);
     let path = Path::new(arg);
     if path.exists() {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Usage(format!("cannot read recipe {arg}: {e}")))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        return load_in(&text, arg, dir);
+        let dir = sources.unwrap_or(path.parent().unwrap_or(Path::new(".")));
+        return load_files(&text, arg, Files { dir, embedded: false });
     }
     let name = arg.trim_end_matches(".yaml");
     match EMBEDDED.iter().find(|(n, _)| *n == name) {
-        Some((n, text)) => load_str(text, &format!("<embedded image-recipes/{n}.yaml>")),
+        Some((n, text)) => load_files(
+            text,
+            &format!("<embedded image-recipes/{n}.yaml>"),
+            Files {
+                dir: sources.unwrap_or(Path::new(".")),
+                embedded: true,
+            },
+        ),
         None => Err(Error::Usage(format!(
             "recipe {arg}: no such file, and no embedded recipe of that name (embedded: {})",
             EMBEDDED
@@ -236,6 +385,17 @@ pub fn load_str(text: &str, source: &str) -> Result<Loaded, Error> {
 
 /// A recipe from text whose relative archive paths resolve against `dir`.
 pub fn load_in(text: &str, source: &str, dir: &Path) -> Result<Loaded, Error> {
+    load_files(
+        text,
+        source,
+        Files {
+            dir,
+            embedded: false,
+        },
+    )
+}
+
+fn load_files(text: &str, source: &str, files: Files) -> Result<Loaded, Error> {
     let doc = crate::yaml::parse(text).map_err(|e| {
         Error::Invalid(Diagnostics(vec![Diagnostic {
             file: source.into(),
@@ -253,7 +413,7 @@ pub fn load_in(text: &str, source: &str, dir: &Path) -> Result<Loaded, Error> {
         }]))
     })?;
     let mut cx = Ctx::new(&doc, source);
-    let recipe = wire::resolve(&mut cx, &file, dir);
+    let recipe = wire::resolve(&mut cx, &file, files);
     match recipe {
         Some(recipe) if cx.errors.is_empty() => Ok(Loaded {
             recipe,
@@ -291,15 +451,15 @@ spec:
   hardening: {ssh: disabled}
 "#;
         let r = load_str(text, "design.yaml").unwrap().recipe;
-        assert_eq!(r.ubuntu, Ubuntu::Focal, "from the parameter path");
+        assert_eq!(r.os, Os::Focal, "from the parameter path");
         assert_eq!(
             r.kubernetes_key_fingerprint,
             wire::PKGS_K8S_IO_KEY_FINGERPRINT
         );
         let jammy = text.replace("/20.04/", "/22.04/");
         assert_eq!(
-            load_str(&jammy, "j.yaml").unwrap().recipe.ubuntu,
-            Ubuntu::Jammy
+            load_str(&jammy, "j.yaml").unwrap().recipe.os,
+            Os::Jammy
         );
         let clash = text.replace(
             "  architecture: amd64",

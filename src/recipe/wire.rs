@@ -24,7 +24,12 @@ pub struct MetadataFile {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SpecFile {
-    pub base: BaseFile,
+    /// The AMI of an `--target aws` bake; a recipe without one bakes only locally.
+    #[serde(default)]
+    pub base: Option<BaseFile>,
+    /// `ubuntu-20.04`, `ubuntu-22.04` or `debian-12`. Default: the `ubuntu` release.
+    #[serde(default)]
+    pub os: Option<String>,
     /// Default: the release Canonical's `ssmParameter` path names, else 20.04.
     #[serde(default)]
     pub ubuntu: Option<String>,
@@ -72,12 +77,18 @@ pub struct CniFile {
     pub manifest_url: Option<String>,
     #[serde(default)]
     pub manifest_sha256: Option<String>,
+    /// The manifest as a local file instead of a download.
+    #[serde(default)]
+    pub manifest: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AptMirrorFile {
     pub url: String,
+    /// Debian only: the security archive's mirror.
+    #[serde(default, rename = "securityUrl")]
+    pub security_url: Option<String>,
     pub key: String,
     pub sha256: String,
 }
@@ -145,22 +156,13 @@ fn qualified_image(cx: &mut Ctx, at: &str, img: &str) -> Option<ImageRef> {
     Some(r)
 }
 
-/// The sha256 of a file, streamed.
-fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(crate::bake::hex(&h.finalize()))
-}
-
 /// A local file the recipe pins by digest: its path (relative to `dir`) when it exists
 /// and has that digest, else an error at `at`/`field` or `at`/sha256.
 fn checked_file(
     cx: &mut Ctx,
     at: &str,
     field: &str,
-    dir: &std::path::Path,
+    files: Files,
     file: &str,
     sha256: &str,
 ) -> Option<(std::path::PathBuf, String)> {
@@ -172,8 +174,8 @@ fn checked_file(
         );
         return None;
     }
-    let path = dir.join(file);
-    match file_sha256(&path) {
+    let path = files.path(file);
+    match files.sha256(file) {
         Err(e) => {
             cx.error(&format!("{at}/{field}"), format!("{}: {e}", path.display()));
             None
@@ -194,7 +196,7 @@ fn checked_file(
 fn kubernetes_debs(
     cx: &mut Ctx,
     files: &[LocalFile],
-    dir: &std::path::Path,
+    dir: Files,
     version: Option<String>,
     arch: Option<Arch>,
 ) -> Vec<DebFile> {
@@ -271,7 +273,7 @@ fn image_archives(
     cx: &mut Ctx,
     files: &[ImageArchiveFile],
     extra: &[String],
-    dir: &std::path::Path,
+    dir: Files,
 ) -> Vec<ImageArchive> {
     let mut out: Vec<ImageArchive> = Vec::new();
     for (i, a) in files.iter().enumerate() {
@@ -295,7 +297,157 @@ fn image_archives(
     out
 }
 
-pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Option<Recipe> {
+/// The pod network: Calico (downloaded by its release, or a local manifest) or kindnet (a
+/// local manifest, for networks with no route to Calico's images).
+fn cni(cx: &mut Ctx, cni: &CniFile, dir: Files) -> Option<Cni> {
+    let release_ok = |v: &str| {
+        let parts: Vec<&str> = v.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match cni.name.as_str() {
+        "calico" => {
+            if !cni.version.strip_prefix('v').is_some_and(release_ok) {
+                cx.error(
+                    "/spec/cni/version",
+                    format!(
+                        "`{}` is not a calico release: vMAJOR.MINOR.PATCH (e.g. v3.28.1)",
+                        cni.version
+                    ),
+                );
+            }
+        }
+        "kindnet" => {
+            // kindnetd's image tag (v20240513-cd2ac642): letters, digits, '.', '-', '_'.
+            let ok = !cni.version.is_empty()
+                && cni.version.len() <= 128
+                && cni
+                    .version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !ok {
+                cx.error("/spec/cni/version", format!("`{}` is not an image tag (e.g. v20240513-cd2ac642)", cni.version));
+            }
+            if cni.manifest.is_none() {
+                cx.error("/spec/cni/manifest", "kindnet has no published manifest to download: give the manifest as a local file (with manifestSha256)");
+            }
+        }
+        other => {
+            cx.error("/spec/cni/name", format!("`{other}` is not supported: calico (its IP autodetection is set so it never picks a VIP) or kindnet"));
+        }
+    }
+    if cni.manifest.is_some() && cni.manifest_url.is_some() {
+        cx.error("/spec/cni", "give manifest (a local file) or manifestUrl, not both");
+    }
+    let manifest_data = match &cni.manifest {
+        Some(file) => {
+            let Some(sha) = &cni.manifest_sha256 else {
+                cx.error("/spec/cni/manifestSha256", "a local manifest is pinned by its sha256");
+                return None;
+            };
+            let (path, _) = checked_file(cx, "/spec/cni", "manifest", dir, file, sha)?;
+            match dir.read(file) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    cx.error("/spec/cni/manifest", format!("{}: {e}", path.display()));
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
+    let manifest_url = match &cni.manifest {
+        Some(_) => String::new(),
+        None => cni.manifest_url.clone().unwrap_or_else(|| {
+            format!(
+                "https://raw.githubusercontent.com/projectcalico/calico/{}/manifests/calico.yaml",
+                cni.version
+            )
+        }),
+    };
+    if cni.manifest.is_none()
+        && (!manifest_url.starts_with("https://")
+            || manifest_url.contains(|c: char| c.is_whitespace() || "'\"`$\\".contains(c)))
+    {
+        cx.error(
+            "/spec/cni/manifestUrl",
+            "must be an https:// URL without quotes, spaces or shell characters",
+        );
+    }
+    match &cni.manifest_sha256 {
+        Some(h) if !is_hex(h, 64) => cx.error("/spec/cni/manifestSha256", "must be 64 hex digits (sha256sum of the manifest)"),
+        Some(_) => {}
+        None => cx.warn("/spec/cni", "no manifestSha256: the bake cannot prove which CNI manifest it baked (the image manifest still records the hash it got)"),
+    }
+    Some(Cni {
+        name: cni.name.clone(),
+        version: cni.version.clone(),
+        manifest_url,
+        manifest_sha256: cni.manifest_sha256.clone().map(|h| h.to_lowercase()),
+        manifest_data,
+    })
+}
+
+/// The release: `os`, or the legacy `ubuntu`, or what Canonical's base parameter names.
+fn release(cx: &mut Ctx, s: &SpecFile) -> Option<Os> {
+    // The release Canonical's public parameter names (…/ubuntu/server/22.04/…), if any.
+    let named = s
+        .base
+        .as_ref()
+        .and_then(|b| b.ssm_parameter.as_deref())
+        .and_then(|p| {
+            ["20.04", "22.04"]
+                .into_iter()
+                .find(|r| p.contains(&format!("/{r}/")))
+        });
+    let ubuntu = |v: &str| match v {
+        "20.04" => Some(Os::Focal),
+        "22.04" => Some(Os::Jammy),
+        _ => None,
+    };
+    let os = match (s.os.as_deref(), s.ubuntu.as_deref()) {
+        (Some(_), Some(_)) => {
+            cx.error("/spec/ubuntu", "give `os` or `ubuntu`, not both (`ubuntu: \"22.04\"` is `os: ubuntu-22.04`)");
+            return None;
+        }
+        (Some(o), None) => match o {
+            "ubuntu-20.04" => Os::Focal,
+            "ubuntu-22.04" => Os::Jammy,
+            "debian-12" => Os::Bookworm,
+            other => {
+                cx.error("/spec/os", format!("`{other}` is not a supported release (ubuntu-20.04, ubuntu-22.04, debian-12)"));
+                return None;
+            }
+        },
+        (None, given) => match ubuntu(given.or(named).unwrap_or("20.04")) {
+            Some(os) => os,
+            None => {
+                cx.error(
+                    "/spec/ubuntu",
+                    format!(
+                        "`{}` is not a supported Ubuntu release (20.04, 22.04)",
+                        given.unwrap_or_default()
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    if let Some(named) = named {
+        if ubuntu(named) != Some(os) {
+            let at = if s.os.is_some() { "/spec/os" } else { "/spec/ubuntu" };
+            cx.error(
+                at,
+                format!("{}, but the base image parameter is for Ubuntu {named}", os.pretty()),
+            );
+        }
+    }
+    Some(os)
+}
+
+pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe> {
     if f.api_version != crate::spec::wire::API_VERSION {
         cx.error(
             "/apiVersion",
@@ -322,41 +474,18 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
         cx.error("/metadata/name", format!("`{name}` is not a recipe name: 1-48 lowercase letters, digits, '-' and '.', starting with a letter (it names the AMI and an SSM parameter path)"));
     }
     let s = &f.spec;
-    let base = match (&s.base.ami, &s.base.ssm_parameter) {
-        (Some(a), None) => cx.parse::<AmiId>("/spec/base/ami", a).map(Base::Ami),
-        (None, Some(p)) => cx
+    let base = match s.base.as_ref().map(|b| (&b.ami, &b.ssm_parameter)) {
+        None => None,
+        Some((Some(a), None)) => cx.parse::<AmiId>("/spec/base/ami", a).map(Base::Ami),
+        Some((None, Some(p))) => cx
             .parse::<AmiParameter>("/spec/base/ssmParameter", p)
             .map(Base::SsmParameter),
-        _ => {
+        Some(_) => {
             cx.error("/spec/base", "give exactly one base image: `ami` (an id: reproducible, and `--dry-run` needs no AWS) or `ssmParameter` (e.g. Canonical's /aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id)");
             None
         }
     };
-    // The release Canonical's public parameter names (…/ubuntu/server/22.04/…), if any.
-    let named = s.base.ssm_parameter.as_deref().and_then(|p| {
-        ["20.04", "22.04"]
-            .into_iter()
-            .find(|r| p.contains(&format!("/{r}/")))
-    });
-    let ubuntu = match s.ubuntu.as_deref().or(named).unwrap_or("20.04") {
-        "20.04" => Some(Ubuntu::Focal),
-        "22.04" => Some(Ubuntu::Jammy),
-        other => {
-            cx.error(
-                "/spec/ubuntu",
-                format!("`{other}` is not a supported Ubuntu release (20.04, 22.04)"),
-            );
-            None
-        }
-    };
-    if let (Some(given), Some(named)) = (s.ubuntu.as_deref(), named) {
-        if given != named {
-            cx.error(
-                "/spec/ubuntu",
-                format!("{given}, but the base image parameter is for Ubuntu {named}"),
-            );
-        }
-    }
+    let os = release(cx, s);
     let architecture = match s.architecture.as_str() {
         "amd64" => Some(Arch::Amd64),
         "arm64" => Some(Arch::Arm64),
@@ -419,6 +548,9 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
             cx.error(&at, format!("`{version}` is not an exact package version: give the full Debian version (e.g. 1.7.12-0ubuntu2~20.04.1), no wildcards or ranges"));
         }
     }
+    if s.apt_snapshot.is_some() && os.is_some_and(|o| o.id() != "ubuntu") {
+        cx.error("/spec/aptSnapshot", "snapshot.ubuntu.com serves Ubuntu only: for Debian, point aptMirror at a mirror frozen at the versions you pin");
+    }
     if let Some(ts) = &s.apt_snapshot {
         let b = ts.as_bytes();
         let ok = b.len() == 16
@@ -436,61 +568,45 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
         if s.apt_snapshot.is_some() {
             cx.error("/spec/aptMirror", "give aptSnapshot or aptMirror, not both: a mirror is what it serves (mirror the snapshot to pin versions)");
         }
-        let url_ok = (m.url.starts_with("https://") || m.url.starts_with("http://"))
+        let scheme_ok = m.url.starts_with("https://")
+            || m.url.starts_with("http://")
+            || m.url.starts_with("file:///");
+        let url_ok = scheme_ok
             && m.url.len() > "https://".len()
             && !m.url.contains(|c: char| c.is_whitespace() || "'\"`$\\<>#;[]".contains(c));
+        if let Some(sec) = &m.security_url {
+            let ok = (sec.starts_with("https://") || sec.starts_with("http://") || sec.starts_with("file:///"))
+                && !sec.contains(|c: char| c.is_whitespace() || "'\"`$\\<>#;[]".contains(c));
+            if !ok {
+                cx.error("/spec/aptMirror/securityUrl", format!("`{sec}`: an http://, https:// or file:/// URL without quotes, spaces or shell characters"));
+            }
+            if os.is_some_and(|o| o.id() != "debian") {
+                cx.error("/spec/aptMirror/securityUrl", "Debian only: an Ubuntu mirror serves the security pocket itself");
+            }
+        }
         if !url_ok {
-            cx.error("/spec/aptMirror/url", format!("`{}`: an http:// or https:// URL without quotes, spaces or shell characters (apt checks the signatures, so http is safe)", m.url));
+            cx.error("/spec/aptMirror/url", format!("`{}`: an http://, https:// or file:/// (a local directory) URL without quotes, spaces or shell characters (apt checks the signatures, so http is safe)", m.url));
         }
         if !(m.key.ends_with(".asc") || m.key.ends_with(".gpg")) {
             cx.error("/spec/aptMirror/key", format!("`{}`: the key file is ASCII-armored (.asc) or binary (.gpg), and named so (apt tells them apart by the name)", m.key));
         }
         let (key, key_sha256) = checked_file(cx, "/spec/aptMirror", "key", dir, &m.key, &m.sha256)?;
+        let key_data = match dir.read(&m.key) {
+            Ok(d) => d,
+            Err(e) => {
+                cx.error("/spec/aptMirror/key", format!("{}: {e}", key.display()));
+                return None;
+            }
+        };
         Some(AptMirror {
-            url: m.url.clone(),
+            url: m.url.trim_end_matches('/').to_string(),
             key_sha256,
             key,
+            key_data,
+            security_url: m.security_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
         })
     });
-    let cni = &s.cni;
-    if cni.name != "calico" {
-        cx.error("/spec/cni/name", format!("`{}` is not supported: haimg bakes calico (its IP autodetection is set so it never picks a VIP)", cni.name));
-    }
-    let version_ok = cni.version.strip_prefix('v').is_some_and(|v| {
-        let parts: Vec<&str> = v.split('.').collect();
-        parts.len() == 3
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    });
-    if !version_ok {
-        cx.error(
-            "/spec/cni/version",
-            format!(
-                "`{}` is not a calico release: vMAJOR.MINOR.PATCH (e.g. v3.28.1)",
-                cni.version
-            ),
-        );
-    }
-    let manifest_url = cni.manifest_url.clone().unwrap_or_else(|| {
-        format!(
-            "https://raw.githubusercontent.com/projectcalico/calico/{}/manifests/calico.yaml",
-            cni.version
-        )
-    });
-    if !manifest_url.starts_with("https://")
-        || manifest_url.contains(|c: char| c.is_whitespace() || "'\"`$\\".contains(c))
-    {
-        cx.error(
-            "/spec/cni/manifestUrl",
-            "must be an https:// URL without quotes, spaces or shell characters",
-        );
-    }
-    match &cni.manifest_sha256 {
-        Some(h) if !is_hex(h, 64) => cx.error("/spec/cni/manifestSha256", "must be 64 hex digits (sha256sum of the manifest)"),
-        Some(_) => {}
-        None => cx.warn("/spec/cni", "no manifestSha256: the bake cannot prove which CNI manifest it baked (the image manifest still records the hash it got)"),
-    }
+    let cni = self::cni(cx, &s.cni, dir);
     let mut extra_images = Vec::new();
     for (i, img) in s.extra_images.iter().enumerate() {
         if let Some(r) = qualified_image(cx, &format!("/spec/extraImages/{i}"), img) {
@@ -539,8 +655,8 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
     }
     Some(Recipe {
         name: name.clone(),
-        base: base?,
-        ubuntu: ubuntu?,
+        base,
+        os: os?,
         architecture: architecture?,
         kubernetes_version: kubernetes_version?,
         kubernetes_package_revision: revision,
@@ -549,12 +665,7 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: &std::path::Path) -> Op
         kubernetes_packages,
         apt_snapshot: s.apt_snapshot.clone(),
         apt_mirror,
-        cni: Cni {
-            name: cni.name.clone(),
-            version: cni.version.clone(),
-            manifest_url,
-            manifest_sha256: cni.manifest_sha256.clone().map(|h| h.to_lowercase()),
-        },
+        cni: cni?,
         extra_images,
         images,
         registry_mirrors,

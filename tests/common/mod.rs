@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod kubeapi;
 pub mod proxy;
+pub mod qemu;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,18 @@ pub fn haimg() -> Command {
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What scripts/kube-artifacts.sh makes from ../shared/kubernetes (made once, cached):
+/// the `--sources` directory of the debian-12 recipe.
+pub fn kube_artifacts() -> PathBuf {
+    let o = run({
+        let mut c = Command::new(repo().join("scripts/kube-artifacts.sh"));
+        c.arg("v1.30.0");
+        c
+    });
+    assert!(o.status.success(), "kube-artifacts.sh: {}", stderr(&o));
+    PathBuf::from(stdout(&o).trim())
 }
 
 pub fn run(mut cmd: Command) -> Output {

@@ -195,7 +195,9 @@ import_image_archive() {
         die "containerd could not import the archive of ${name}"
     fi
     rm -f "${tmp}"
-    ctr --namespace k8s.io images ls -q | grep -qxF "${name}" \
+    # Not `grep -q`: it would exit at the first match, ctr's next line would meet a closed
+    # pipe (SIGPIPE), and pipefail would fail an import that worked.
+    ctr --namespace k8s.io images ls -q | grep -xF "${name}" >/dev/null \
         || die "the archive with sha256 ${sha} does not hold ${name}"
 }
 
@@ -220,6 +222,42 @@ use_apt_mirror() {
     local sources=$1 mirror=$2 key=$3
     sed -i -E "s#^deb[[:space:]]+https?://[^ ]*(archive|security|ports)\.ubuntu\.com/ubuntu(-ports)?/?[[:space:]]#deb [signed-by=${key}] ${mirror%/}/ #" "${sources}"
     grep -q "signed-by=${key}" "${sources}" || die "no Ubuntu archive source in ${sources} to point at the mirror"
+}
+
+# Writes SOURCES (a sources.list) anew for a Debian release, signed by the key in KEY only:
+# one `deb` line (main component) per "URL SUITE" argument; the release's own deb822
+# sources go.
+use_debian_mirror() {
+    local sources=$1 key=$2 source
+    shift 2
+    [ "$#" -gt 0 ] || die "use_debian_mirror: no sources"
+    : >"${sources}"
+    for source in "$@"; do
+        echo "deb [signed-by=${key}] ${source% *} ${source##* } main" >>"${sources}"
+    done
+    rm -f /etc/apt/sources.list.d/debian.sources
+}
+
+# Where no service manager runs (a chroot): containerd started by hand for the image
+# imports, its socket waited for (bounded), and stopped before the root is imaged.
+start_containerd() {
+    local i
+    install -d -m 0711 /run/containerd
+    containerd --config /etc/containerd/config.toml >/run/haimg-containerd.log 2>&1 &
+    HAIMG_CONTAINERD_PID=$!
+    for i in $(seq 1 100); do
+        ctr version >/dev/null 2>&1 && return 0
+        kill -0 "${HAIMG_CONTAINERD_PID}" 2>/dev/null || break
+        sleep 0.2
+    done
+    tail -n 20 /run/haimg-containerd.log >&2 || true
+    die "containerd did not start (${i} tries)"
+}
+stop_containerd() {
+    [ -n "${HAIMG_CONTAINERD_PID:-}" ] || return 0
+    kill "${HAIMG_CONTAINERD_PID}" 2>/dev/null || true
+    wait "${HAIMG_CONTAINERD_PID}" 2>/dev/null || true
+    HAIMG_CONTAINERD_PID=
 }
 
 # Points a Calico manifest's images at quay.io/calico (the same images Calico publishes to

@@ -1,0 +1,410 @@
+//! The processes of a local bake: the mirror's state, the base (mmdebstrap), the chroot
+//! the provisioning script runs in, and the work directory's removal.
+//!
+//! Every mount a bake makes lives in a mount namespace of its own (`unshare --mount`),
+//! with a PID namespace whose processes the kernel kills when its first one dies
+//! (`--kill-child`): a bake that is stopped, however, leaves no mount and no process.
+//! Every process is started in a process group of its own and recorded in [`Children`],
+//! so a stop can kill each group before the work directory goes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::{MirrorState, STAGE_IN_ROOT};
+use crate::error::{Error, Result};
+
+/// The process groups a bake started (their leaders' pids), to kill on a stop.
+#[derive(Clone, Default)]
+pub struct Children(Arc<Mutex<Vec<i32>>>);
+
+impl Children {
+    fn add(&self, pid: Option<u32>) {
+        if let Some(p) = pid {
+            self.0.lock().unwrap().push(p as i32);
+        }
+    }
+    fn remove(&self, pid: Option<u32>) {
+        if let Some(p) = pid {
+            self.0.lock().unwrap().retain(|q| *q != p as i32);
+        }
+    }
+    /// SIGKILL to every recorded group.
+    pub fn kill_all(&self) {
+        for pgid in self.0.lock().unwrap().drain(..) {
+            // SAFETY: kill(2) with a negative pid signals a process group; no memory is
+            // shared with the callee.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Runs `cmd` in a process group of its own, recorded while it runs; its output is
+/// returned, or an error naming `what` with the end of its stderr.
+pub async fn output(children: &Children, what: &str, mut cmd: Command) -> Result<Vec<u8>> {
+    cmd.process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::Runtime(format!("{what}: cannot start: {e}")))?;
+    let pid = child.id();
+    children.add(pid);
+    let out = child.wait_with_output().await;
+    children.remove(pid);
+    let out = out.map_err(|e| Error::Runtime(format!("{what}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Runtime(format!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            super::tail(err.trim_end(), 20)
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// The mirror's state: each suite's `InRelease`, fetched and checked against the
+/// recipe's key (gpgv), by its sha256. `key` is the key file on this machine.
+pub async fn mirror_state(
+    children: &Children,
+    sources: &[(String, String)],
+    key: &Path,
+    work: &Path,
+) -> Result<MirrorState> {
+    let mut out = Vec::new();
+    for (i, (url, suite)) in sources.iter().enumerate() {
+        let file = work.join(format!("InRelease.{i}"));
+        let src = format!("{}/dists/{suite}/InRelease", url.trim_end_matches('/'));
+        let what = format!("the apt mirror's {src}");
+        match src.strip_prefix("file://") {
+            Some(p) => {
+                tokio::fs::copy(p, &file)
+                    .await
+                    .map_err(|e| Error::Runtime(format!("{what}: {e}")))?;
+            }
+            None => {
+                let mut c = Command::new("curl");
+                c.args(["-fsS", "--retry", "3", "--max-time", "60", "-o"])
+                    .arg(&file)
+                    .arg(&src);
+                output(children, &what, c).await?;
+            }
+        }
+        check_signature(children, &what, key, &file).await?;
+        let data = tokio::fs::read(&file).await.map_err(Error::io(&file))?;
+        use sha2::Digest;
+        out.push((
+            format!("{url} {suite}"),
+            super::hex(&sha2::Sha256::digest(&data)),
+        ));
+    }
+    Ok(MirrorState {
+        url: sources.first().map(|s| s.0.clone()).unwrap_or_default(),
+        suites: out,
+    })
+}
+
+/// Whether `file` (an InRelease) carries a good signature by a key in `key`, as apt
+/// decides: at least one valid signature and no bad one; signatures by keys the recipe does
+/// not give (the next release's, say) are not counted.
+async fn check_signature(children: &Children, what: &str, key: &Path, file: &Path) -> Result<()> {
+    let mut v = Command::new("gpgv");
+    v.args(["--status-fd", "1", "--keyring"]).arg(key).arg(file);
+    v.process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = v
+        .spawn()
+        .map_err(|e| Error::Runtime(format!("gpgv: cannot start: {e}")))?;
+    let pid = child.id();
+    children.add(pid);
+    let out = child.wait_with_output().await;
+    children.remove(pid);
+    let out = out.map_err(|e| Error::Runtime(format!("gpgv: {e}")))?;
+    let status = String::from_utf8_lossy(&out.stdout);
+    if signature_ok(&status) {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{what} is not signed by the recipe's aptMirror key:\n{}",
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )))
+}
+
+/// gpgv's status lines: a VALIDSIG and no BADSIG (or ERRSIG other than a missing key).
+pub fn signature_ok(status: &str) -> bool {
+    let mut valid = false;
+    for l in status.lines() {
+        let mut w = l.split_whitespace();
+        if w.next() != Some("[GNUPG:]") {
+            continue;
+        }
+        match w.next() {
+            Some("VALIDSIG") => valid = true,
+            Some("BADSIG") | Some("EXPKEYSIG") | Some("REVKEYSIG") => return false,
+            _ => {}
+        }
+    }
+    valid
+}
+
+/// Makes the base as a tarball at `out` with mmdebstrap, in mount and PID namespaces of
+/// its own.
+pub async fn make_base(
+    children: &Children,
+    os: crate::recipe::Os,
+    sources: &[(String, String)],
+    key: &Path,
+    out: &Path,
+    tmp: &Path,
+) -> Result<()> {
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        "mmdebstrap",
+        "--variant=minbase",
+        "--mode=root",
+        "--format=tar",
+        "--quiet",
+        "--aptopt=Acquire::Retries \"3\"",
+    ])
+    .arg(format!("--include={}", super::BASE_PACKAGES.join(",")))
+    .arg(format!("--keyring={}", key.display()))
+    .arg(os.codename())
+    .arg(out)
+    .args(super::mirror_lines(sources))
+    .env("TMPDIR", tmp);
+    output(children, "mmdebstrap (the base)", c).await.map(drop)
+}
+
+/// Unpacks a base tarball into `root`.
+pub async fn unpack(children: &Children, tar: &Path, root: &Path) -> Result<()> {
+    tokio::fs::create_dir_all(root).await.map_err(Error::io(root))?;
+    let mut c = Command::new("tar");
+    c.args([
+        "--numeric-owner",
+        "--xattrs",
+        "--xattrs-include=*",
+        "-xpf",
+    ])
+    .arg(tar)
+    .arg("-C")
+    .arg(root);
+    output(children, "unpacking the base", c).await.map(drop)
+}
+
+/// What the chroot's namespace mounts before the script runs: /proc, a read-only /sys, the
+/// machine's /dev, tmpfs on /run and /tmp, the stage directory, a local mirror at its own
+/// path, and this machine's resolver (the mirror's name must resolve). All of it goes with
+/// the namespace.
+const CHROOT_SETUP: &str = r#"set -eu
+root=$1 stage=$2 mirror=$3
+shift 3
+mount -t proc proc "$root/proc"
+mount -t sysfs -o ro sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+mkdir -p "$root/run/haimg-stage"
+mount --bind -o ro "$stage" "$root/run/haimg-stage"
+if [ -n "$mirror" ]; then
+    mkdir -p "$root$mirror"
+    mount --bind -o ro "$mirror" "$root$mirror"
+fi
+if [ -f /etc/resolv.conf ]; then
+    # A mount point for it; seal() puts back what the base had.
+    if [ -L "$root/etc/resolv.conf" ]; then
+        mv "$root/etc/resolv.conf" "$root/etc/resolv.conf.haimg-link"
+    fi
+    if [ ! -e "$root/etc/resolv.conf" ]; then
+        : >"$root/etc/resolv.conf"
+        : >"$root/etc/resolv.conf.haimg-created"
+    fi
+    mount --bind -o ro /etc/resolv.conf "$root/etc/resolv.conf"
+fi
+# Not exec: this shell stays PID 1 outside the root, so systemctl sees a chroot and skips
+# what needs a running manager (daemon-reload, start) instead of failing.
+chroot "$root" "$@"
+"#;
+
+/// Runs the provisioning script in `root` as a chroot, with `env` as its whole
+/// environment. Every line it prints goes to `log`; the `==> [i/N]` lines also go to
+/// `progress`. Returns the log's text on success, or an error naming the failing step
+/// with the log's tail.
+pub async fn provision(
+    children: &Children,
+    root: &Path,
+    stage: &Path,
+    local_mirror: Option<&Path>,
+    env: &[(&str, String)],
+    log: &Path,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<String> {
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        "/bin/sh",
+        "-c",
+        CHROOT_SETUP,
+        "haimg-chroot",
+    ])
+    .arg(root)
+    .arg(stage)
+    .arg(local_mirror.map(|p| p.as_os_str()).unwrap_or_default())
+    .args(["/usr/bin/env", "-i"]);
+    for (k, v) in [
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        ("HOME", "/root"),
+        ("LANG", "C.UTF-8"),
+    ] {
+        c.arg(format!("{k}={v}"));
+    }
+    for (k, v) in env {
+        c.arg(format!("{k}={v}"));
+    }
+    c.args(["/bin/bash", &format!("{STAGE_IN_ROOT}/provision.sh")]);
+    c.process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .map_err(|e| Error::Runtime(format!("the provisioning chroot: cannot start: {e}")))?;
+    let pid = child.id();
+    children.add(pid);
+    let mut file = tokio::fs::File::create(log).await.map_err(Error::io(log))?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let mut text = String::new();
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        let line = tokio::select! {
+            l = out.next_line(), if out_open => l,
+            l = err.next_line(), if err_open => {
+                match l {
+                    Ok(None) => { err_open = false; continue; }
+                    other => other,
+                }
+            }
+        };
+        match line {
+            Ok(Some(l)) => {
+                if l.starts_with("==> [") {
+                    progress(&l);
+                }
+                text.push_str(&l);
+                text.push('\n');
+                file.write_all(l.as_bytes()).await.map_err(Error::io(log))?;
+                file.write_all(b"\n").await.map_err(Error::io(log))?;
+            }
+            Ok(None) => out_open = false,
+            Err(e) => return Err(Error::Runtime(format!("reading the script's output: {e}"))),
+        }
+    }
+    let status = child.wait().await;
+    children.remove(pid);
+    let status = status.map_err(|e| Error::Runtime(format!("the provisioning chroot: {e}")))?;
+    file.flush().await.map_err(Error::io(log))?;
+    if !status.success() {
+        return Err(Error::Runtime(format!(
+            "the provisioning script failed ({status}) in step {}\n--- the last lines of its log ---\n{}",
+            super::last_step(&text)
+                .map(|s| s.trim_start_matches("==> ").to_string())
+                .unwrap_or_else(|| "(before the first step)".into()),
+            super::tail(text.trim_end(), 30)
+        )));
+    }
+    Ok(text)
+}
+
+/// Seals the root after the script (which cleaned cloud-init, the machine id, apt's lists
+/// and the logs): puts back the resolver file the chroot's setup moved, and checks the
+/// image has no machine id, no SSH daemon and nothing of the bake left inside.
+pub fn seal(root: &Path) -> Result<()> {
+    let etc = root.join("etc");
+    let created = etc.join("resolv.conf.haimg-created");
+    let link = etc.join("resolv.conf.haimg-link");
+    if created.exists() {
+        let _ = std::fs::remove_file(etc.join("resolv.conf"));
+        std::fs::remove_file(&created).map_err(Error::io(&created))?;
+    }
+    if link.symlink_metadata().is_ok() {
+        let _ = std::fs::remove_file(etc.join("resolv.conf"));
+        std::fs::rename(&link, etc.join("resolv.conf")).map_err(Error::io(&link))?;
+    }
+    let mid = etc.join("machine-id");
+    let id = std::fs::read(&mid).map_err(Error::io(&mid))?;
+    let mut problems = vec![];
+    if !id.is_empty() {
+        problems.push("/etc/machine-id is not empty".to_string());
+    }
+    for p in ["usr/sbin/sshd", "var/lib/cloud/instance", "usr/sbin/policy-rc.d"] {
+        if root.join(p).symlink_metadata().is_ok() {
+            problems.push(format!("/{p} exists"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Runtime(format!(
+            "the sealed root is not as an image must be: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
+/// Mount points at or below `dir`, from `/proc/self/mountinfo`.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return vec![];
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// Removes the work directory, refusing if anything is mounted below it (a bind mount of
+/// /dev must never be removed through).
+pub fn remove_work(dir: &Path) -> Result<()> {
+    let m = mounts_below(dir);
+    if !m.is_empty() {
+        return Err(Error::Runtime(format!(
+            "not removing {}: mounted below it: {}",
+            dir.display(),
+            m.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dir)(e)),
+    }
+}
