@@ -13,6 +13,10 @@ pub struct Args {
     /// -c, only the recipes are checked.
     #[arg(value_name = "RECIPE")]
     pub recipes: Vec<String>,
+    /// The directory the recipes' relative file paths resolve against (as `bake
+    /// --sources`).
+    #[arg(long, value_name = "DIR")]
+    pub sources: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -32,7 +36,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     for r in &args.recipes {
-        match crate::recipe::load(Some(r)) {
+        match crate::recipe::load_from(Some(r), args.sources.as_deref()) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     eprintln!("warning: {w}");

@@ -200,17 +200,19 @@ fn every_bad_recipe_exits_2_naming_the_field() {
 
 #[test]
 fn the_shipped_recipes_are_valid() {
+    // debian-12 takes its packages and images from --sources (kube-artifacts.sh).
+    let sources = kube_artifacts();
     for (name, _) in haimg::recipe::EMBEDDED {
         let o = run({
             let mut c = haimg();
-            c.args(["validate", name]);
+            c.args(["validate", name, "--sources"]).arg(&sources);
             c
         });
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let file = repo().join(format!("image-recipes/{name}.yaml"));
         let o = run({
             let mut c = haimg();
-            c.arg("validate").arg(&file);
+            c.arg("validate").arg(&file).arg("--sources").arg(&sources);
             c
         });
         assert!(o.status.success(), "{}: {}", file.display(), stderr(&o));

@@ -144,7 +144,11 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
     let t = haimg::render::templates::Templates::embedded();
     let mut recipes: Vec<(String, haimg::recipe::Recipe)> = haimg::recipe::EMBEDDED
         .iter()
-        .map(|(n, _)| (n.to_string(), haimg::recipe::load(Some(n)).unwrap().recipe))
+        .map(|(n, _)| {
+            let sources = kube_artifacts();
+            let r = haimg::recipe::load_from(Some(n), Some(&sources));
+            (n.to_string(), r.unwrap().recipe)
+        })
         .collect();
     recipes.push((
         "test".into(),
@@ -153,6 +157,25 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
             .recipe,
     ));
     for (name, r) in recipes {
+        // The one script, for a chroot (a local image) too: clean, and touching nothing of
+        // the machine it runs on.
+        let local =
+            haimg::bake::script_for(&r, haimg::bake::Platform::Chroot, &"ab".repeat(32), &t)
+                .unwrap();
+        shellcheck(&local, &format!("{name} (chroot)"));
+        for host in [
+            "\nsysctl --system",
+            "\nswapoff -a",
+            "\nmodprobe ",
+            "systemctl restart",
+            "cloud-init status --wait",
+        ] {
+            assert!(
+                !local.contains(host),
+                "{name}: the chroot script runs {host:?}"
+            );
+        }
+        assert!(local.contains("\nstart_containerd\n") && local.contains("\nstop_containerd\n"));
         let s = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();
         shellcheck(&s, &name);
         for pin in haimg::bake::pins(&r) {
@@ -161,7 +184,7 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
         for needle in [
             "apt_mark hold",
             "apt_quiesce",
-            "check_pins_available \"${PINS[@]}\"",
+            "check_pins_available \"${",
             "systemctl mask keepalived.service haproxy.service",
             "apt_get purge openssh-server unattended-upgrades",
             "apt_preserve_sources_list: true",
@@ -177,10 +200,15 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
             "step \"verify\"",
             "systemctl mask ssh.service",
             "--platform \"linux/${ARCH}\"",
-            "KUBERNETES_KEY_FINGERPRINT",
         ] {
             assert!(s.contains(needle), "{name}: script lacks {needle}");
         }
+        // pkgs.k8s.io and its key only without local packages.
+        assert_eq!(
+            s.contains("KUBERNETES_KEY_FINGERPRINT"),
+            r.kubernetes_packages.is_empty(),
+            "{name}"
+        );
         assert_eq!(
             s.contains("systemd.unified_cgroup_hierarchy=1"),
             r.os == haimg::recipe::Os::Focal,

@@ -178,7 +178,9 @@ fn a_failing_download_of_the_staged_binary_prints_no_url() {
 fn every_apt_and_dpkg_call_of_every_script_waits_for_the_lock() {
     let t = haimg::render::templates::Templates::embedded();
     for (name, _) in haimg::recipe::EMBEDDED {
-        let r = haimg::recipe::load(Some(name)).unwrap().recipe;
+        let r = haimg::recipe::load_from(Some(name), Some(&kube_artifacts()))
+            .unwrap()
+            .recipe;
         let s = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();
         let lib_text = std::fs::read_to_string(lib()).unwrap();
         assert!(

@@ -367,8 +367,18 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
     for (i, a) in plan.archives.iter().enumerate() {
         let key = format!("images/{i}-{}.tar", &a.sha256[..12]);
         let what = a.name.to_string();
-        archive_urls
-            .push(stage_file(&s3, &bucket, &key, Local::Path(&a.archive), &what, &presigning, created).await?);
+        archive_urls.push(
+            stage_file(
+                &s3,
+                &bucket,
+                &key,
+                Local::Path(&a.archive),
+                &what,
+                &presigning,
+                created,
+            )
+            .await?,
+        );
     }
     let apt_key_url = match &plan.apt_mirror {
         Some(m) => Some(
@@ -404,7 +414,18 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
     for d in &plan.debs {
         let key = format!("debs/{}_{}.deb", d.package, &d.sha256[..12]);
         let what = format!("{} {}", d.package, d.version);
-        deb_urls.push(stage_file(&s3, &bucket, &key, Local::Path(&d.path), &what, &presigning, created).await?);
+        deb_urls.push(
+            stage_file(
+                &s3,
+                &bucket,
+                &key,
+                Local::Path(&d.path),
+                &what,
+                &presigning,
+                created,
+            )
+            .await?,
+        );
     }
     created.lock().unwrap().log_object = Some(LOG_KEY.to_string());
     let log = s3

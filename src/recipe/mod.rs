@@ -293,48 +293,62 @@ pub struct Loaded {
     pub source: String,
 }
 
-/// Where a recipe's relative file paths (archives, packages, keys, manifests) point.
+/// Where a recipe's relative file paths (archives, packages, keys, manifests) point: the
+/// first of `dir` (`--sources`, or the recipe's directory), `also` (the recipe file's
+/// directory when `--sources` is given) and, for an embedded recipe, [`EMBEDDED_FILES`].
 #[derive(Debug, Clone, Copy)]
 pub struct Files<'a> {
     pub dir: &'a Path,
-    /// An embedded recipe also finds [`EMBEDDED_FILES`] (its keys) in the binary.
+    pub also: Option<&'a Path>,
     pub embedded: bool,
 }
 
+enum Located {
+    Path(PathBuf),
+    Bytes(&'static [u8]),
+}
+
 impl Files<'_> {
-    /// The file's bytes are in the binary (an embedded recipe's key).
-    fn embedded(&self, file: &str) -> Option<&'static [u8]> {
-        if !self.embedded {
-            return None;
+    fn locate(&self, file: &str) -> Located {
+        let first = self.dir.join(file);
+        if first.exists() {
+            return Located::Path(first);
         }
-        EMBEDDED_FILES
-            .iter()
-            .find(|(n, _)| *n == file)
-            .map(|(_, b)| *b)
+        if let Some(p) = self.also.map(|a| a.join(file)).filter(|p| p.exists()) {
+            return Located::Path(p);
+        }
+        if self.embedded {
+            if let Some((_, b)) = EMBEDDED_FILES.iter().find(|(n, _)| *n == file) {
+                return Located::Bytes(b);
+            }
+        }
+        Located::Path(first)
     }
     /// Where `file` is, for messages and for reading.
     pub fn path(&self, file: &str) -> PathBuf {
-        match self.embedded(file) {
+        match self.locate(file) {
             // Displays as `<embedded image-recipes>/keys/…`, and keeps the extension.
-            Some(_) => Path::new("<embedded image-recipes>").join(file),
-            None => self.dir.join(file),
+            Located::Bytes(_) => Path::new("<embedded image-recipes>").join(file),
+            Located::Path(p) => p,
         }
     }
     /// The sha256 of `file`, streamed.
     pub fn sha256(&self, file: &str) -> std::io::Result<String> {
         use sha2::Digest;
-        if let Some(b) = self.embedded(file) {
-            return Ok(crate::bake::hex(&sha2::Sha256::digest(b)));
+        match self.locate(file) {
+            Located::Bytes(b) => Ok(crate::bake::hex(&sha2::Sha256::digest(b))),
+            Located::Path(p) => {
+                let mut f = std::fs::File::open(p)?;
+                let mut h = sha2::Sha256::new();
+                std::io::copy(&mut f, &mut h)?;
+                Ok(crate::bake::hex(&h.finalize()))
+            }
         }
-        let mut f = std::fs::File::open(self.dir.join(file))?;
-        let mut h = sha2::Sha256::new();
-        std::io::copy(&mut f, &mut h)?;
-        Ok(crate::bake::hex(&h.finalize()))
     }
     pub fn read(&self, file: &str) -> std::io::Result<Vec<u8>> {
-        match self.embedded(file) {
-            Some(b) => Ok(b.to_vec()),
-            None => std::fs::read(self.dir.join(file)),
+        match self.locate(file) {
+            Located::Bytes(b) => Ok(b.to_vec()),
+            Located::Path(p) => std::fs::read(p),
         }
     }
 }
@@ -354,8 +368,13 @@ pub fn load_from(arg: Option<&str>, sources: Option<&Path>) -> Result<Loaded, Er
     if path.exists() {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Usage(format!("cannot read recipe {arg}: {e}")))?;
-        let dir = sources.unwrap_or(path.parent().unwrap_or(Path::new(".")));
-        return load_files(&text, arg, Files { dir, embedded: false });
+        let own = path.parent().unwrap_or(Path::new("."));
+        let files = Files {
+            dir: sources.unwrap_or(own),
+            also: sources.map(|_| own),
+            embedded: false,
+        };
+        return load_files(&text, arg, files);
     }
     let name = arg.trim_end_matches(".yaml");
     match EMBEDDED.iter().find(|(n, _)| *n == name) {
@@ -364,6 +383,7 @@ pub fn load_from(arg: Option<&str>, sources: Option<&Path>) -> Result<Loaded, Er
             &format!("<embedded image-recipes/{n}.yaml>"),
             Files {
                 dir: sources.unwrap_or(Path::new(".")),
+                also: None,
                 embedded: true,
             },
         ),
@@ -390,6 +410,7 @@ pub fn load_in(text: &str, source: &str, dir: &Path) -> Result<Loaded, Error> {
         source,
         Files {
             dir,
+            also: None,
             embedded: false,
         },
     )
@@ -457,10 +478,7 @@ spec:
             wire::PKGS_K8S_IO_KEY_FINGERPRINT
         );
         let jammy = text.replace("/20.04/", "/22.04/");
-        assert_eq!(
-            load_str(&jammy, "j.yaml").unwrap().recipe.os,
-            Os::Jammy
-        );
+        assert_eq!(load_str(&jammy, "j.yaml").unwrap().recipe.os, Os::Jammy);
         let clash = text.replace(
             "  architecture: amd64",
             "  ubuntu: \"22.04\"\n  architecture: amd64",

@@ -328,7 +328,13 @@ fn cni(cx: &mut Ctx, cni: &CniFile, dir: Files) -> Option<Cni> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
             if !ok {
-                cx.error("/spec/cni/version", format!("`{}` is not an image tag (e.g. v20240513-cd2ac642)", cni.version));
+                cx.error(
+                    "/spec/cni/version",
+                    format!(
+                        "`{}` is not an image tag (e.g. v20240513-cd2ac642)",
+                        cni.version
+                    ),
+                );
             }
             if cni.manifest.is_none() {
                 cx.error("/spec/cni/manifest", "kindnet has no published manifest to download: give the manifest as a local file (with manifestSha256)");
@@ -339,12 +345,18 @@ fn cni(cx: &mut Ctx, cni: &CniFile, dir: Files) -> Option<Cni> {
         }
     }
     if cni.manifest.is_some() && cni.manifest_url.is_some() {
-        cx.error("/spec/cni", "give manifest (a local file) or manifestUrl, not both");
+        cx.error(
+            "/spec/cni",
+            "give manifest (a local file) or manifestUrl, not both",
+        );
     }
     let manifest_data = match &cni.manifest {
         Some(file) => {
             let Some(sha) = &cni.manifest_sha256 else {
-                cx.error("/spec/cni/manifestSha256", "a local manifest is pinned by its sha256");
+                cx.error(
+                    "/spec/cni/manifestSha256",
+                    "a local manifest is pinned by its sha256",
+                );
                 return None;
             };
             let (path, _) = checked_file(cx, "/spec/cni", "manifest", dir, file, sha)?;
@@ -409,7 +421,10 @@ fn release(cx: &mut Ctx, s: &SpecFile) -> Option<Os> {
     };
     let os = match (s.os.as_deref(), s.ubuntu.as_deref()) {
         (Some(_), Some(_)) => {
-            cx.error("/spec/ubuntu", "give `os` or `ubuntu`, not both (`ubuntu: \"22.04\"` is `os: ubuntu-22.04`)");
+            cx.error(
+                "/spec/ubuntu",
+                "give `os` or `ubuntu`, not both (`ubuntu: \"22.04\"` is `os: ubuntu-22.04`)",
+            );
             return None;
         }
         (Some(o), None) => match o {
@@ -437,10 +452,17 @@ fn release(cx: &mut Ctx, s: &SpecFile) -> Option<Os> {
     };
     if let Some(named) = named {
         if ubuntu(named) != Some(os) {
-            let at = if s.os.is_some() { "/spec/os" } else { "/spec/ubuntu" };
+            let at = if s.os.is_some() {
+                "/spec/os"
+            } else {
+                "/spec/ubuntu"
+            };
             cx.error(
                 at,
-                format!("{}, but the base image parameter is for Ubuntu {named}", os.pretty()),
+                format!(
+                    "{}, but the base image parameter is for Ubuntu {named}",
+                    os.pretty()
+                ),
             );
         }
     }
@@ -599,7 +621,7 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
             }
         };
         Some(AptMirror {
-            url: m.url.trim_end_matches('/').to_string(),
+            url: m.url.clone(),
             key_sha256,
             key,
             key_data,

@@ -20,21 +20,32 @@ pub fn boot(disk: &Path, seed: Option<&Path>, work: &Path, bound: Duration) -> B
     let serial = work.join("serial.log");
     let t = Instant::now();
     let mut cmd = Command::new(require_tool("qemu-system-x86_64"));
-    cmd.args(["-machine", "q35", "-m", "2048", "-smp", "2", "-accel", "tcg"])
-        .args(["-nodefaults", "-display", "none", "-nic", "none", "-no-reboot"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .args([
-            "-drive",
-            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ])
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", disk.display()));
+    cmd.args([
+        "-machine", "q35", "-m", "2048", "-smp", "2", "-accel", "tcg",
+    ])
+    .args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-nic",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    .args([
+        "-drive",
+        "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+    ])
+    .arg("-drive")
+    .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+    .arg("-drive")
+    .arg(format!("file={},if=virtio,format=qcow2", disk.display()));
     if let Some(s) = seed {
-        cmd.arg("-drive")
-            .arg(format!("file={},if=virtio,format=raw,readonly=on", s.display()));
+        cmd.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            s.display()
+        ));
     }
     let mut qemu = cmd
         .stdout(Stdio::null())

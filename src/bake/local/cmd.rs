@@ -178,21 +178,29 @@ async fn bake(
     tokio::fs::create_dir_all(&bases)
         .await
         .map_err(Error::io(&bases))?;
-    let tar = bases.join(format!("{}-{}.tar", recipe.os.codename(), &plan.base_key[..16]));
-    if tar.is_file() {
-        progress(&format!("base: cached {}", tar.display()));
-    } else {
-        progress(&format!(
-            "base: mmdebstrap {} from {} (about a minute)",
-            recipe.os.codename(),
-            mirror.url
-        ));
-        let part = work.join("base.tar");
-        run::make_base(children, recipe.os, &sources, &key, &part, work).await?;
-        tokio::fs::rename(&part, &tar)
-            .await
-            .or_else(|_| std::fs::copy(&part, &tar).map(drop))
-            .map_err(Error::io(&tar))?;
+    let tar = bases.join(format!(
+        "{}-{}.tar",
+        recipe.os.codename(),
+        &plan.base_key[..16]
+    ));
+    // One bake makes a base at a time; the others wait for it and reuse it.
+    {
+        let _lock = run::lock(&bases.join(".lock")).await?;
+        if tar.is_file() {
+            progress(&format!("base: cached {}", tar.display()));
+        } else {
+            progress(&format!(
+                "base: mmdebstrap {} from {} (about a minute)",
+                recipe.os.codename(),
+                mirror.url
+            ));
+            let part = work.join("base.tar");
+            run::make_base(children, recipe.os, &sources, &key, &part, work).await?;
+            tokio::fs::rename(&part, &tar)
+                .await
+                .or_else(|_| std::fs::copy(&part, &tar).map(drop))
+                .map_err(Error::io(&tar))?;
+        }
     }
     let root = work.join("root");
     run::unpack(children, &tar, &root).await?;
@@ -240,7 +248,12 @@ async fn bake(
     tokio::fs::copy(&manifest_src, &manifest)
         .await
         .map_err(Error::io(&manifest_src))?;
-    let (r, d, w, raw) = (root.clone(), disk_path.clone(), work.to_path_buf(), args.raw);
+    let (r, d, w, raw) = (
+        root.clone(),
+        disk_path.clone(),
+        work.to_path_buf(),
+        args.raw,
+    );
     // mkfs and qemu-img take seconds and cannot be cancelled halfway: the task is awaited
     // even when the bake is being stopped (its files are in the work directory).
     let disk = tokio::task::spawn_blocking(move || {
@@ -300,7 +313,10 @@ fn cached(entry: &Path) -> Result<Outcome> {
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Runtime(format!("{}: {e}", record.display())))?;
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-    progress(&format!("cached: {} (use --force to bake again)", entry.display()));
+    progress(&format!(
+        "cached: {} (use --force to bake again)",
+        entry.display()
+    ));
     Ok(Outcome {
         image: PathBuf::from(s("image")),
         manifest: PathBuf::from(s("manifest")),
