@@ -18,6 +18,11 @@ CACHE="${HAIMG_CACHE:-$HOME/.cache/haimg}"
 VERSION="${1:-v1.30.0}"
 OUT="$CACHE/kube-artifacts/$VERSION"
 [ -f "$OUT/.complete" ] && { echo "$OUT"; exit 0; }
+# Concurrent callers (tests run in parallel) wait for the first to finish, then reuse it.
+install -d "$CACHE/kube-artifacts"
+exec 9>"$CACHE/kube-artifacts/.lock"
+flock 9
+[ -f "$OUT/.complete" ] && { echo "$OUT"; exit 0; }
 
 src="$SHARED/kubernetes/$VERSION"
 [ -d "$src" ] || { echo "kube-artifacts: $src is missing" >&2; exit 1; }
