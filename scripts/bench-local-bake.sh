@@ -17,7 +17,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # A cache of its own: the base is made from the mirror, not taken from ~/.cache.
 export XDG_CACHE_HOME="$work/cache"
-bake() { "$BIN" bake debian-12 --target qemu --sources "$sources" --store "$work/store" --output json "$@"; }
+bake() { "$BIN" bake debian-12 --target qemu --sources "$sources" --store "$work/store" --output json; }
 
 t0=$(date +%s.%N)
 bake >"$work/cold.json" 2>"$work/cold.log" || { tail -n 40 "$work/cold.log" >&2; exit 1; }
