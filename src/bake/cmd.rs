@@ -91,6 +91,11 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let recipe = loaded.recipe;
+    if args.target == Target::Qemu {
+        if let Some(why) = super::local::refusal(&recipe) {
+            return Err(Error::Usage(why));
+        }
+    }
     for r in &args.copy_to {
         crate::spec::types::Region::try_from(r.as_str())
             .map_err(|e| Error::Usage(format!("--copy-to: {e}")))?;
