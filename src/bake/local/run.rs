@@ -448,10 +448,11 @@ pub async fn lock(path: &Path) -> Result<std::fs::File> {
     .map_err(|e| Error::Runtime(format!("locking {}: {e}", path.display())))?
 }
 
-/// Mount points at or below `dir`, from `/proc/self/mountinfo`.
+/// Mount points at or below `dir`, from `/proc/self/mountinfo` (unreadable: `/` itself,
+/// so that nothing is removed on a guess).
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return vec![];
+        return vec![PathBuf::from("/")];
     };
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -478,5 +479,43 @@ pub fn remove_work(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(dir)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_is_trusted_as_apt_trusts_it() {
+        let good = "[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 6ED0E7B82643E131 Debian\n[GNUPG:] VALIDSIG 4CB5 2023-01-21\n";
+        let unknown = "[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 78DBA3BC47EF2265 1 10 01 1 9\n[GNUPG:] NO_PUBKEY 78DBA3BC47EF2265\n";
+        assert!(signature_ok(good));
+        assert!(
+            signature_ok(&format!("{good}{unknown}")),
+            "another release's key is not counted"
+        );
+        assert!(!signature_ok(unknown), "no key of the recipe's signed it");
+        assert!(!signature_ok(&format!(
+            "{good}[GNUPG:] BADSIG 6ED0 Debian\n"
+        )));
+        assert!(!signature_ok(&format!(
+            "{good}[GNUPG:] EXPKEYSIG 6ED0 Debian\n"
+        )));
+        assert!(!signature_ok(""));
+    }
+
+    #[test]
+    fn the_work_directory_is_never_removed_through_a_mount() {
+        // /proc is a mount: a "work directory" there is refused, not emptied.
+        assert!(mounts_below(Path::new("/proc")).contains(&PathBuf::from("/proc")));
+        let e = remove_work(Path::new("/proc")).unwrap_err().to_string();
+        assert!(e.contains("mounted below it"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), "x").unwrap();
+        let p = d.path().to_path_buf();
+        remove_work(&p).unwrap();
+        assert!(!p.exists());
+        remove_work(&p).unwrap();
     }
 }
