@@ -339,39 +339,41 @@ fn a_failing_script_shows_its_step_and_tail_and_leaves_nothing() {
 }
 
 #[test]
-fn sigterm_and_timeout_stop_the_bake_and_remove_everything() {
+fn ctrl_c_sigterm_and_timeout_stop_the_bake_and_remove_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    // SIGTERM once the script runs (containerd may be starting, packages installing).
-    let mut c = bake(&store, "debian-12", &["--force"]);
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = String::new();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        err.push_str(&l);
-        err.push('\n');
-        if l.contains("==> [3/12]") {
-            break;
+    // Ctrl-C and SIGTERM once the script runs (packages installing).
+    for (sig, name) in [(libc::SIGINT, "Ctrl-C"), (libc::SIGTERM, "SIGTERM")] {
+        let mut c = bake(&store, "debian-12", &["--force"]);
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = String::new();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        for l in lines.by_ref() {
+            let l = l.unwrap();
+            err.push_str(&l);
+            err.push('\n');
+            if l.contains("==> [3/12]") {
+                break;
+            }
         }
+        assert!(err.contains("==> [3/12]"), "the script ran: {err}");
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+        for l in lines {
+            err.push_str(&l.unwrap());
+            err.push('\n');
+        }
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(&format!("interrupted ({name})")), "{err}");
+        assert_nothing_left(&store);
     }
-    assert!(err.contains("==> [3/12]"), "the script ran: {err}");
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    for l in lines {
-        err.push_str(&l.unwrap());
-        err.push('\n');
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("interrupted (SIGTERM)"), "{err}");
-    assert_nothing_left(&store);
 
     // --timeout: the same, by the clock.
     let o = run(bake(&store, "debian-12", &["--force", "--timeout", "8s"]));
