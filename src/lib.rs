@@ -7,11 +7,13 @@
 //! * [`recipe`]: image recipes (what goes into a node image, pinned);
 //! * [`bake`]: plan and run an AMI bake (SSM Run Command, no SSH);
 //! * [`node`]: the node agent (bootstrap, refresh, reconcile, watch);
+//! * [`cache`]: the user's cache directory and remembered file digests;
 //! * [`yaml`]: the one place YAML is read and written;
 //! * [`kubernetes`]: supported Kubernetes releases and their kubeadm APIs.
 
 pub mod aws;
 pub mod bake;
+pub mod cache;
 pub mod cli;
 pub mod deploy;
 pub mod error;

@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 
 use super::flow::{self, Options, Tracker};
 use super::plan;
@@ -134,8 +133,9 @@ pub fn run(args: Args) -> Result<()> {
             )));
         }
     }
-    let haimg_sha256 = super::hex(&Sha256::digest(&bytes));
     drop(bytes);
+    let haimg_sha256 = crate::cache::file_sha256(&binary)
+        .map_err(|e| Error::Usage(format!("{what}: {e}")))?;
     let t = Templates::embedded();
     if args.target == Target::Qemu {
         return super::local::cmd::run(&args, &recipe, &binary, &haimg_sha256, &t);

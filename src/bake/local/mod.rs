@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{hex, Platform};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::recipe::{Os, Recipe};
 use crate::render::templates::Templates;
 
@@ -23,6 +23,10 @@ use crate::render::templates::Templates;
 /// systemd as init, cloud-init (NoCloud, EC2 and the others) and what it calls, and the
 /// tools the provisioning script uses before it installs anything.
 pub const BASE_PACKAGES: &[&str] = &[
+    // minbase means Priority: required, and apt only by Debian's override file: a mirror
+    // made with apt-ftparchive and no overrides (an air-gapped site's) labels apt
+    // `important`, from its own control file. Named, it is in every base.
+    "apt",
     "systemd",
     "systemd-sysv",
     "udev",
@@ -186,18 +190,7 @@ impl Store {
     }
 }
 
-/// `$XDG_CACHE_HOME/haimg` or `~/.cache/haimg`.
-pub fn cache_dir() -> Result<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return Ok(PathBuf::from(x).join("haimg"));
-    }
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(h) => Ok(PathBuf::from(h).join(".cache/haimg")),
-        None => Err(Error::Usage(
-            "neither XDG_CACHE_HOME nor HOME is set: give --store".into(),
-        )),
-    }
-}
+pub use crate::cache::dir as cache_dir;
 
 /// The step a script's output was in when it stopped: the last `==> [i/N] …` line.
 pub fn last_step(log: &str) -> Option<&str> {
