@@ -2,21 +2,25 @@
 # Turns the upstream Kubernetes programs in ../shared/kubernetes into what a mirror would
 # serve, for the local-image tests and benchmarks: Debian packages of kubeadm, kubelet,
 # kubectl and cri-tools, and OCI image archives of every image `kubeadm config images list`
-# names (plus kindnetd, the lab's pod network). Elsewhere the same recipe fields point at
+# names (plus kindnetd, the lab's pod network, and keepalived and haproxy for the VIP static
+# pods, from Debian's packages). Elsewhere the same recipe fields point at
 # pkgs.k8s.io and registry.k8s.io, or at a mirror of them.
 #
 #   scripts/kube-artifacts.sh [VERSION]     (default v1.30.0)
 #
-# Prints the output directory, $CACHE/kube-artifacts/VERSION, holding debs/ (a flat
-# directory of .deb files) and images/ (one OCI archive per image, and images.tsv: name,
-# archive, sha256). Idempotent: a complete output directory is reused as it is. Everything
+# Prints the output directory, $CACHE/kube-artifacts/VERSION-<scripts' hash>, holding debs/
+# (a flat directory of .deb files) and images/ (one archive per image, and images.tsv: name,
+# archive, sha256): OCI image layouts, but pause's is a `docker save` archive, so that bakes
+# prove both formats. Idempotent: a complete output directory is reused as it is. Everything
 # is reproducible (fixed timestamps and owners), so the digests are content addresses.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SHARED="${HAIMG_SHARED:-$here/../shared}"
 CACHE="${HAIMG_CACHE:-$HOME/.cache/haimg}"
 VERSION="${1:-v1.30.0}"
-OUT="$CACHE/kube-artifacts/$VERSION"
+# Keyed by the scripts that make it too: a changed script makes a new directory.
+made_by=$(cat "$here/scripts/kube-artifacts.sh" "$here/scripts/oci-archive.py" | sha256sum | cut -c1-12)
+OUT="$CACHE/kube-artifacts/$VERSION-$made_by"
 [ -f "$OUT/.complete" ] && { echo "$OUT"; exit 0; }
 # Concurrent callers (tests run in parallel) wait for the first to finish, then reuse it.
 install -d "$CACHE/kube-artifacts"
@@ -111,13 +115,13 @@ crictl_v=$("$work/bin/crictl" --version | awk '{print $3}' | sed 's/^v//')
 deb cri-tools "$crictl_v-1.1" "CLI tool for CRI-compatible container runtimes" "" "$work/bin/crictl:usr/bin/crictl"
 
 # --- Image archives: what registry.k8s.io serves ------------------------------------------
-oci() { python3 "$here/scripts/oci-archive.py" "$@"; }
+oci() { python3 "$here/scripts/oci-archive.py" "$@" >/dev/null; }
 images="$work/images"
 for c in kube-apiserver kube-controller-manager kube-scheduler; do
   oci --name "registry.k8s.io/$c:$VERSION" --out "$images/$c.tar" \
     --env PATH=/usr/local/bin:/usr/bin:/bin --add "$work/bin/$c:/usr/local/bin/$c"
 done
-oci --name "registry.k8s.io/pause:3.9" --out "$images/pause.tar" --entrypoint /pause \
+oci --name "registry.k8s.io/pause:3.9" --out "$images/pause.tar" --format docker --entrypoint /pause \
   --add "$work/bin/pause:/pause"
 # The etcd binary is 3.5.21: its image says so, and the kubeadm config names that tag
 # (ClusterConfiguration.etcd.local.imageTag) instead of pretending to be 3.5.12.
@@ -152,11 +156,47 @@ if [ -x "$work/bin/kindnetd" ]; then
     --add "$work/bin/kindnetd:/usr/local/bin/kindnetd"
 fi
 
+# keepalived and haproxy for the VIP static pods, from Debian's packages: one root with both
+# programs and what keepalived's check script calls (sh, curl, ip, grep). apt resolves the
+# closure against an empty dpkg status (nothing counts as installed); maintainer scripts do
+# not run, so what they would make is made here.
+vip="$work/vip"
+install -d "$vip/pkgs" "$vip/root"
+vip_pkgs=(keepalived haproxy curl iproute2 grep dash)
+closure=$(apt-get install --print-uris -qq --no-install-recommends -o Dir::State::status=/dev/null \
+  -o Debug::NoLocking=1 "${vip_pkgs[@]}" | awk '{split($2, f, "_"); print f[1] "=" f[2]}' | sed 's/%3a/:/g')
+# shellcheck disable=SC2086 # one package=version per word
+(cd "$vip/pkgs" && apt-get download -q -o APT::Sandbox::User=root $closure >/dev/null)
+for p in "$vip/pkgs"/*.deb; do dpkg-deb -x "$p" "$vip/root"; done
+ln -sf dash "$vip/root/bin/sh"
+install -d -m 0755 "$vip/root/run" "$vip/root/usr/local/etc/keepalived" "$vip/root/usr/local/etc/haproxy"
+install -d -m 1777 "$vip/root/tmp"
+# keepalived's script_user is root: getpwnam needs the entry.
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$vip/root/etc/passwd"
+printf 'root:x:0:\n' >"$vip/root/etc/group"
+# The tag says which Debian build it is: 1:2.2.7-1+b2 -> 2.2.7-1-b2.
+debtag() { dpkg-deb -f "$(ls "$vip/pkgs/$1"_*.deb)" Version | sed -e 's/^[0-9]*://' -e 's/[^A-Za-z0-9._-]/-/g'; }
+vip_adds=()
+for d in "$vip/root"/*; do
+  vip_adds+=(--add "$d:/$(basename "$d")")
+done
+oci --name "localhost/haimg/keepalived:$(debtag keepalived)" --out "$images/keepalived.tar" \
+  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${vip_adds[@]}" \
+  --entrypoint /usr/sbin/keepalived --cmd=--dont-fork --cmd=--log-console \
+  --cmd=--use-file=/usr/local/etc/keepalived/keepalived.conf
+oci --name "localhost/haimg/haproxy:$(debtag haproxy)" --out "$images/haproxy.tar" \
+  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${vip_adds[@]}" \
+  --entrypoint /usr/sbin/haproxy --cmd=-W --cmd=-db --cmd=-f --cmd=/usr/local/etc/haproxy/haproxy.cfg
+
 # The index a recipe's `images` list is written from: name, archive, sha256.
 (
   cd "$images"
   for a in *.tar; do
-    name=$(tar -xOf "$a" index.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["annotations"]["io.containerd.image.name"])')
+    if tar -tf "$a" manifest.json >/dev/null 2>&1; then
+      name=$(tar -xOf "$a" manifest.json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["RepoTags"][0])')
+    else
+      name=$(tar -xOf "$a" index.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["annotations"]["io.containerd.image.name"])')
+    fi
     printf '%s\t%s\t%s\n' "$name" "$a" "$(sha256sum "$a" | cut -d' ' -f1)"
   done
 ) | sort >"$images/images.tsv"

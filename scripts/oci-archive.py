@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Writes a single-platform OCI image archive (an image layout in a tar), the kind
-`ctr images import` and `haimg bake` accept for air-gapped images.
+"""Writes a single-platform image archive, the kind `ctr images import` and `haimg bake`
+accept for air-gapped images: an OCI image layout in a tar (the default), or with
+`--format docker` what `docker save` writes (manifest.json, RepoTags, uncompressed layers).
 
-    oci-archive.py --name registry.k8s.io/pause:3.9 --out pause.tar \
-        --entrypoint /pause --add /path/to/pause:/pause [--add SRC:DST ...] [--path-env ...]
+    oci-archive.py --name registry.k8s.io/pause:3.9 --out pause.tar [--format oci|docker] \
+        --entrypoint /pause --add /path/to/pause:/pause [--add SRC:DST ...] [--env ...]
 
 Each --add puts one file (mode kept) or directory tree into the single layer. The archive is
 reproducible: fixed timestamps, sorted entries, no owner names, so its digest is a content
-address. The image name goes in the index's `io.containerd.image.name` annotation.
+address. The image name goes in the index's `io.containerd.image.name` annotation (OCI), or
+in manifest.json's RepoTags (docker). Prints the manifest digest (OCI) or the config's.
 """
 import argparse
 import gzip
@@ -57,12 +59,34 @@ def layer(adds):
     return diff, gz.getvalue()
 
 
-def blob(tar, data):
-    digest = hashlib.sha256(data).hexdigest()
-    info = tarfile.TarInfo(f"blobs/sha256/{digest}")
+def member(tar, name, data):
+    info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o644, 0
     tar.addfile(info, io.BytesIO(data))
+
+
+def blob(tar, data):
+    digest = hashlib.sha256(data).hexdigest()
+    member(tar, f"blobs/sha256/{digest}", data)
     return f"sha256:{digest}", len(data)
+
+
+def docker_archive(tar, name, config, diff):
+    """What `docker save` writes for one image: the config, one uncompressed layer, and the
+    manifest.json naming them with the image's tag."""
+    cfg = json.dumps(config, sort_keys=True).encode()
+    chex = hashlib.sha256(cfg).hexdigest()
+    lhex = hashlib.sha256(diff).hexdigest()
+    member(tar, f"{chex}.json", cfg)
+    info = tarfile.TarInfo(lhex)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+    tar.addfile(info)
+    member(tar, f"{lhex}/layer.tar", diff)
+    manifest = [{"Config": f"{chex}.json", "RepoTags": [name], "Layers": [f"{lhex}/layer.tar"]}]
+    member(tar, "manifest.json", json.dumps(manifest, sort_keys=True).encode())
+    repo, _, tag = name.rpartition(":")
+    member(tar, "repositories", json.dumps({repo: {tag: lhex}}, sort_keys=True).encode())
+    return f"sha256:{chex}"
 
 
 def main():
@@ -70,10 +94,12 @@ def main():
     p.add_argument("--name", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--entrypoint", nargs="*", default=[])
-    p.add_argument("--cmd", nargs="*", default=[])
+    # One word each, written --cmd=WORD: words start with "-".
+    p.add_argument("--cmd", action="append", default=[])
     p.add_argument("--env", action="append", default=[])
     p.add_argument("--add", action="append", default=[], help="SRC:DST")
     p.add_argument("--arch", default="amd64")
+    p.add_argument("--format", choices=["oci", "docker"], default="oci")
     a = p.parse_args()
     adds = []
     for spec in a.add:
@@ -92,6 +118,12 @@ def main():
     }
     config["config"] = {k: v for k, v in config["config"].items() if v is not None}
     tmp = a.out + ".part"
+    if a.format == "docker":
+        with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            digest = docker_archive(tar, a.name, config, diff)
+        os.replace(tmp, a.out)
+        print(digest)
+        return
     with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
         cdig, csize = blob(tar, json.dumps(config, sort_keys=True).encode())
         ldig, lsize = blob(tar, gz)
@@ -113,11 +145,8 @@ def main():
                 "annotations": {"io.containerd.image.name": a.name, "org.opencontainers.image.ref.name": a.name},
             }],
         }
-        for name, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-                           ("index.json", json.dumps(index, sort_keys=True).encode())]:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
+        member(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        member(tar, "index.json", json.dumps(index, sort_keys=True).encode())
     os.replace(tmp, a.out)
     print(mdig)
 

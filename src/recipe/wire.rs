@@ -141,7 +141,8 @@ fn is_exact_debian_version(v: &str) -> bool {
 }
 
 /// A fully qualified image reference (`ctr` pulls and imports only those), or an error at
-/// `at`.
+/// `at`. The first component names a registry when it has a '.' or a ':' or is `localhost`,
+/// as the distribution reference grammar says.
 fn qualified_image(cx: &mut Ctx, at: &str, img: &str) -> Option<ImageRef> {
     let r = cx.parse::<ImageRef>(at, img)?;
     if !r.as_str().contains('/')
@@ -149,7 +150,7 @@ fn qualified_image(cx: &mut Ctx, at: &str, img: &str) -> Option<ImageRef> {
             .as_str()
             .split('/')
             .next()
-            .is_some_and(|h| h.contains('.') || h.contains(':'))
+            .is_some_and(|h| h.contains('.') || h.contains(':') || h == "localhost")
     {
         cx.error(at, format!("`{img}`: name the registry (docker.io/library/haproxy:2.8.14): containerd's `ctr` pulls fully qualified references only"));
     }
