@@ -13,7 +13,9 @@ APT_PACKAGES=(procps curl xz-utils systemd containerd cloud-init shellcheck keep
   libssl3 libpcre2-8-0 zlib1g libcrypt1 libnl-3-200 libnl-genl-3-200 libsnmp40 libglib2.0-0
   # local images: a Debian root from the mirror, a bootable disk without mounts, and qemu
   # with UEFI firmware to boot it (dpkg-dev-free: packages are built with dpkg-deb)
-  mmdebstrap e2fsprogs dosfstools mtools fdisk systemd-boot-efi ovmf)
+  mmdebstrap e2fsprogs dosfstools mtools fdisk systemd-boot-efi ovmf
+  # a frozen local apt mirror for the file:// mirror test (scripts/local-mirror.sh)
+  apt-utils gnupg)
 # Debian 12's qemu-system-x86 (7.2) breaks with the machine's qemu-utils 10.0 from
 # bookworm-backports: the three are installed together at 7.2.
 QEMU_PACKAGES=(qemu-system-x86 qemu-utils qemu-system-common)

@@ -186,7 +186,8 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
             "apt_quiesce",
             "check_pins_available \"${",
             "systemctl mask keepalived.service haproxy.service",
-            "apt_get purge openssh-server unattended-upgrades",
+            "openssh-server unattended-upgrades 2>/dev/null",
+            "apt_get purge ${unwanted}",
             "apt_preserve_sources_list: true",
             "rm -f /etc/apt/sources.list.d/kubernetes.list",
             "check image_complete \"${image}\"",
@@ -1113,7 +1114,7 @@ fn wait_child(
 }
 
 #[test]
-fn image_archives_packages_and_the_mirror_key_are_staged_for_the_builder_and_removed_after() {
+fn image_archives_packages_the_cni_manifest_and_the_mirror_key_are_staged_for_the_builder_and_removed_after() {
     let s = setup();
     let archive = s.dir.path().join("pause.tar");
     std::fs::write(&archive, b"an OCI archive, as far as staging is concerned").unwrap();
@@ -1132,12 +1133,20 @@ fn image_archives_packages_and_the_mirror_key_are_staged_for_the_builder_and_rem
             "    - {{file: {p}_1.30.4-1.1_amd64.deb, sha256: {sha}}}\n"
         ));
     }
+    // And the pod network's manifest as a local file (kindnet has no download).
+    let manifest = s.dir.path().join("kindnet.yaml");
+    std::fs::write(&manifest, "apiVersion: apps/v1\nkind: DaemonSet\n").unwrap();
+    let manifest_sha = sha256_file(&manifest);
+    let calico = "  cni:\n    name: calico\n    version: v3.28.1\n    manifestSha256: 9a0e3e4e4b1c5f0a3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819a2b\n";
+    let kindnet = format!("  cni:\n    name: kindnet\n    version: v20240513-cd2ac642\n    manifest: kindnet.yaml\n    manifestSha256: {manifest_sha}\n");
+    let text = recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id")
+        .replace("  aptSnapshot: 20241101T000000Z\n", "");
+    assert!(text.contains(calico));
     std::fs::write(
         &s.recipe,
         format!(
             "{}  images:\n    - {{name: registry.k8s.io/pause:3.9, archive: pause.tar, sha256: {sha}}}\n{debs}  aptMirror: {{url: https://mirror.internal.example/ubuntu, key: mirror.asc, sha256: {key_sha}}}\n",
-            recipe_text("ssmParameter: /test/ubuntu/20.04/ami-id")
-                .replace("  aptSnapshot: 20241101T000000Z\n", "")
+            text.replace(calico, &kindnet)
         ),
     )
     .unwrap();
@@ -1189,6 +1198,15 @@ fn image_archives_packages_and_the_mirror_key_are_staged_for_the_builder_and_rem
         });
         assert_eq!(String::from_utf8_lossy(&got.stdout), format!("{p} package"));
     }
+    let cni_url =
+        export_of_sent_command(&s, "HAIMG_CNI_MANIFEST_URL").expect("the CNI manifest is staged");
+    assert!(cni_url.contains("X-Amz-Signature="), "{cni_url}");
+    let got = run({
+        let mut c = std::process::Command::new(require_tool("curl"));
+        c.args(["-fsS", &cni_url]);
+        c
+    });
+    assert_eq!(got.stdout, std::fs::read(&manifest).unwrap(), "the staged manifest");
     s.proxy.set_rules(
         serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success"}}]),
     );

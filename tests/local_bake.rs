@@ -393,7 +393,7 @@ fn bad_recipes_and_missing_tools_are_named() {
     // An archive whose digest differs: exit 2, the field named.
     let recipe = recipe_file(dir.path(), |t| {
         t.replace(
-            "sha256: b5bcf85ba8b65d582416caea9074ff3b84ce4a797aa8893ae3e372922f02906a",
+            "sha256: a56ae7239ba686fe1afed97220ba0ce146567ebdcc6646d0698540b59b177c1d",
             &format!("sha256: {}", "ab".repeat(32)),
         )
     });
@@ -401,7 +401,7 @@ fn bad_recipes_and_missing_tools_are_named() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
-        err.contains("spec.images[4].sha256") && err.contains("pause.tar has sha256 b5bcf85b"),
+        err.contains("spec.images[4].sha256") && err.contains("pause.tar has sha256 a56ae723"),
         "{err}"
     );
     // A missing tool (qemu-img, mmdebstrap): exit 1, each named, nothing made.
@@ -425,4 +425,73 @@ fn bad_recipes_and_missing_tools_are_named() {
         "{}",
         stderr(&o)
     );
+}
+
+/// An air-gapped site's mirror: a local directory (`file:///…`) signed with the site's own
+/// key. scripts/local-mirror.sh freezes exactly what the recipe installs into one; the bake
+/// makes its base from it and the chroot's apt reads it through a read-only bind mount.
+#[test]
+fn a_local_directory_mirror_with_its_own_key_bakes_the_recipe() {
+    let sources = kube_artifacts();
+    let recipe = haimg::recipe::load_from(Some("debian-12"), Some(&sources))
+        .unwrap()
+        .recipe;
+    let mut wanted: Vec<String> = haimg::bake::local::BASE_PACKAGES
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    wanted.extend(recipe.packages.iter().map(|(p, v)| format!("{p}={v}")));
+    let o = run({
+        let mut c = Command::new(repo().join("scripts/local-mirror.sh"));
+        c.arg(&sources).args(&wanted);
+        c
+    });
+    assert!(o.status.success(), "local-mirror.sh: {}", stderr(&o));
+    let out = PathBuf::from(stdout(&o).trim());
+    let key = out.join("key.gpg");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mirror = format!(
+        "  aptMirror:\n    url: file://{}\n    key: {}\n    sha256: {}\n",
+        out.join("mirror").display(),
+        key.display(),
+        sha256_file(&key)
+    );
+    let file = recipe_file(dir.path(), |t| {
+        let start = t.find("  aptMirror:\n").unwrap();
+        let end = t.find("  packages:\n").unwrap();
+        format!("{}{mirror}{}", &t[..start], &t[end..])
+    });
+    let file = file.to_str().unwrap();
+
+    // The dry run reads the mirror's state from the directory, checked with the site's key.
+    let o = run(bake(&store, file, &["--dry-run"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = stdout(&o);
+    assert!(plan.contains("bookworm: InRelease sha256 "), "{plan}");
+    assert!(!plan.contains("bookworm-security"), "{plan}");
+
+    let o = run(bake(&store, file, &["--output", "json"]));
+    assert!(o.status.success(), "bake: {}", stderr(&o));
+    let done: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(done["manifest"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    for (p, v) in &recipe.packages {
+        assert_eq!(m["packages"][p], v.as_str(), "{p} from the local mirror");
+    }
+    let log = std::fs::read_to_string(
+        Path::new(done["image"].as_str().unwrap()).with_file_name("provision.log"),
+    )
+    .unwrap();
+    assert!(
+        !log.contains("deb.debian.org"),
+        "the chroot's apt read only the local mirror:\n{log}"
+    );
+    // Nothing of the bake is mounted or running: only its entry is in the store.
+    let entries: Vec<_> = std::fs::read_dir(&store).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(out.to_str().unwrap()), "{mounts}");
 }

@@ -153,6 +153,7 @@ struct ScriptCtx<'a> {
     /// `url suite` of each Debian apt source (empty without a mirror).
     debian_sources: Vec<String>,
     calico: bool,
+    kindnet: bool,
     cni_staged: bool,
     recipe: &'a str,
     haimg_version: &'static str,
@@ -297,6 +298,7 @@ pub fn script_for(
                 .collect()
         }),
         calico: recipe.cni.is_calico(),
+        kindnet: recipe.cni.name == "kindnet",
         cni_staged: recipe.cni.manifest_data.is_some(),
         recipe: &recipe.name,
         haimg_version: env!("CARGO_PKG_VERSION"),

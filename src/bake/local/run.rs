@@ -204,6 +204,9 @@ pub fn signature_ok(status: &str) -> bool {
     valid
 }
 
+/// mmdebstrap's hooks that make a `file://` mirror visible inside the root it makes.
+pub const FILE_MIRROR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
+
 /// Makes the base as a tarball at `out` with mmdebstrap, in mount and PID namespaces of
 /// its own.
 pub async fn make_base(
@@ -231,8 +234,13 @@ pub async fn make_base(
         "--aptopt=Acquire::Retries \"3\"",
     ])
     .arg(format!("--include={}", super::BASE_PACKAGES.join(",")))
-    .arg(format!("--keyring={}", key.display()))
-    .arg(os.codename())
+    .arg(format!("--keyring={}", key.display()));
+    // apt reads a file:// mirror from inside the new root: mmdebstrap's own hook bind-mounts
+    // it there for the bake and unmounts it before the tarball is made.
+    if sources.iter().any(|(u, _)| u.starts_with("file://")) {
+        c.arg(format!("--hook-dir={FILE_MIRROR_HOOKS}"));
+    }
+    c.arg(os.codename())
     .arg(out)
     .args(super::mirror_lines(sources))
     .env("TMPDIR", tmp);

@@ -519,7 +519,14 @@ systemctl daemon-reload
 
 step "hardening: no SSH, no package changes at run time"
 systemctl disable --now ssh.service ssh.socket 2>/dev/null || true
-apt_get purge openssh-server unattended-upgrades
+# Only what is installed: apt refuses to purge a package its mirror does not carry (a
+# frozen mirror holds only what the image installs).
+unwanted=$(dpkg-query -W -f '${Package} ${db:Status-Abbrev}\n' openssh-server unattended-upgrades 2>/dev/null \
+    | awk '$2 ~ /^.i/ {print $1}')
+if [ -n "${unwanted}" ]; then
+    # shellcheck disable=SC2086 # one package name per word
+    apt_get purge ${unwanted}
+fi
 systemctl mask ssh.service ssh.socket sshd.service
 rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys
 cat >/etc/cloud/cloud.cfg.d/90-haimg-no-ssh.cfg <<'CLOUD'
