@@ -52,7 +52,8 @@ fn the_archives_are_the_images_kubeadm_asks_for_and_import_under_their_names() {
     let have: BTreeSet<String> = images
         .iter()
         .map(|(n, _, _)| n.clone())
-        .filter(|n| !n.contains("kindnetd"))
+        // The pod network's and the VIP static pods' images are not kubeadm's.
+        .filter(|n| !n.contains("kindnetd") && !n.starts_with("localhost/haimg/"))
         .collect();
     assert_eq!(have, wanted, "archives vs `kubeadm config images list`");
 
@@ -89,6 +90,67 @@ fn the_archives_are_the_images_kubeadm_asks_for_and_import_under_their_names() {
         "lib64/ld-linux-x86-64.so.2",
     ] {
         assert!(listing.iter().any(|l| l == f), "kube-proxy image lacks {f}");
+    }
+}
+
+/// The VIP static pods' images are Debian's keepalived and haproxy, with what keepalived's
+/// check script calls, and start the programs their tags name.
+#[test]
+fn the_vip_images_run_debians_keepalived_and_haproxy() {
+    let dir = artifacts();
+    let images = index(&dir);
+    for (program, version_arg, prefix) in [
+        ("keepalived", "--version", "Keepalived v"),
+        ("haproxy", "-v", "HAProxy version "),
+    ] {
+        let (name, archive, _) = images
+            .iter()
+            .find(|(n, _, _)| n.starts_with(&format!("localhost/haimg/{program}:")))
+            .unwrap_or_else(|| panic!("no {program} image in {images:?}"));
+        let root = tempfile::tempdir().unwrap();
+        unpack_layer(&dir.join("images").join(archive), root.path());
+        for f in ["bin/sh", "usr/bin/curl", "bin/ip", "bin/grep", "etc/passwd"] {
+            assert!(root.path().join(f).exists(), "{name} lacks /{f}");
+        }
+        let o = run({
+            let mut c = Command::new("chroot");
+            c.arg(root.path())
+                .arg(format!("/usr/sbin/{program}"))
+                .arg(version_arg);
+            c
+        });
+        let out = format!("{}{}", stdout(&o), stderr(&o));
+        // 2.2.7-1-b2 is Debian's 1:2.2.7-1+b2: the upstream version leads the tag.
+        let tag = name.rsplit(':').next().unwrap();
+        let upstream = tag.split('-').next().unwrap();
+        assert!(
+            out.contains(&format!("{prefix}{upstream}")),
+            "{name}: `{program} {version_arg}` says {out}"
+        );
+    }
+}
+
+/// Unpacks every layer of an OCI archive written by scripts/oci-archive.py into `root`.
+fn unpack_layer(archive: &std::path::Path, root: &std::path::Path) {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run({
+        let mut c = Command::new("tar");
+        c.arg("-xf").arg(archive).arg("-C").arg(tmp.path());
+        c
+    });
+    assert!(o.status.success());
+    for b in std::fs::read_dir(tmp.path().join("blobs/sha256")).unwrap().flatten() {
+        // The layers are gzip; the index, manifest and config blobs are JSON.
+        let head = std::fs::read(b.path()).unwrap();
+        if !head.starts_with(&[0x1f, 0x8b]) {
+            continue;
+        }
+        let o = run({
+            let mut c = Command::new("tar");
+            c.arg("-xzf").arg(b.path()).arg("-C").arg(root);
+            c
+        });
+        assert!(o.status.success(), "{}", stderr(&o));
     }
 }
 
