@@ -521,7 +521,8 @@ step "hardening: no SSH, no package changes at run time"
 systemctl disable --now ssh.service ssh.socket 2>/dev/null || true
 # Only what is installed: apt refuses to purge a package its mirror does not carry (a
 # frozen mirror holds only what the image installs).
-unwanted=$(dpkg-query -W -f '${Package} ${db:Status-Abbrev}\n' openssh-server unattended-upgrades 2>/dev/null \
+# dpkg-query exits 1 when it knows neither name; that is an answer, not a failure.
+unwanted=$( { dpkg-query -W -f '${Package} ${db:Status-Abbrev}\n' openssh-server unattended-upgrades 2>/dev/null || true; } \
     | awk '$2 ~ /^.i/ {print $1}')
 if [ -n "${unwanted}" ]; then
     # shellcheck disable=SC2086 # one package name per word
