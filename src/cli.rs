@@ -31,6 +31,9 @@ enum Command {
     Schema,
     /// The node agent (runs on the nodes).
     Node(crate::node::Args),
+    /// A real cluster from a local image on this machine: system-container nodes on a
+    /// private network with no route out (root; see the README's "Lab").
+    Lab(crate::lab::cmd::Args),
 }
 
 impl Cli {
@@ -43,6 +46,7 @@ impl Cli {
             Command::Down(a) => crate::deploy::cmd::down(a),
             Command::Validate(a) => crate::validate::run(a),
             Command::Node(a) => crate::node::run(a),
+            Command::Lab(a) => crate::lab::cmd::run(a),
             Command::Schema => {
                 print!("{}", crate::spec::schema::schema_text());
                 Ok(())

@@ -7,6 +7,7 @@
 //! * [`recipe`]: image recipes (what goes into a node image, pinned);
 //! * [`bake`]: plan and run an AMI bake (SSM Run Command, no SSH);
 //! * [`node`]: the node agent (bootstrap, refresh, reconcile, watch);
+//! * [`lab`]: a real cluster from a local image, as system containers on this machine;
 //! * [`cache`]: the user's cache directory and remembered file digests;
 //! * [`yaml`]: the one place YAML is read and written;
 //! * [`kubernetes`]: supported Kubernetes releases and their kubeadm APIs.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod deploy;
 pub mod error;
 pub mod kubernetes;
+pub mod lab;
 pub mod node;
 pub mod recipe;
 pub mod render;

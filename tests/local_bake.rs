@@ -101,6 +101,8 @@ for u in haimg-watch.service haimg-refresh.timer haimg-reconcile.timer; do
 done
 for s in net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables; do r sysctl "$s" "$(sysctl -n "$s")"; done
 r swap "$(swapon --show --noheadings | wc -l)"
+# The stages before this one (the final stage runs this report) all succeeded.
+for u in cloud-init-local cloud-init cloud-config; do r stage "$u" "$(systemctl show -p Result --value "$u.service")"; done
 r sshd "$(test -e /usr/sbin/sshd && echo present || echo absent)"
 r listen22 "$(ss -ltnH 'sport = :22' | wc -l)"
 r manifest "$(sha256sum /etc/haimg/image-manifest.json | cut -d' ' -f1)"
@@ -293,6 +295,9 @@ fn debian_12_bakes_locally_offline_and_boots_as_the_recipe_says() {
     }
     assert_eq!(fact(&["sysctl", "net.ipv4.ip_forward"]), "1");
     assert_eq!(fact(&["sysctl", "net.bridge.bridge-nf-call-iptables"]), "1");
+    for stage in ["cloud-init-local", "cloud-init", "cloud-config"] {
+        assert_eq!(fact(&["stage", stage]), "success", "cloud-init's {stage} stage");
+    }
     assert_eq!(fact(&["swap"]), "0");
     assert_eq!(fact(&["sshd"]), "absent");
     assert_eq!(fact(&["listen22"]), "0");

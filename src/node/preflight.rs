@@ -18,6 +18,11 @@ use crate::error::{Error, Result};
 /// containerd's CRI socket, as the kubeadm configs name it.
 pub const CRI_SOCKET_PATH: &str = "/run/containerd/containerd.sock";
 
+/// Present only in `haimg lab` system containers (bound read-only by the lab, never in an
+/// image or user-data): they share a kernel that mounts cgroup v1, so the cgroup v2 check
+/// becomes a warning there. The lab's boot tier proves cgroup v2 on the image's own kernel.
+pub const LAB_SYSTEM_CONTAINER_MARKER: &str = "/run/haimg-lab/system-container";
+
 /// One failed expectation, said so that an operator knows what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -62,6 +67,11 @@ pub fn check_host(seams: &Seams) -> Vec<Problem> {
     match read("/proc/self/mountinfo") {
         Ok(m) => match fs_type(&m, "/sys/fs/cgroup") {
             Some("cgroup2") => {}
+            Some(other) if seams.path(LAB_SYSTEM_CONTAINER_MARKER).is_file() => {
+                tracing::warn!(
+                    "/sys/fs/cgroup is {other}, not cgroup2: accepted in a haimg lab system container only ({LAB_SYSTEM_CONTAINER_MARKER})"
+                );
+            }
             Some(other) => problems.push(Problem {
                 check: "cgroup v2",
                 detail: format!(
@@ -233,6 +243,25 @@ mod tests {
         let (_d, bad) = tree(V2, &format!("{header}/swap.img file 1 0 -2\n"), "0\n");
         let checks: Vec<_> = check_host(&bad).into_iter().map(|p| p.check).collect();
         assert_eq!(checks, vec!["swap", "kernel settings"]);
+    }
+
+    #[test]
+    fn only_a_lab_system_container_may_run_on_cgroup_v1() {
+        let (dir, v1) = tree(V1, "h\n", "1\n");
+        let marker = dir.path().join(LAB_SYSTEM_CONTAINER_MARKER.trim_start_matches('/'));
+        std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+        // A directory of that name is not the marker.
+        std::fs::create_dir(&marker).unwrap();
+        assert_eq!(check_host(&v1).len(), 1);
+        std::fs::remove_dir(&marker).unwrap();
+        std::fs::write(&marker, "").unwrap();
+        assert_eq!(check_host(&v1), vec![]);
+        // Nothing mounted at /sys/fs/cgroup stays a problem, lab or not.
+        let (dir, none) = tree("", "h\n", "1\n");
+        let marker = dir.path().join(LAB_SYSTEM_CONTAINER_MARKER.trim_start_matches('/'));
+        std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+        std::fs::write(&marker, "").unwrap();
+        assert_eq!(check_host(&none).len(), 1);
     }
 
     #[tokio::test]
