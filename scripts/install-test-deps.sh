@@ -8,9 +8,10 @@
 set -euo pipefail
 
 VENV="${HAIMG_VENV:-$HOME/.cache/haimg/venv}"
-APT_PACKAGES=(procps curl xz-utils systemd containerd cloud-init shellcheck keepalived haproxy nginx-light libnginx-mod-stream etcd-server etcd-client iproute2 openssl python3-venv
+APT_PACKAGES=(procps curl xz-utils systemd systemd-container containerd cloud-init shellcheck keepalived haproxy nginx-light libnginx-mod-stream etcd-server etcd-client iproute2 openssl python3-venv
   # what the older haproxy and keepalived in ../shared/validators link against
   libssl3 libpcre2-8-0 zlib1g libcrypt1 libnl-3-200 libnl-genl-3-200 libsnmp40 libglib2.0-0
+  # (systemd-container: systemd-nspawn, which boots the lab's nodes)
   # local images: a Debian root from the mirror, a bootable disk without mounts, and qemu
   # with UEFI firmware to boot it (dpkg-dev-free: packages are built with dpkg-deb)
   mmdebstrap e2fsprogs dosfstools mtools fdisk systemd-boot-efi ovmf
