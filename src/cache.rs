@@ -88,14 +88,17 @@ fn stat_key(path: &Path, m: &fs::Metadata) -> String {
 
 fn settled(m: &fs::Metadata, now: SystemTime) -> bool {
     let at = |secs: i64, nsecs: i64| {
-        SystemTime::UNIX_EPOCH + Duration::new(secs.max(0) as u64, nsecs.clamp(0, 999_999_999) as u32)
+        SystemTime::UNIX_EPOCH
+            + Duration::new(secs.max(0) as u64, nsecs.clamp(0, 999_999_999) as u32)
     };
     let newest = at(m.mtime(), m.mtime_nsec()).max(at(m.ctime(), m.ctime_nsec()));
     now.duration_since(newest).is_ok_and(|age| age >= SETTLE)
 }
 
 fn is_digest(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Written whole or not at all: a temporary file renamed over the entry.
@@ -104,7 +107,10 @@ fn remember(entry: &Path, hex: &str) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}",
-        entry.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
+        entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("entry"),
         std::process::id()
     ));
     let mut f = fs::File::create(&tmp)?;
@@ -135,9 +141,17 @@ mod tests {
         assert_eq!(fs::read_dir(&store).unwrap().count(), 1);
         // The memory is what answers now: plant a different digest in the one entry and
         // read it back (this is how a hit is told from hashing again).
-        let entry = fs::read_dir(&store).unwrap().next().unwrap().unwrap().path();
+        let entry = fs::read_dir(&store)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         fs::write(&entry, sha(b"planted")).unwrap();
-        assert_eq!(file_sha256_in(Some(&store), &f, now).unwrap(), sha(b"planted"));
+        assert_eq!(
+            file_sha256_in(Some(&store), &f, now).unwrap(),
+            sha(b"planted")
+        );
     }
 
     #[test]
@@ -178,11 +192,19 @@ mod tests {
         // The store's place is a file: nothing can be remembered there.
         let blocked = d.path().join("blocked");
         fs::write(&blocked, b"").unwrap();
-        assert_eq!(file_sha256_in(Some(&blocked), &f, now).unwrap(), sha(b"data"));
+        assert_eq!(
+            file_sha256_in(Some(&blocked), &f, now).unwrap(),
+            sha(b"data")
+        );
         // An entry that is not a digest is ignored.
         let store = d.path().join("digests");
         file_sha256_in(Some(&store), &f, now).unwrap();
-        let entry = fs::read_dir(&store).unwrap().next().unwrap().unwrap().path();
+        let entry = fs::read_dir(&store)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         fs::write(&entry, b"not a digest").unwrap();
         assert_eq!(file_sha256_in(Some(&store), &f, now).unwrap(), sha(b"data"));
         assert!(file_sha256_in(Some(&store), &d.path().join("missing"), now).is_err());

@@ -1114,7 +1114,8 @@ fn wait_child(
 }
 
 #[test]
-fn image_archives_packages_the_cni_manifest_and_the_mirror_key_are_staged_for_the_builder_and_removed_after() {
+fn image_archives_packages_the_cni_manifest_and_the_mirror_key_are_staged_for_the_builder_and_removed_after(
+) {
     let s = setup();
     let archive = s.dir.path().join("pause.tar");
     std::fs::write(&archive, b"an OCI archive, as far as staging is concerned").unwrap();
@@ -1206,7 +1207,11 @@ fn image_archives_packages_the_cni_manifest_and_the_mirror_key_are_staged_for_th
         c.args(["-fsS", &cni_url]);
         c
     });
-    assert_eq!(got.stdout, std::fs::read(&manifest).unwrap(), "the staged manifest");
+    assert_eq!(
+        got.stdout,
+        std::fs::read(&manifest).unwrap(),
+        "the staged manifest"
+    );
     s.proxy.set_rules(
         serde_json::json!([{"action": "ssm:GetCommandInvocation", "patch": {"Status": "Success"}}]),
     );

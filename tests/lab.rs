@@ -40,7 +40,12 @@ fn image(store: &Path) -> PathBuf {
 
 fn lab(args: &[&str], spec: &Path, state: &Path) -> Command {
     let mut c = haimg();
-    c.arg("lab").args(args).arg("-c").arg(spec).arg("--state").arg(state);
+    c.arg("lab")
+        .args(args)
+        .arg("-c")
+        .arg(spec)
+        .arg("--state")
+        .arg(state);
     c
 }
 
@@ -50,7 +55,11 @@ fn sh(netns: &str, cmd: &[&str]) -> String {
         .args(cmd)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{cmd:?} in {netns}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd:?} in {netns}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -80,23 +89,49 @@ fn sysctls() -> Vec<String> {
 fn assert_nothing_left(state: &Path, before: &[String]) {
     assert!(!state.exists(), "{} left", state.display());
     let netns: Vec<_> = std::fs::read_dir("/run/netns")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(!netns.iter().any(|n| n.starts_with("haimg-lab")), "namespaces left: {netns:?}");
+    assert!(
+        !netns.iter().any(|n| n.starts_with("haimg-lab")),
+        "namespaces left: {netns:?}"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(state.to_str().unwrap()), "mounts left:\n{mounts}");
+    assert!(
+        !mounts.contains(state.to_str().unwrap()),
+        "mounts left:\n{mounts}"
+    );
     for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let left: Vec<_> = std::fs::read_dir(c.path())
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("haimg-lab-")).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("haimg-lab-"))
+                    .collect()
+            })
             .unwrap_or_default();
-        assert!(left.is_empty(), "cgroups left in {}: {left:?}", c.path().display());
+        assert!(
+            left.is_empty(),
+            "cgroups left in {}: {left:?}",
+            c.path().display()
+        );
     }
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd);
-        assert!(!cmd.contains(state.to_str().unwrap()), "process left: {cmd}");
+        assert!(
+            !cmd.contains(state.to_str().unwrap()),
+            "process left: {cmd}"
+        );
     }
-    assert_eq!(sysctls(), before, "the machine-wide sysctls are back ({SYSCTLS:?})");
+    assert_eq!(
+        sysctls(),
+        before,
+        "the machine-wide sysctls are back ({SYSCTLS:?})"
+    );
 }
 
 fn consoles(state: &Path) -> Vec<(String, String)> {
@@ -104,7 +139,10 @@ fn consoles(state: &Path) -> Vec<(String, String)> {
         .iter()
         .map(|k| {
             let p = state.join("nodes").join(k).join("console.log");
-            (k.to_string(), std::fs::read_to_string(&p).unwrap_or_default())
+            (
+                k.to_string(),
+                std::fs::read_to_string(&p).unwrap_or_default(),
+            )
         })
         .collect()
 }
@@ -118,7 +156,11 @@ fn three_masters_and_a_worker_from_the_local_image_form_a_cluster_and_leave_noth
     let state = dir.path().join("state");
     let before = sysctls();
 
-    let o = run(lab(&["up", "--image", image.to_str().unwrap(), "--timeout", "480"], &spec, &state));
+    let o = run(lab(
+        &["up", "--image", image.to_str().unwrap(), "--timeout", "480"],
+        &spec,
+        &state,
+    ));
     let err = stderr(&o);
     eprintln!("{err}");
     let checks = std::panic::catch_unwind(|| {
@@ -127,7 +169,12 @@ fn three_masters_and_a_worker_from_the_local_image_form_a_cluster_and_leave_noth
         let count = |needle: &str| logs.iter().filter(|(_, l)| l.contains(needle)).count();
         // Exactly one init; two control-plane joins; one worker join (the agents' own words).
         assert_eq!(count("running command=kubeadm init"), 1);
-        assert!(logs[0].1.contains("cluster initialized with static credentials"), "m1 inits");
+        assert!(
+            logs[0]
+                .1
+                .contains("cluster initialized with static credentials"),
+            "m1 inits"
+        );
         assert_eq!(count("joining as control-plane node"), 2);
         assert_eq!(count(": joined"), 3);
         assert!(logs[3].1.contains("role=\"worker\""), "w1 is a worker");
@@ -138,29 +185,84 @@ fn three_masters_and_a_worker_from_the_local_image_form_a_cluster_and_leave_noth
         got.sort();
         assert_eq!(
             got,
-            ["ip-10-0-0-201.us-west-2.compute.internal=True", "m1=True", "m2=True", "m3=True"],
+            [
+                "ip-10-0-0-201.us-west-2.compute.internal=True",
+                "m1=True",
+                "m2=True",
+                "m3=True"
+            ],
             "{nodes}"
         );
-        let server = kubectl(&state, &["config", "view", "-o", "jsonpath={.clusters[0].cluster.server}"]);
-        assert_eq!(server, "https://10.0.0.100:6443", "kubectl went through the VIP");
-        assert_eq!(sh("haimg-lab", &["curl", "-sk", "https://10.0.0.100:6443/readyz"]), "ok");
+        let server = kubectl(
+            &state,
+            &[
+                "config",
+                "view",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}",
+            ],
+        );
+        assert_eq!(
+            server, "https://10.0.0.100:6443",
+            "kubectl went through the VIP"
+        );
+        assert_eq!(
+            sh(
+                "haimg-lab",
+                &["curl", "-sk", "https://10.0.0.100:6443/readyz"]
+            ),
+            "ok"
+        );
 
         // etcd: three started members (a started member has a name).
         // (the etcd image has no etcdctl: this machine's, with the API server's client
         // certificate read from m1's disk, as an operator would from a volume snapshot).
         let pki = state.join("nodes/m1/root/etc/kubernetes/pki");
         let arg = |k: &str, f: &str| format!("--{k}={}", pki.join(f).display());
-        let (ca, cert, key) = (arg("cacert", "etcd/ca.crt"), arg("cert", "apiserver-etcd-client.crt"), arg("key", "apiserver-etcd-client.key"));
-        let members = sh("haimg-lab", &["etcdctl", "--endpoints=https://10.0.0.11:2379", &ca, &cert, &key, "member", "list", "-w", "json"]);
+        let (ca, cert, key) = (
+            arg("cacert", "etcd/ca.crt"),
+            arg("cert", "apiserver-etcd-client.crt"),
+            arg("key", "apiserver-etcd-client.key"),
+        );
+        let members = sh(
+            "haimg-lab",
+            &[
+                "etcdctl",
+                "--endpoints=https://10.0.0.11:2379",
+                &ca,
+                &cert,
+                &key,
+                "member",
+                "list",
+                "-w",
+                "json",
+            ],
+        );
         let v: serde_json::Value = serde_json::from_str(&members).unwrap();
-        let mut names: Vec<&str> = v["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap_or("")).collect();
+        let mut names: Vec<&str> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap_or(""))
+            .collect();
         names.sort();
         assert_eq!(names, ["m1", "m2", "m3"], "{members}");
 
         // The VIP's static pods run on every master.
         for app in ["keepalived", "haproxy"] {
             for m in ["m1", "m2", "m3"] {
-                let phase = kubectl(&state, &["-n", "kube-system", "get", "pod", &format!("{app}-{m}"), "-o", "jsonpath={.status.phase}"]);
+                let phase = kubectl(
+                    &state,
+                    &[
+                        "-n",
+                        "kube-system",
+                        "get",
+                        "pod",
+                        &format!("{app}-{m}"),
+                        "-o",
+                        "jsonpath={.status.phase}",
+                    ],
+                );
                 assert_eq!(phase, "Running", "{app} on {m}");
             }
         }
@@ -176,28 +278,54 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
 s.sendto(q, ("10.96.0.10", 53)); r = s.recv(512)
 print(".".join(str(b) for b in r[-4:]) if struct.unpack(">H", r[6:8])[0] else "no answer")
 "#;
-        assert_eq!(sh("haimg-lab-w1", &["python3", "-c", query]).trim(), "10.96.0.1");
+        assert_eq!(
+            sh("haimg-lab-w1", &["python3", "-c", query]).trim(),
+            "10.96.0.1"
+        );
 
         // No node listens on port 22; nothing routes out of the lab.
         for k in ["m1", "m2", "m3", "w1"] {
             let ns = format!("haimg-lab-{k}");
-            assert_eq!(sh(&ns, &["ss", "-ltnH", "sport = :22"]), "", "{k} listens on 22");
+            assert_eq!(
+                sh(&ns, &["ss", "-ltnH", "sport = :22"]),
+                "",
+                "{k} listens on 22"
+            );
         }
-        assert_eq!(sh("haimg-lab", &["ip", "route", "show", "default"]), "", "the lab has no way out");
-        assert_eq!(sh("haimg-lab", &["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "0");
+        assert_eq!(
+            sh("haimg-lab", &["ip", "route", "show", "default"]),
+            "",
+            "the lab has no way out"
+        );
+        assert_eq!(
+            sh("haimg-lab", &["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+            "0"
+        );
         let links = sh("haimg-lab", &["ip", "-o", "link", "show"]);
         for l in links.lines() {
             let name = l.split(": ").nth(1).unwrap_or_default();
-            assert!(name == "lo" || name == "br0" || name.starts_with("v-"), "unexpected interface in the lab: {l}");
+            assert!(
+                name == "lo" || name == "br0" || name.starts_with("v-"),
+                "unexpected interface in the lab: {l}"
+            );
         }
 
         // No secret in any console or in the metadata stand-in's log.
         let creds = std::fs::read_to_string(dir.path().join("lab-credentials.yaml")).unwrap();
-        let field = |k: &str| creds.lines().find_map(|l| l.strip_prefix(&format!("{k}: "))).unwrap().to_string();
+        let field = |k: &str| {
+            creds
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                .unwrap()
+                .to_string()
+        };
         let imds = std::fs::read_to_string(state.join("imds.log")).unwrap();
         for secret in [field("token"), field("certificateKey")] {
-            let secret_part = secret.split('.').last().unwrap();
-            for (k, l) in logs.iter().chain([("imds".to_string(), imds.clone())].iter()) {
+            let secret_part = secret.split('.').next_back().unwrap();
+            for (k, l) in logs
+                .iter()
+                .chain([("imds".to_string(), imds.clone())].iter())
+            {
                 assert!(!l.contains(secret_part), "a secret in {k}'s log");
             }
         }
@@ -215,12 +343,24 @@ print(".".join(str(b) for b in r[-4:]) if struct.unpack(">H", r[6:8])[0] else "n
     }
     assert_nothing_left(&state, &before);
     let o = run(lab(&["status"], &spec, &state));
-    assert_eq!(o.status.code(), Some(1), "a lab that is down is not healthy");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a lab that is down is not healthy"
+    );
 
     // A failed `up` (here: out of time) removes everything itself.
-    let o = run(lab(&["up", "--image", image.to_str().unwrap(), "--timeout", "1"], &spec, &state));
+    let o = run(lab(
+        &["up", "--image", image.to_str().unwrap(), "--timeout", "1"],
+        &spec,
+        &state,
+    ));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("not every node was Ready within 1 s"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not every node was Ready within 1 s"),
+        "{}",
+        stderr(&o)
+    );
     assert_nothing_left(&state, &before);
     let _ = std::fs::remove_dir_all(state.with_extension("failed-logs"));
 }
@@ -235,8 +375,16 @@ fn clusters_the_lab_cannot_run_and_missing_images_are_named() {
     assert!(stderr(&o).contains("endpoint.type: vip"), "{}", stderr(&o));
     let spec = dir.path().join("lab.yaml");
     std::fs::copy(repo().join("examples/lab.yaml"), &spec).unwrap();
-    let o = run(lab(&["up", "--image", "/nonexistent/disk.qcow2"], &spec, &state));
+    let o = run(lab(
+        &["up", "--image", "/nonexistent/disk.qcow2"],
+        &spec,
+        &state,
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("/nonexistent/disk.qcow2: no such file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/disk.qcow2: no such file"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!state.exists(), "nothing made for a bad input");
 }

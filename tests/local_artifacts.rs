@@ -139,7 +139,10 @@ fn unpack_layer(archive: &std::path::Path, root: &std::path::Path) {
         c
     });
     assert!(o.status.success());
-    for b in std::fs::read_dir(tmp.path().join("blobs/sha256")).unwrap().flatten() {
+    for b in std::fs::read_dir(tmp.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
         // The layers are gzip; the index, manifest and config blobs are JSON.
         let head = std::fs::read(b.path()).unwrap();
         if !head.starts_with(&[0x1f, 0x8b]) {

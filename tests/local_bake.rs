@@ -296,7 +296,11 @@ fn debian_12_bakes_locally_offline_and_boots_as_the_recipe_says() {
     assert_eq!(fact(&["sysctl", "net.ipv4.ip_forward"]), "1");
     assert_eq!(fact(&["sysctl", "net.bridge.bridge-nf-call-iptables"]), "1");
     for stage in ["cloud-init-local", "cloud-init", "cloud-config"] {
-        assert_eq!(fact(&["stage", stage]), "success", "cloud-init's {stage} stage");
+        assert_eq!(
+            fact(&["stage", stage]),
+            "success",
+            "cloud-init's {stage} stage"
+        );
     }
     assert_eq!(fact(&["swap"]), "0");
     assert_eq!(fact(&["sshd"]), "absent");
@@ -479,10 +483,9 @@ fn a_local_directory_mirror_with_its_own_key_bakes_the_recipe() {
     let o = run(bake(&store, file, &["--output", "json"]));
     assert!(o.status.success(), "bake: {}", stderr(&o));
     let done: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let m: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(done["manifest"].as_str().unwrap()).unwrap(),
-    )
-    .unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(done["manifest"].as_str().unwrap()).unwrap())
+            .unwrap();
     for (p, v) in &recipe.packages {
         assert_eq!(m["packages"][p], v.as_str(), "{p} from the local mirror");
     }

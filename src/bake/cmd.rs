@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-
 use super::flow::{self, Options, Tracker};
 use super::plan;
 use crate::error::{Error, Result};
@@ -134,8 +133,8 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     drop(bytes);
-    let haimg_sha256 = crate::cache::file_sha256(&binary)
-        .map_err(|e| Error::Usage(format!("{what}: {e}")))?;
+    let haimg_sha256 =
+        crate::cache::file_sha256(&binary).map_err(|e| Error::Usage(format!("{what}: {e}")))?;
     let t = Templates::embedded();
     if args.target == Target::Qemu {
         return super::local::cmd::run(&args, &recipe, &binary, &haimg_sha256, &t);

@@ -80,7 +80,9 @@ pub fn run(args: Args) -> Result<()> {
         LabCommand::Up(a) => rt.block_on(up(a)),
         LabCommand::Status(a) => rt.block_on(status(a)),
         LabCommand::Down(a) => down(a),
-        LabCommand::Imds { listen, identities } => rt.block_on(super::imds::serve(listen, identities)),
+        LabCommand::Imds { listen, identities } => {
+            rt.block_on(super::imds::serve(listen, identities))
+        }
     }
 }
 
@@ -94,8 +96,13 @@ fn load(c: &CommonArgs) -> Result<(crate::spec::ClusterSpec, Layout)> {
             };
             (crate::spec::load(Some(p))?, dir)
         }
-        None if Path::new("cluster.yaml").exists() => (crate::spec::load(None)?, PathBuf::from(".")),
-        None => (crate::spec::load_str(super::EXAMPLE, "<embedded examples/lab.yaml>")?, PathBuf::new()),
+        None if Path::new("cluster.yaml").exists() => {
+            (crate::spec::load(None)?, PathBuf::from("."))
+        }
+        None => (
+            crate::spec::load_str(super::EXAMPLE, "<embedded examples/lab.yaml>")?,
+            PathBuf::new(),
+        ),
     };
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
@@ -106,8 +113,15 @@ fn load(c: &CommonArgs) -> Result<(crate::spec::ClusterSpec, Layout)> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/haimg/lab").join(&cluster));
     // The embedded example keeps its credentials with the lab's state.
-    let spec_dir = if dir.as_os_str().is_empty() { state.clone() } else { dir };
-    if matches!(loaded.spec.credentials, crate::spec::Credentials::Static { .. }) {
+    let spec_dir = if dir.as_os_str().is_empty() {
+        state.clone()
+    } else {
+        dir
+    };
+    if matches!(
+        loaded.spec.credentials,
+        crate::spec::Credentials::Static { .. }
+    ) {
         std::fs::create_dir_all(&spec_dir).map_err(Error::io(&spec_dir))?;
         crate::render::cmd::load_static_credentials(&mut loaded.spec, &spec_dir, true)?;
     }
@@ -121,7 +135,9 @@ fn say(msg: &str) {
 fn require_root() -> Result<()> {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(Error::Usage("lab: needs root (network namespaces, mounts, systemd-nspawn)".into()));
+        return Err(Error::Usage(
+            "lab: needs root (network namespaces, mounts, systemd-nspawn)".into(),
+        ));
     }
     for tool in ["systemd-nspawn", "ip", "mount", "sfdisk", "qemu-img"] {
         if which(tool).is_none() {
@@ -164,7 +180,11 @@ async fn up(a: UpArgs) -> Result<()> {
     let keys: Vec<String> = plan.nodes.iter().map(|n| n.key.clone()).collect();
     let work = async {
         start(&l, &plan, &disk, &a.image, &user_data).await?;
-        say(&format!("{} nodes started in {:.1} s; waiting for every node Ready", plan.nodes.len(), t0.elapsed().as_secs_f64()));
+        say(&format!(
+            "{} nodes started in {:.1} s; waiting for every node Ready",
+            plan.nodes.len(),
+            t0.elapsed().as_secs_f64()
+        ));
         wait_ready(&l, &plan, t0, Duration::from_secs(a.timeout)).await
     };
     let outcome = tokio::select! {
@@ -195,17 +215,31 @@ fn image_disk(image: &Path) -> Result<PathBuf> {
             .iter()
             .map(|n| image.join(n))
             .find(|p| p.is_file())
-            .ok_or_else(|| Error::Usage(format!("--image {}: no disk.qcow2 or disk.raw in it", image.display())))?
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "--image {}: no disk.qcow2 or disk.raw in it",
+                    image.display()
+                ))
+            })?
     } else {
         image.to_path_buf()
     };
     if !disk.is_file() {
-        return Err(Error::Usage(format!("--image {}: no such file", disk.display())));
+        return Err(Error::Usage(format!(
+            "--image {}: no such file",
+            disk.display()
+        )));
     }
     Ok(disk)
 }
 
-async fn start(l: &Layout, plan: &LabPlan, disk: &Path, image: &Path, user_data: &[Vec<u8>]) -> Result<()> {
+async fn start(
+    l: &Layout,
+    plan: &LabPlan,
+    disk: &Path,
+    image: &Path,
+    user_data: &[Vec<u8>],
+) -> Result<()> {
     std::fs::create_dir_all(&l.state).map_err(Error::io(&l.state))?;
     let record = Record {
         plan: plan.clone(),
@@ -214,17 +248,38 @@ async fn start(l: &Layout, plan: &LabPlan, disk: &Path, image: &Path, user_data:
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    host::write(&l.record(), serde_json::to_string_pretty(&record).expect("plain data").as_bytes(), false)?;
+    host::write(
+        &l.record(),
+        serde_json::to_string_pretty(&record)
+            .expect("plain data")
+            .as_bytes(),
+        false,
+    )?;
     // Machine-wide settings the nodes will change, recorded before anything runs.
     let saved = host::read_sysctls();
-    host::write(&l.sysctls(), serde_json::to_string(&saved).expect("plain data").as_bytes(), false)?;
+    host::write(
+        &l.sysctls(),
+        serde_json::to_string(&saved)
+            .expect("plain data")
+            .as_bytes(),
+        false,
+    )?;
 
     say(&format!("image {}", disk.display()));
     let raw = if disk.extension().is_some_and(|e| e == "raw") {
         disk.to_path_buf()
     } else {
         let raw = l.state.join("disk.raw");
-        host::run("qemu-img", &["convert", "-O", "raw", &disk.to_string_lossy(), &raw.to_string_lossy()])?;
+        host::run(
+            "qemu-img",
+            &[
+                "convert",
+                "-O",
+                "raw",
+                &disk.to_string_lossy(),
+                &raw.to_string_lossy(),
+            ],
+        )?;
         raw
     };
     host::mount_image_root(&raw, &l.lower())?;
@@ -237,9 +292,18 @@ async fn start(l: &Layout, plan: &LabPlan, disk: &Path, image: &Path, user_data:
         .iter()
         .map(|n| (n.address.to_string(), Identity::of(n)))
         .collect();
-    host::write(&l.identities(), serde_json::to_string_pretty(&identities).expect("plain data").as_bytes(), false)?;
+    host::write(
+        &l.identities(),
+        serde_json::to_string_pretty(&identities)
+            .expect("plain data")
+            .as_bytes(),
+        false,
+    )?;
     start_imds(l).await?;
-    host::write_sysctl("net/netfilter/nf_conntrack_max", &host::kube_proxy_conntrack_max().to_string())?;
+    host::write_sysctl(
+        "net/netfilter/nf_conntrack_max",
+        &host::kube_proxy_conntrack_max().to_string(),
+    )?;
 
     let containerd = std::fs::read_to_string(l.lower().join("etc/containerd/config.toml"))
         .map_err(Error::io(l.lower().join("etc/containerd/config.toml")))?;
@@ -254,30 +318,47 @@ async fn start(l: &Layout, plan: &LabPlan, disk: &Path, image: &Path, user_data:
         r.map_err(|e| Error::Runtime(format!("lab: preparing a root: {e}")))??;
     }
     for (n, ud) in plan.nodes.iter().zip(user_data) {
-        host::create_node_network(l, &n.key, &n.address.to_string(), prefix, &plan.host_address.to_string())?;
+        host::create_node_network(
+            l,
+            &n.key,
+            &n.address.to_string(),
+            prefix,
+            &plan.host_address.to_string(),
+        )?;
         let root = l.root(&n.key);
         let seed = root.join("var/lib/cloud/seed/nocloud");
         // The user-data may hold static join material: root only, as on EC2.
         host::write(&seed.join("user-data"), ud, true)?;
-        host::write(&seed.join("meta-data"), plan::meta_data(n).as_bytes(), false)?;
+        host::write(
+            &seed.join("meta-data"),
+            plan::meta_data(n).as_bytes(),
+            false,
+        )?;
         for d in &drop_ins {
             let p = root.join(d.path.trim_start_matches('/'));
             if super::dropins::is_link(d) {
                 std::fs::create_dir_all(p.parent().expect("absolute")).map_err(Error::io(&p))?;
                 let _ = std::fs::remove_file(&p);
-                std::os::unix::fs::symlink(super::dropins::link_target(), &p).map_err(Error::io(&p))?;
+                std::os::unix::fs::symlink(super::dropins::link_target(), &p)
+                    .map_err(Error::io(&p))?;
             } else {
                 host::write(&p, d.contents.as_bytes(), false)?;
             }
         }
         host::write(
-            &l.node_dir(&n.key).join("lab").join(super::dropins::MARKER_NAME),
+            &l.node_dir(&n.key)
+                .join("lab")
+                .join(super::dropins::MARKER_NAME),
             super::dropins::MARKER_TEXT.as_bytes(),
             false,
         )?;
         let procs = host::create_cgroups(l, &n.key)?;
         let pid = host::start_node(l, &n.key, &n.key, &procs)?;
-        host::write(&l.node_dir(&n.key).join("pid"), pid.to_string().as_bytes(), false)?;
+        host::write(
+            &l.node_dir(&n.key).join("pid"),
+            pid.to_string().as_bytes(),
+            false,
+        )?;
         say(&format!("{} ({}, {}) booting", n.name, n.key, n.address));
     }
     Ok(())
@@ -286,11 +367,26 @@ async fn start(l: &Layout, plan: &LabPlan, disk: &Path, image: &Path, user_data:
 /// The image must hold the Kubernetes release the spec names and the VIP pods' images.
 fn check_image(l: &Layout, r: &Record) -> Result<()> {
     let p = l.lower().join("etc/haimg/image-manifest.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::Usage(format!("--image {}: no haimg image manifest ({e})", r.image.display())))?;
-    let m: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Runtime(format!("{}: {e}", p.display())))?;
-    let images: Vec<&str> = m["images"].as_array().map(|a| a.iter().filter_map(|i| i["image"].as_str()).collect()).unwrap_or_default();
-    if !images.iter().any(|i| i.starts_with("registry.k8s.io/kube-apiserver:")) {
-        return Err(Error::Usage(format!("--image {}: holds no kube-apiserver image", r.image.display())));
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        Error::Usage(format!(
+            "--image {}: no haimg image manifest ({e})",
+            r.image.display()
+        ))
+    })?;
+    let m: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Runtime(format!("{}: {e}", p.display())))?;
+    let images: Vec<&str> = m["images"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["image"].as_str()).collect())
+        .unwrap_or_default();
+    if !images
+        .iter()
+        .any(|i| i.starts_with("registry.k8s.io/kube-apiserver:"))
+    {
+        return Err(Error::Usage(format!(
+            "--image {}: holds no kube-apiserver image",
+            r.image.display()
+        )));
     }
     Ok(())
 }
@@ -310,8 +406,14 @@ async fn start_imds(l: &Layout) -> Result<()> {
         .stdout(log.try_clone().map_err(Error::io(&log_path))?)
         .stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut c, 0);
-    let mut child = c.spawn().map_err(|e| Error::Runtime(format!("lab: metadata stand-in: {e}")))?;
-    host::write(&l.state.join("imds.pid"), child.id().to_string().as_bytes(), false)?;
+    let mut child = c
+        .spawn()
+        .map_err(|e| Error::Runtime(format!("lab: metadata stand-in: {e}")))?;
+    host::write(
+        &l.state.join("imds.pid"),
+        child.id().to_string().as_bytes(),
+        false,
+    )?;
     // Ready when it says it listens; an early exit is an error.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -320,10 +422,15 @@ async fn start_imds(l: &Layout) -> Result<()> {
             return Ok(());
         }
         if let Ok(Some(s)) = child.try_wait() {
-            return Err(Error::Runtime(format!("lab: the metadata stand-in exited ({s}): {}", text.trim())));
+            return Err(Error::Runtime(format!(
+                "lab: the metadata stand-in exited ({s}): {}",
+                text.trim()
+            )));
         }
         if Instant::now() > deadline {
-            return Err(Error::Timeout("the metadata stand-in did not listen within 10 s".into()));
+            return Err(Error::Timeout(
+                "the metadata stand-in did not listen within 10 s".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -335,7 +442,10 @@ pub fn kubectl(l: &Layout, args: &[&str]) -> Result<String> {
         "netns".into(),
         "exec".into(),
         l.lab_netns(),
-        l.lower().join("usr/bin/kubectl").to_string_lossy().into_owned(),
+        l.lower()
+            .join("usr/bin/kubectl")
+            .to_string_lossy()
+            .into_owned(),
         "--kubeconfig".into(),
         l.kubeconfig().to_string_lossy().into_owned(),
         "--request-timeout=5s".into(),
@@ -347,16 +457,18 @@ pub fn kubectl(l: &Layout, args: &[&str]) -> Result<String> {
 /// The nodes Kubernetes reports Ready, by name.
 fn ready_nodes(l: &Layout) -> Result<Vec<String>> {
     let out = kubectl(l, &["get", "nodes", "-o", "json"])?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Runtime(format!("kubectl get nodes: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| Error::Runtime(format!("kubectl get nodes: {e}")))?;
     Ok(v["items"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
         .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            n["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
         })
         .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
         .collect())
@@ -384,21 +496,32 @@ async fn wait_ready(l: &Layout, plan: &LabPlan, t0: Instant, bound: Duration) ->
             if node_up.contains(&n.key) {
                 continue;
             }
-            let log = std::fs::read_to_string(l.node_dir(&n.key).join("console.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(l.node_dir(&n.key).join("console.log")).unwrap_or_default();
             if log.contains("cluster initialized") || log.contains(": joined") {
                 node_up.insert(n.key.clone());
-                let what = if log.contains("cluster initialized") { "kubeadm init" } else { "kubeadm join" };
-                say(&format!("{}: {what} done at {:.1} s", n.name, t0.elapsed().as_secs_f64()));
+                let what = if log.contains("cluster initialized") {
+                    "kubeadm init"
+                } else {
+                    "kubeadm join"
+                };
+                say(&format!(
+                    "{}: {what} done at {:.1} s",
+                    n.name,
+                    t0.elapsed().as_secs_f64()
+                ));
             }
             // cloud-init's final stage failed: `haimg node bootstrap` said why, just before.
             if log.contains("Failed to start cloud-fina") {
                 let why = log
                     .lines()
-                    .filter(|l| l.contains("error: "))
-                    .last()
+                    .rfind(|l| l.contains("error: "))
                     .map(|l| l.split("error: ").nth(1).unwrap_or(l).trim().to_string())
                     .unwrap_or_else(|| "see its console".into());
-                return Err(Error::Runtime(format!("lab: node {}: cloud-init's final stage failed: {why}", n.name)));
+                return Err(Error::Runtime(format!(
+                    "lab: node {}: cloud-init's final stage failed: {why}",
+                    n.name
+                )));
             }
         }
         if fetch_kubeconfig(l, plan) {
@@ -416,11 +539,18 @@ async fn wait_ready(l: &Layout, plan: &LabPlan, t0: Instant, bound: Duration) ->
         for n in &plan.nodes {
             let pid = std::fs::read_to_string(l.node_dir(&n.key).join("pid")).unwrap_or_default();
             if !Path::new(&format!("/proc/{}", pid.trim())).exists() {
-                return Err(Error::Runtime(format!("lab: node {} stopped; its console: {}", n.name, l.node_dir(&n.key).join("console.log").display())));
+                return Err(Error::Runtime(format!(
+                    "lab: node {} stopped; its console: {}",
+                    n.name,
+                    l.node_dir(&n.key).join("console.log").display()
+                )));
             }
         }
         if t0.elapsed() > bound {
-            return Err(Error::Timeout(format!("not every node was Ready within {} s", bound.as_secs())));
+            return Err(Error::Timeout(format!(
+                "not every node was Ready within {} s",
+                bound.as_secs()
+            )));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -431,7 +561,10 @@ fn keep_logs(l: &Layout, keys: &[String]) {
     let dir = l.state.with_extension("failed-logs");
     let _ = std::fs::create_dir_all(&dir);
     for k in keys {
-        let _ = std::fs::copy(l.node_dir(k).join("console.log"), dir.join(format!("{k}.console.log")));
+        let _ = std::fs::copy(
+            l.node_dir(k).join("console.log"),
+            dir.join(format!("{k}.console.log")),
+        );
     }
     let _ = std::fs::copy(l.state.join("imds.log"), dir.join("imds.log"));
     say(&format!("consoles kept in {}", dir.display()));
@@ -457,8 +590,14 @@ struct NodeStatus {
 async fn status(a: CommonArgs) -> Result<()> {
     require_root()?;
     let (spec, l) = load(&a)?;
-    let plan = read_record(&l).map(|r| r.plan).unwrap_or(plan::plan(&spec)?);
-    let ready = if fetch_kubeconfig(&l, &plan) { ready_nodes(&l).unwrap_or_default() } else { vec![] };
+    let plan = read_record(&l)
+        .map(|r| r.plan)
+        .unwrap_or(plan::plan(&spec)?);
+    let ready = if fetch_kubeconfig(&l, &plan) {
+        ready_nodes(&l).unwrap_or_default()
+    } else {
+        vec![]
+    };
     let nodes: Vec<NodeStatus> = plan
         .nodes
         .iter()
@@ -468,8 +607,12 @@ async fn status(a: CommonArgs) -> Result<()> {
                 name: n.name.clone(),
                 key: n.key.clone(),
                 address: n.address.to_string(),
-                running: !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists(),
-                cloud_init_done: l.root(&n.key).join("var/lib/cloud/data/result.json").is_file(),
+                running: !pid.trim().is_empty()
+                    && Path::new(&format!("/proc/{}", pid.trim())).exists(),
+                cloud_init_done: l
+                    .root(&n.key)
+                    .join("var/lib/cloud/data/result.json")
+                    .is_file(),
                 ready: ready.contains(&n.name),
             }
         })
@@ -479,18 +622,29 @@ async fn status(a: CommonArgs) -> Result<()> {
         let v = serde_json::json!({"cluster": l.cluster, "up": l.record().exists(), "healthy": healthy, "nodes": nodes});
         println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
     } else {
-        println!("{:<44} {:<4} {:<12} {:<8} {:<10} READY", "NODE", "KEY", "ADDRESS", "RUNNING", "CLOUD-INIT");
+        println!(
+            "{:<44} {:<4} {:<12} {:<8} {:<10} READY",
+            "NODE", "KEY", "ADDRESS", "RUNNING", "CLOUD-INIT"
+        );
         for n in &nodes {
             println!(
                 "{:<44} {:<4} {:<12} {:<8} {:<10} {}",
-                n.name, n.key, n.address, n.running, if n.cloud_init_done { "done" } else { "-" }, n.ready
+                n.name,
+                n.key,
+                n.address,
+                n.running,
+                if n.cloud_init_done { "done" } else { "-" },
+                n.ready
             );
         }
     }
     if healthy {
         Ok(())
     } else {
-        Err(Error::Runtime(format!("lab {}: not every node is running and Ready", l.cluster)))
+        Err(Error::Runtime(format!(
+            "lab {}: not every node is running and Ready",
+            l.cluster
+        )))
     }
 }
 
@@ -507,6 +661,9 @@ fn down(a: CommonArgs) -> Result<()> {
         say(&format!("lab {} is down; nothing left", l.cluster));
         Ok(())
     } else {
-        Err(Error::Runtime(format!("lab down: could not remove {}", left.join("; "))))
+        Err(Error::Runtime(format!(
+            "lab down: could not remove {}",
+            left.join("; ")
+        )))
     }
 }

@@ -97,7 +97,15 @@ pub fn create_lab_network(l: &Layout, host: &str, prefix: u8) -> Result<()> {
     ip(&["netns", "add", &ns])?;
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
     ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
-    ip(&["-n", &ns, "addr", "add", &format!("{host}/{prefix}"), "dev", "br0"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{host}/{prefix}"),
+        "dev",
+        "br0",
+    ])?;
     let imds = format!("{}/32", super::plan::IMDS_ADDRESS);
     ip(&["-n", &ns, "addr", "add", &imds, "dev", "br0"])?;
     ip(&["-n", &ns, "link", "set", "br0", "up"])?;
@@ -105,14 +113,30 @@ pub fn create_lab_network(l: &Layout, host: &str, prefix: u8) -> Result<()> {
 }
 
 /// A node's namespace, joined to the bridge by a veth pair; `eth0` inside, as on EC2.
-pub fn create_node_network(l: &Layout, key: &str, address: &str, prefix: u8, gateway: &str) -> Result<()> {
+pub fn create_node_network(
+    l: &Layout,
+    key: &str,
+    address: &str,
+    prefix: u8,
+    gateway: &str,
+) -> Result<()> {
     let (lab, ns) = (l.lab_netns(), l.node_netns(key));
     let peer = format!("v-{key}");
     ip(&["netns", "add", &ns])?;
-    ip(&["link", "add", &peer, "netns", &lab, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+    ip(&[
+        "link", "add", &peer, "netns", &lab, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+    ])?;
     ip(&["-n", &lab, "link", "set", &peer, "master", "br0", "up"])?;
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", &ns, "addr", "add", &format!("{address}/{prefix}"), "dev", "eth0"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{address}/{prefix}"),
+        "dev",
+        "eth0",
+    ])?;
     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
     // The gateway is the lab itself, which forwards nothing: a default route exists (the
     // kubelet and kube-proxy look for one) and leads nowhere.
@@ -133,8 +157,19 @@ pub fn mount_image_root(raw: &Path, lower: &Path) -> Result<()> {
     let root = parts
         .iter()
         .find(|p| p["name"] == "root")
-        .or_else(|| parts.iter().find(|p| p["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(linux))))
-        .ok_or_else(|| Error::Usage(format!("{}: no root partition (a Linux filesystem on GPT)", raw.display())))?;
+        .or_else(|| {
+            parts.iter().find(|p| {
+                p["type"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(linux))
+            })
+        })
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: no root partition (a Linux filesystem on GPT)",
+                raw.display()
+            ))
+        })?;
     let (start, size) = (
         root["start"].as_u64().unwrap_or_default() * sector,
         root["size"].as_u64().unwrap_or_default() * sector,
@@ -166,9 +201,22 @@ pub fn prepare_root(l: &Layout, key: &str) -> Result<()> {
         d.join("upper").display(),
         d.join("work").display()
     );
-    run("mount", &["-t", "overlay", "overlay", "-o", &opts, &d.join("root").to_string_lossy()])?;
+    run(
+        "mount",
+        &[
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &opts,
+            &d.join("root").to_string_lossy(),
+        ],
+    )?;
     let from = format!("{}/var/lib/containerd/.", l.lower().display());
-    run("cp", &["-a", &from, &d.join("containerd").to_string_lossy()])?;
+    run(
+        "cp",
+        &["-a", &from, &d.join("containerd").to_string_lossy()],
+    )?;
     Ok(())
 }
 
@@ -214,7 +262,11 @@ fn controllers() -> Vec<PathBuf> {
     };
     mountinfo
         .lines()
-        .filter(|l| l.split(" - ").nth(1).is_some_and(|f| f.starts_with("cgroup ")))
+        .filter(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|f| f.starts_with("cgroup "))
+        })
         .filter_map(|l| l.split(' ').nth(4))
         .filter(|m| m.starts_with(CGROUP_ROOT))
         .map(PathBuf::from)
@@ -317,7 +369,10 @@ pub fn nspawn_args(l: &Layout, key: &str, machine: &str) -> Vec<String> {
         format!("--machine={machine}"),
         format!("--network-namespace-path=/run/netns/{}", l.node_netns(key)),
         format!("--directory={}", d.join("root").display()),
-        format!("--bind={}:/var/lib/containerd", d.join("containerd").display()),
+        format!(
+            "--bind={}:/var/lib/containerd",
+            d.join("containerd").display()
+        ),
         format!("--bind-ro={}:/run/haimg-lab", d.join("lab").display()),
     ]
 }
@@ -399,7 +454,11 @@ pub fn teardown(l: &Layout, keys: &[String]) -> Vec<String> {
         unsafe { libc::kill(*p, libc::SIGTERM) };
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) && std::time::Instant::now() < deadline {
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        && std::time::Instant::now() < deadline
+    {
         reap();
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -448,7 +507,10 @@ pub fn teardown(l: &Layout, keys: &[String]) -> Vec<String> {
             }
         }
     } else {
-        left.push(format!("{} still has mounts: left in place", l.state.display()));
+        left.push(format!(
+            "{} still has mounts: left in place",
+            l.state.display()
+        ));
     }
     left
 }
@@ -498,7 +560,13 @@ mod tests {
         assert_eq!(l.node_netns("w1"), "haimg-lab-w1");
         assert_eq!(l.cgroup_name("m2"), "haimg-lab-lab-m2");
         let a = nspawn_args(&l, "m1", "m1");
-        assert!(a.contains(&"--network-namespace-path=/run/netns/haimg-lab-m1".to_string()), "{a:?}");
-        assert!(a.contains(&"--bind-ro=/s/nodes/m1/lab:/run/haimg-lab".to_string()), "{a:?}");
+        assert!(
+            a.contains(&"--network-namespace-path=/run/netns/haimg-lab-m1".to_string()),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&"--bind-ro=/s/nodes/m1/lab:/run/haimg-lab".to_string()),
+            "{a:?}"
+        );
     }
 }

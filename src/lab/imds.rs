@@ -158,11 +158,14 @@ pub fn answer(
 
 /// Serves `nodes` (read again from `identities` on every request, so the lab can change a
 /// lifecycle state while it runs) on `listen` until the process is stopped.
-pub async fn serve(listen: std::net::SocketAddr, identities: std::path::PathBuf) -> crate::error::Result<()> {
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    identities: std::path::PathBuf,
+) -> crate::error::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| crate::error::Error::Runtime(format!("metadata stand-in: cannot listen on {listen}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        crate::error::Error::Runtime(format!("metadata stand-in: cannot listen on {listen}: {e}"))
+    })?;
     let tokens = std::sync::Arc::new(std::sync::Mutex::new(Tokens::default()));
     eprintln!("metadata stand-in listening on {listen}");
     loop {
@@ -259,14 +262,51 @@ mod tests {
         let mut t = Tokens::default();
         let now = Instant::now();
         let who = id();
-        let r = answer(&req("GET", "/latest/meta-data/instance-id", &[]), me, Some(&who), &mut t, now);
+        let r = answer(
+            &req("GET", "/latest/meta-data/instance-id", &[]),
+            me,
+            Some(&who),
+            &mut t,
+            now,
+        );
         assert_eq!(r.status, 401, "IMDSv1 is off");
-        assert_eq!(answer(&req("PUT", "/latest/api/token", &[]), me, Some(&who), &mut t, now).status, 400);
         assert_eq!(
-            answer(&req("PUT", "/latest/api/token", &[("x-aws-ec2-metadata-token-ttl-seconds", "21601")]), me, Some(&who), &mut t, now).status,
+            answer(
+                &req("PUT", "/latest/api/token", &[]),
+                me,
+                Some(&who),
+                &mut t,
+                now
+            )
+            .status,
             400
         );
-        let tok = answer(&req("PUT", "/latest/api/token", &[("x-aws-ec2-metadata-token-ttl-seconds", "60")]), me, Some(&who), &mut t, now);
+        assert_eq!(
+            answer(
+                &req(
+                    "PUT",
+                    "/latest/api/token",
+                    &[("x-aws-ec2-metadata-token-ttl-seconds", "21601")]
+                ),
+                me,
+                Some(&who),
+                &mut t,
+                now
+            )
+            .status,
+            400
+        );
+        let tok = answer(
+            &req(
+                "PUT",
+                "/latest/api/token",
+                &[("x-aws-ec2-metadata-token-ttl-seconds", "60")],
+            ),
+            me,
+            Some(&who),
+            &mut t,
+            now,
+        );
         assert_eq!((tok.status, tok.ttl), (200, Some(60)));
         let with = |path: &'static str, tok: &str, peer, t: &mut Tokens, at| {
             let h = [("x-aws-ec2-metadata-token", tok)];
@@ -276,14 +316,58 @@ mod tests {
         assert_eq!((r.status, r.body.as_str()), (200, "i-0123456789abcdef0"));
         let r = with("/latest/meta-data/local-ipv4", &tok.body, me, &mut t, now);
         assert_eq!(r.body, "10.0.0.201");
-        let r = with("/latest/meta-data/placement/region", &tok.body, me, &mut t, now);
+        let r = with(
+            "/latest/meta-data/placement/region",
+            &tok.body,
+            me,
+            &mut t,
+            now,
+        );
         assert_eq!(r.body, "us-west-2");
-        assert_eq!(with("/latest/meta-data/iam/info", &tok.body, me, &mut t, now).status, 404);
-        assert_eq!(with("/latest/meta-data/instance-id", &tok.body, other, &mut t, now).status, 401, "another node's token");
+        assert_eq!(
+            with("/latest/meta-data/iam/info", &tok.body, me, &mut t, now).status,
+            404
+        );
+        assert_eq!(
+            with(
+                "/latest/meta-data/instance-id",
+                &tok.body,
+                other,
+                &mut t,
+                now
+            )
+            .status,
+            401,
+            "another node's token"
+        );
         let later = now + Duration::from_secs(61);
-        assert_eq!(with("/latest/meta-data/instance-id", &tok.body, me, &mut t, later).status, 401, "expired");
-        let h = [("x-aws-ec2-metadata-token", tok.body.as_str()), ("x-forwarded-for", "1.2.3.4")];
-        assert_eq!(answer(&req("GET", "/latest/meta-data/instance-id", &h), me, Some(&who), &mut t, now).status, 403);
+        assert_eq!(
+            with(
+                "/latest/meta-data/instance-id",
+                &tok.body,
+                me,
+                &mut t,
+                later
+            )
+            .status,
+            401,
+            "expired"
+        );
+        let h = [
+            ("x-aws-ec2-metadata-token", tok.body.as_str()),
+            ("x-forwarded-for", "1.2.3.4"),
+        ];
+        assert_eq!(
+            answer(
+                &req("GET", "/latest/meta-data/instance-id", &h),
+                me,
+                Some(&who),
+                &mut t,
+                now
+            )
+            .status,
+            403
+        );
     }
 
     #[test]

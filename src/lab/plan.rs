@@ -71,7 +71,9 @@ pub fn plan(spec: &ClusterSpec) -> Result<LabPlan> {
     };
     let v4 = |ip: IpAddr, what: &str| match ip {
         IpAddr::V4(a) => Ok(a),
-        IpAddr::V6(_) => Err(Error::Usage(format!("lab: {what} {ip} is IPv6; the lab network is IPv4"))),
+        IpAddr::V6(_) => Err(Error::Usage(format!(
+            "lab: {what} {ip} is IPv6; the lab network is IPv4"
+        ))),
     };
     let vip_address = v4(vip.address, "the VIP")?;
     let network = spec
@@ -109,16 +111,23 @@ pub fn plan(spec: &ClusterSpec) -> Result<LabPlan> {
             availability_zone: zone(spec, i),
         });
     }
-    let host_address = free_addresses(network, &taken, 1)
-        .next()
-        .ok_or_else(|| Error::Usage(format!("lab: {network} has no free address for the lab itself")))?;
+    let host_address = free_addresses(network, &taken, 1).next().ok_or_else(|| {
+        Error::Usage(format!(
+            "lab: {network} has no free address for the lab itself"
+        ))
+    })?;
     taken.push(host_address);
     let mut worker = 0usize;
     for pool in &spec.worker_pools {
         for _ in 0..pool.desired_capacity {
             let address = free_addresses(network, &taken, FIRST_WORKER_OFFSET)
                 .next()
-                .ok_or_else(|| Error::Usage(format!("lab: {network} has no free address for worker {}", worker + 1)))?;
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "lab: {network} has no free address for worker {}",
+                        worker + 1
+                    ))
+                })?;
             taken.push(address);
             worker += 1;
             let name = ec2_private_dns_name(address, spec.region.as_str());
@@ -153,7 +162,9 @@ pub fn user_data(spec: &ClusterSpec, node: &LabNode, t: &Templates) -> Result<Ve
         ),
         None => *render::master_groups(spec)
             .iter()
-            .find(|g| matches!(g, Group::FixedMaster { node: n, .. } if n.name.as_str() == node.name))
+            .find(
+                |g| matches!(g, Group::FixedMaster { node: n, .. } if n.name.as_str() == node.name),
+            )
             .ok_or_else(|| Error::Usage(format!("lab: no master {} in the spec", node.name)))?,
     };
     Ok(render::user_data(spec, group, t)?.payload)
@@ -193,11 +204,19 @@ fn zone(spec: &ClusterSpec, i: usize) -> String {
 
 /// Host addresses of `net` from `offset` on (wrapping once), skipping `taken`, the network
 /// and broadcast addresses.
-fn free_addresses(net: Ipv4Net, taken: &[Ipv4Addr], offset: u32) -> impl Iterator<Item = Ipv4Addr> + '_ {
+fn free_addresses(
+    net: Ipv4Net,
+    taken: &[Ipv4Addr],
+    offset: u32,
+) -> impl Iterator<Item = Ipv4Addr> + '_ {
     let base = u32::from(net.network());
     let size = 1u64 << (32 - net.prefix_len());
     let hosts = size.saturating_sub(2) as u32;
-    let start = if offset as u64 >= size.saturating_sub(1) { 1 } else { offset.max(1) };
+    let start = if offset as u64 >= size.saturating_sub(1) {
+        1
+    } else {
+        offset.max(1)
+    };
     (0..hosts)
         .map(move |i| base + 1 + (start - 1 + i) % hosts.max(1))
         .map(Ipv4Addr::from)
@@ -230,12 +249,20 @@ mod tests {
                 ("m1", "m1", "10.0.0.11".to_string()),
                 ("m2", "m2", "10.0.0.12".into()),
                 ("m3", "m3", "10.0.0.13".into()),
-                ("w1", "ip-10-0-0-201.us-west-2.compute.internal", "10.0.0.201".into()),
+                (
+                    "w1",
+                    "ip-10-0-0-201.us-west-2.compute.internal",
+                    "10.0.0.201".into()
+                ),
             ]
         );
         let w = &p.nodes[3];
         assert_eq!(w.pool.as_deref(), Some("general"));
-        assert!(w.instance_id.starts_with("i-") && w.instance_id.len() == 19, "{}", w.instance_id);
+        assert!(
+            w.instance_id.starts_with("i-") && w.instance_id.len() == 19,
+            "{}",
+            w.instance_id
+        );
         assert_ne!(p.nodes[0].instance_id, p.nodes[1].instance_id);
         assert_eq!(plan(&s).unwrap(), p, "the same spec gives the same lab");
     }
@@ -244,10 +271,14 @@ mod tests {
     fn taken_addresses_are_skipped() {
         let net: Ipv4Net = "10.1.0.0/29".parse().unwrap();
         let taken = [Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 3)];
-        let got: Vec<String> = free_addresses(net, &taken, 1).map(|a| a.to_string()).collect();
+        let got: Vec<String> = free_addresses(net, &taken, 1)
+            .map(|a| a.to_string())
+            .collect();
         assert_eq!(got, ["10.1.0.2", "10.1.0.4", "10.1.0.5", "10.1.0.6"]);
         // An offset past the end starts again from the first host.
-        let got: Vec<String> = free_addresses(net, &taken, 201).map(|a| a.to_string()).collect();
+        let got: Vec<String> = free_addresses(net, &taken, 201)
+            .map(|a| a.to_string())
+            .collect();
         assert_eq!(got[0], "10.1.0.2");
     }
 
@@ -262,7 +293,13 @@ mod tests {
     #[test]
     fn us_east_1_names_its_instances_like_ec2() {
         let a = Ipv4Addr::new(10, 0, 3, 7);
-        assert_eq!(ec2_private_dns_name(a, "us-east-1"), "ip-10-0-3-7.ec2.internal");
-        assert_eq!(ec2_private_dns_name(a, "eu-west-1"), "ip-10-0-3-7.eu-west-1.compute.internal");
+        assert_eq!(
+            ec2_private_dns_name(a, "us-east-1"),
+            "ip-10-0-3-7.ec2.internal"
+        );
+        assert_eq!(
+            ec2_private_dns_name(a, "eu-west-1"),
+            "ip-10-0-3-7.eu-west-1.compute.internal"
+        );
     }
 }

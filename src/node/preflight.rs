@@ -248,7 +248,9 @@ mod tests {
     #[test]
     fn only_a_lab_system_container_may_run_on_cgroup_v1() {
         let (dir, v1) = tree(V1, "h\n", "1\n");
-        let marker = dir.path().join(LAB_SYSTEM_CONTAINER_MARKER.trim_start_matches('/'));
+        let marker = dir
+            .path()
+            .join(LAB_SYSTEM_CONTAINER_MARKER.trim_start_matches('/'));
         std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
         // A directory of that name is not the marker.
         std::fs::create_dir(&marker).unwrap();
@@ -258,7 +260,9 @@ mod tests {
         assert_eq!(check_host(&v1), vec![]);
         // Nothing mounted at /sys/fs/cgroup stays a problem, lab or not.
         let (dir, none) = tree("", "h\n", "1\n");
-        let marker = dir.path().join(LAB_SYSTEM_CONTAINER_MARKER.trim_start_matches('/'));
+        let marker = dir
+            .path()
+            .join(LAB_SYSTEM_CONTAINER_MARKER.trim_start_matches('/'));
         std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
         std::fs::write(&marker, "").unwrap();
         assert_eq!(check_host(&none).len(), 1);

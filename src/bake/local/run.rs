@@ -241,9 +241,9 @@ pub async fn make_base(
         c.arg(format!("--hook-dir={FILE_MIRROR_HOOKS}"));
     }
     c.arg(os.codename())
-    .arg(out)
-    .args(super::mirror_lines(sources))
-    .env("TMPDIR", tmp);
+        .arg(out)
+        .args(super::mirror_lines(sources))
+        .env("TMPDIR", tmp);
     output(children, "mmdebstrap (the base)", c).await.map(drop)
 }
 

@@ -548,6 +548,9 @@ apt:
 package_update: false
 package_upgrade: false
 package_reboot_if_required: false
+# The locale is the image's too: minimal bases carry no en_US.UTF-8 for cloud-init to set,
+# and its locale module then fails the whole config stage (found booting debian-12).
+locale: false
 CLOUD
 cat >/etc/apt/apt.conf.d/99-haimg-no-periodic <<'APT'
 // haimg: the image's packages are fixed at bake time.
