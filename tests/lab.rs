@@ -334,6 +334,111 @@ print(".".join(str(b) for b in r[-4:]) if struct.unpack(">H", r[6:8])[0] else "n
         assert!(o.status.success(), "status: {}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         assert_eq!(v["healthy"], true, "{v}");
+
+        // Failover: the VIP's holder stops; the VIP moves and the API answers through it again.
+        let masters = ["m1", "m2", "m3"];
+        let holds = |k: &str| {
+            sh(
+                &format!("haimg-lab-{k}"),
+                &["ip", "-o", "addr", "show", "dev", "eth0"],
+            )
+            .contains(" 10.0.0.100/")
+        };
+        let holder = *masters
+            .iter()
+            .find(|k| holds(k))
+            .expect("a master holds the VIP");
+        let readyz = |url: &str| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    "haimg-lab",
+                    "curl",
+                    "-sk",
+                    "--max-time",
+                    "2",
+                    url,
+                ])
+                .output()
+                .map(|o| o.stdout == b"ok")
+                .unwrap_or(false)
+        };
+        let t = std::time::Instant::now();
+        let o = run(lab(&["stop", holder], &spec, &state));
+        assert!(o.status.success(), "lab stop: {}", stderr(&o));
+        let stopped = t.elapsed();
+        let bound = std::time::Duration::from_secs(60);
+        while !readyz("https://10.0.0.100:6443/readyz") {
+            assert!(
+                t.elapsed() < stopped + bound,
+                "the API did not answer through the VIP within {bound:?} of {holder} stopping"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let back = t.elapsed() - stopped;
+        let new_holder: Vec<&str> = masters
+            .iter()
+            .copied()
+            .filter(|k| *k != holder && holds(k))
+            .collect();
+        assert_eq!(
+            new_holder.len(),
+            1,
+            "exactly one other master holds the VIP"
+        );
+        eprintln!("failover: {holder} stopped in {:.1} s; the API answered through the VIP on {} {:.1} s later", stopped.as_secs_f64(), new_holder[0], back.as_secs_f64());
+        let others: Vec<String> = masters
+            .iter()
+            .filter(|k| **k != holder)
+            .map(|k| format!("https://10.0.0.1{}:2379", &k[1..]))
+            .collect();
+        let health = |endpoints: &str| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    "haimg-lab",
+                    "etcdctl",
+                    &format!("--endpoints={endpoints}"),
+                    &ca,
+                    &cert,
+                    &key,
+                    "endpoint",
+                    "health",
+                ])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        assert!(
+            health(&others.join(",")),
+            "the other two etcd members keep quorum"
+        );
+        let nodes = kubectl(&state, &["get", "nodes", "-o", "name"]);
+        assert_eq!(
+            nodes.lines().count(),
+            4,
+            "the API serves reads without {holder}: {nodes}"
+        );
+
+        // It comes back healthy: its etcd member and its API server answer again.
+        let o = run(lab(&["start", holder], &spec, &state));
+        assert!(o.status.success(), "lab start: {}", stderr(&o));
+        let all = "https://10.0.0.11:2379,https://10.0.0.12:2379,https://10.0.0.13:2379";
+        let own = format!("https://10.0.0.1{}:6444/readyz", &holder[1..]);
+        let t = std::time::Instant::now();
+        while !(health(all) && readyz(&own)) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(240),
+                "{holder} did not come back healthy"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        eprintln!(
+            "failover: {holder} healthy again {:.1} s after its start",
+            t.elapsed().as_secs_f64()
+        );
     });
 
     let o = run(lab(&["down"], &spec, &state));

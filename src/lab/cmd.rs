@@ -27,6 +27,10 @@ pub enum LabCommand {
     Status(CommonArgs),
     /// Stop every node and remove everything the lab made (also after a failed `up`).
     Down(CommonArgs),
+    /// Power a node off (its root and network kept), as a failed instance looks.
+    Stop(NodeArgs),
+    /// Boot a stopped node again from its root.
+    Start(NodeArgs),
     /// The metadata stand-in (started by `up` inside the lab's namespace).
     #[command(hide = true)]
     Imds {
@@ -48,6 +52,14 @@ pub struct CommonArgs {
     /// `json` for a machine-readable report.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub output: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The node: its name or its key (m1, w1, …).
+    pub node: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +92,8 @@ pub fn run(args: Args) -> Result<()> {
         LabCommand::Up(a) => rt.block_on(up(a)),
         LabCommand::Status(a) => rt.block_on(status(a)),
         LabCommand::Down(a) => down(a),
+        LabCommand::Stop(a) => stop_or_start(a, false),
+        LabCommand::Start(a) => stop_or_start(a, true),
         LabCommand::Imds { listen, identities } => {
             rt.block_on(super::imds::serve(listen, identities))
         }
@@ -666,4 +680,41 @@ fn down(a: CommonArgs) -> Result<()> {
             left.join("; ")
         )))
     }
+}
+
+fn stop_or_start(a: NodeArgs, start: bool) -> Result<()> {
+    require_root()?;
+    let (_, l) = load(&a.common)?;
+    let r = read_record(&l).ok_or_else(|| {
+        Error::Usage(format!(
+            "lab {}: not up (no {})",
+            l.cluster,
+            l.record().display()
+        ))
+    })?;
+    let n = r
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.key == a.node || n.name == a.node)
+        .ok_or_else(|| Error::Usage(format!("lab {}: no node {}", l.cluster, a.node)))?;
+    let pid = std::fs::read_to_string(l.node_dir(&n.key).join("pid")).unwrap_or_default();
+    let running = !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists();
+    if start {
+        if running {
+            return Err(Error::Usage(format!("lab: node {} is running", n.name)));
+        }
+        let procs = host::create_cgroups(&l, &n.key)?;
+        let pid = host::start_node(&l, &n.key, &n.key, &procs)?;
+        host::write(
+            &l.node_dir(&n.key).join("pid"),
+            pid.to_string().as_bytes(),
+            false,
+        )?;
+        say(&format!("{} booting again", n.name));
+    } else {
+        host::stop_node(&l, &n.key);
+        say(&format!("{} stopped", n.name));
+    }
+    Ok(())
 }

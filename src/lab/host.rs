@@ -328,7 +328,12 @@ fn rmdir_tree(dir: &Path) {
 pub fn start_node(l: &Layout, key: &str, machine: &str, cgroup_procs: &[PathBuf]) -> Result<u32> {
     let d = l.node_dir(key);
     let console = d.join("console.log");
-    let out = std::fs::File::create(&console).map_err(Error::io(&console))?;
+    // Appended to: a node booted again keeps its first boot's console.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&console)
+        .map_err(Error::io(&console))?;
     let err = out.try_clone().map_err(Error::io(&console))?;
     let mut c = Command::new("/bin/sh");
     c.arg("-c")
@@ -513,6 +518,28 @@ pub fn teardown(l: &Layout, keys: &[String]) -> Vec<String> {
         ));
     }
     left
+}
+
+/// Stops one node as a failure would look from the network (a poweroff, then every process
+/// left in its cgroups killed), keeping its root and namespace for [`start_node`] again.
+pub fn stop_node(l: &Layout, key: &str) {
+    let pidfile = l.node_dir(key).join("pid");
+    let pid = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| is_ours(*p, "systemd-nspawn"));
+    if let Some(p) = pid {
+        // SAFETY: kill(2) of the node's launcher, its command line checked.
+        unsafe { libc::kill(p, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while Path::new(&format!("/proc/{p}")).exists() && std::time::Instant::now() < deadline {
+            reap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    remove_cgroups(l, key);
+    reap();
+    let _ = std::fs::remove_file(pidfile);
 }
 
 /// Whether `pid` runs a command line containing `word` (a pid file may be stale).
