@@ -378,7 +378,8 @@ async fn start(
     Ok(())
 }
 
-/// The image must hold the Kubernetes release the spec names and the VIP pods' images.
+/// The image must be a haimg image with a control plane (its manifest lists kube-apiserver);
+/// whether it carries the spec's Kubernetes version and VIP images is not checked here yet.
 fn check_image(l: &Layout, r: &Record) -> Result<()> {
     let p = l.lower().join("etc/haimg/image-manifest.json");
     let text = std::fs::read_to_string(&p).map_err(|e| {

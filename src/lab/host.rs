@@ -566,7 +566,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mount_paths_are_unescaped_and_sorted_deepest_first() {
+    fn mount_paths_are_unescaped() {
         assert_eq!(unescape_mount_path(r"/a\040b/c"), PathBuf::from("/a b/c"));
         assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
     }
