@@ -28,16 +28,27 @@ pub enum LabCommand {
     /// Stop every node and remove everything the lab made (also after a failed `up`).
     Down(CommonArgs),
     /// Power a node off (its root and network kept), as a failed instance looks.
-    Stop(NodeArgs),
+    Stop(StopArgs),
     /// Boot a stopped node again from its root.
     Start(NodeArgs),
-    /// The metadata stand-in (started by `up` inside the lab's namespace).
+    /// Set a worker pool's desired capacity, as its Auto Scaling group would: new workers
+    /// boot with the pool's user-data and join; the newest are scaled in through the
+    /// termination lifecycle (each drains itself and completes the action, then stops).
+    Scale(ScaleArgs),
+    /// Scale in one worker, as `aws autoscaling terminate-instance-in-auto-scaling-group
+    /// --should-decrement-desired-capacity` does: through the termination lifecycle.
+    Terminate(TerminateArgs),
+    /// The metadata stand-in and the lab's Auto Scaling (started by `up` in the lab's namespace).
     #[command(hide = true)]
-    Imds {
+    Serve {
         #[arg(long)]
-        listen: std::net::SocketAddr,
+        imds: std::net::SocketAddr,
+        #[arg(long)]
+        autoscaling: std::net::SocketAddr,
         #[arg(long)]
         identities: PathBuf,
+        #[arg(long)]
+        events: PathBuf,
     },
 }
 
@@ -63,6 +74,39 @@ pub struct NodeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Cut the power: kill every process of the node at once, with no shutdown (keepalived
+    /// cannot hand the VIP over; the others must notice the node is gone).
+    #[arg(long)]
+    pub kill: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The worker pool.
+    pub pool: String,
+    /// Its new desired capacity.
+    pub desired: u32,
+    /// Bound on the new workers becoming Ready, and on each scaled-in worker's lifecycle
+    /// action (Auto Scaling's heartbeat timeout for the `haimg-drain` hook is 600 s).
+    #[arg(long, default_value = "600", value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TerminateArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Bound on the worker's lifecycle action (the hook's heartbeat timeout).
+    #[arg(long, default_value = "600", value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -72,6 +116,10 @@ pub struct UpArgs {
     /// Give up (and remove everything) when the nodes are not all Ready by then.
     #[arg(long, default_value = "600", value_name = "SECONDS")]
     pub timeout: u64,
+    /// moto's server, which plays Parameter Store when the spec's credentials come from SSM
+    /// (`pip install 'moto[server]'`); not used with static credentials.
+    #[arg(long, value_name = "PATH", default_value = "moto_server")]
+    pub moto_server: PathBuf,
 }
 
 /// What `up` leaves for `status` and `down`.
@@ -81,6 +129,9 @@ struct Record {
     plan: LabPlan,
     image: PathBuf,
     started_at: u64,
+    /// Where the nodes' AWS calls go.
+    ssm: Option<String>,
+    autoscaling: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -92,11 +143,16 @@ pub fn run(args: Args) -> Result<()> {
         LabCommand::Up(a) => rt.block_on(up(a)),
         LabCommand::Status(a) => rt.block_on(status(a)),
         LabCommand::Down(a) => down(a),
-        LabCommand::Stop(a) => stop_or_start(a, false),
-        LabCommand::Start(a) => stop_or_start(a, true),
-        LabCommand::Imds { listen, identities } => {
-            rt.block_on(super::imds::serve(listen, identities))
-        }
+        LabCommand::Stop(a) => stop_or_start(a.node, Some(a.kill)),
+        LabCommand::Start(a) => stop_or_start(a, None),
+        LabCommand::Scale(a) => rt.block_on(scale(a)),
+        LabCommand::Terminate(a) => rt.block_on(terminate(a)),
+        LabCommand::Serve {
+            imds,
+            autoscaling,
+            identities,
+            events,
+        } => rt.block_on(super::serve::run(imds, autoscaling, identities, events)),
     }
 }
 
@@ -182,6 +238,20 @@ async fn up(a: UpArgs) -> Result<()> {
         .iter()
         .map(|n| plan::user_data(&spec, n, &t))
         .collect::<Result<_>>()?;
+    for ud in &user_data {
+        super::dropins::check_vendor_keys(ud)?;
+    }
+    let ssm = matches!(spec.credentials, crate::spec::Credentials::Ssm);
+    let moto = if ssm {
+        Some(find_tool(&a.moto_server).ok_or_else(|| {
+            Error::Usage(format!(
+                "lab: the spec's credentials come from SSM, which the lab plays with moto: `{}` is not installed (pip install 'moto[server]', or --moto-server PATH)",
+                a.moto_server.display()
+            ))
+        })?)
+    } else {
+        None
+    };
     let disk = image_disk(&a.image)?;
     if l.record().exists() || host::netns_exists(&l.lab_netns()) {
         return Err(Error::Usage(format!(
@@ -192,14 +262,16 @@ async fn up(a: UpArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let keys: Vec<String> = plan.nodes.iter().map(|n| n.key.clone()).collect();
+    let blocking = Blocking::default();
     let work = async {
-        start(&l, &plan, &disk, &a.image, &user_data).await?;
+        start(&l, &plan, &disk, &a.image, moto.as_deref(), &spec).await?;
+        boot(&l, &plan, &plan.nodes, &user_data, &blocking).await?;
         say(&format!(
             "{} nodes started in {:.1} s; waiting for every node Ready",
             plan.nodes.len(),
             t0.elapsed().as_secs_f64()
         ));
-        wait_ready(&l, &plan, t0, Duration::from_secs(a.timeout)).await
+        wait_ready(&l, &plan.nodes, t0, Duration::from_secs(a.timeout)).await
     };
     let outcome = tokio::select! {
         r = work => r,
@@ -207,6 +279,8 @@ async fn up(a: UpArgs) -> Result<()> {
     };
     if let Err(e) = outcome {
         say(&format!("{e}; removing the lab"));
+        // A root being copied when a signal came must be done before its mounts go.
+        blocking.wait_idle(Duration::from_secs(300)).await;
         keep_logs(&l, &keys);
         for left in host::teardown(&l, &keys) {
             eprintln!("warning: lab down: could not remove {left}");
@@ -220,6 +294,39 @@ async fn up(a: UpArgs) -> Result<()> {
         l.lab_netns()
     ));
     Ok(())
+}
+
+/// Counts blocking tasks still running (they cannot be cancelled), so a teardown after a
+/// signal waits for them instead of unmounting under them.
+#[derive(Clone, Default)]
+struct Blocking(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+struct BlockingGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for BlockingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Blocking {
+    fn enter(&self) -> BlockingGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        BlockingGuard(self.0.clone())
+    }
+    async fn wait_idle(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while self.0.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn find_tool(p: &Path) -> Option<PathBuf> {
+    if p.components().count() > 1 {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    which(&p.to_string_lossy())
 }
 
 /// The disk of a local image: a store entry's `disk.qcow2`/`disk.raw`, or the file itself.
@@ -247,28 +354,28 @@ fn image_disk(image: &Path) -> Result<PathBuf> {
     Ok(disk)
 }
 
+/// The lab around the nodes: its record, the image's root, the network, the metadata
+/// stand-in and Auto Scaling, and moto for SSM.
 async fn start(
     l: &Layout,
     plan: &LabPlan,
     disk: &Path,
     image: &Path,
-    user_data: &[Vec<u8>],
+    moto: Option<&Path>,
+    spec: &crate::spec::ClusterSpec,
 ) -> Result<()> {
     std::fs::create_dir_all(&l.state).map_err(Error::io(&l.state))?;
+    let host = plan.host_address;
     let record = Record {
         plan: plan.clone(),
         image: image.to_path_buf(),
         started_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        ssm: moto.map(|_| format!("http://{host}:{}", plan::SSM_PORT)),
+        autoscaling: format!("http://{host}:{}", plan::AUTOSCALING_PORT),
     };
-    host::write(
-        &l.record(),
-        serde_json::to_string_pretty(&record)
-            .expect("plain data")
-            .as_bytes(),
-        false,
-    )?;
+    write_record(l, &record)?;
     // Machine-wide settings the nodes will change, recorded before anything runs.
     let saved = host::read_sysctls();
     host::write(
@@ -297,41 +404,110 @@ async fn start(
         raw
     };
     host::mount_image_root(&raw, &l.lower())?;
-    check_image(l, &record)?;
+    check_image(l, &record, spec)?;
 
     let prefix = plan.network.prefix_len();
-    host::create_lab_network(l, &plan.host_address.to_string(), prefix)?;
-    let identities: BTreeMap<String, Identity> = plan
-        .nodes
-        .iter()
-        .map(|n| (n.address.to_string(), Identity::of(n)))
-        .collect();
-    host::write(
-        &l.identities(),
-        serde_json::to_string_pretty(&identities)
-            .expect("plain data")
-            .as_bytes(),
-        false,
-    )?;
-    start_imds(l).await?;
+    host::create_lab_network(l, &host.to_string(), prefix)?;
+    write_identities(l, &plan.nodes)?;
+    let serve = [
+        "lab".to_string(),
+        "serve".into(),
+        "--imds".into(),
+        format!("{}:80", plan::IMDS_ADDRESS),
+        "--autoscaling".into(),
+        format!("{host}:{}", plan::AUTOSCALING_PORT),
+        "--identities".into(),
+        l.identities().to_string_lossy().into_owned(),
+        "--events".into(),
+        l.events().to_string_lossy().into_owned(),
+    ];
+    let exe = std::env::current_exe().map_err(|e| Error::Runtime(format!("lab: own path: {e}")))?;
+    start_service(l, "serve", &exe, &serve, "listening on").await?;
+    if let Some(moto) = moto {
+        let args = [
+            "-H".to_string(),
+            host.to_string(),
+            "-p".into(),
+            plan::SSM_PORT.to_string(),
+        ];
+        start_service(l, "moto", moto, &args, "Running on").await?;
+        say(&format!(
+            "Parameter Store: moto at http://{host}:{}",
+            plan::SSM_PORT
+        ));
+    }
     host::write_sysctl(
         "net/netfilter/nf_conntrack_max",
         &host::kube_proxy_conntrack_max().to_string(),
     )?;
+    Ok(())
+}
 
+fn write_record(l: &Layout, r: &Record) -> Result<()> {
+    host::write_atomic(
+        &l.record(),
+        serde_json::to_string_pretty(r)
+            .expect("plain data")
+            .as_bytes(),
+    )
+}
+
+/// The identities the metadata stand-in serves, by address.
+fn write_identities(l: &Layout, nodes: &[plan::LabNode]) -> Result<()> {
+    let identities: BTreeMap<String, Identity> = nodes
+        .iter()
+        .map(|n| (n.address.to_string(), Identity::of(n)))
+        .collect();
+    write_identities_map(l, &identities)
+}
+
+fn write_identities_map(l: &Layout, m: &BTreeMap<String, Identity>) -> Result<()> {
+    host::write_atomic(
+        &l.identities(),
+        serde_json::to_string_pretty(m)
+            .expect("plain data")
+            .as_bytes(),
+    )
+}
+
+fn read_identities(l: &Layout) -> BTreeMap<String, Identity> {
+    std::fs::read(l.identities())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Boots `nodes` of `plan`: their roots (in parallel: each copies the image's containerd
+/// store, ~750 MB), networks, NoCloud seeds (their user-data, and the lab's vendor-data)
+/// and lab-only drop-ins, then the nodes themselves.
+async fn boot(
+    l: &Layout,
+    plan: &LabPlan,
+    nodes: &[plan::LabNode],
+    user_data: &[Vec<u8>],
+    blocking: &Blocking,
+) -> Result<()> {
+    let record = read_record(l).ok_or_else(|| Error::Runtime("lab: its record is gone".into()))?;
+    let vendor = super::dropins::vendor_data(&super::dropins::AwsEndpoints {
+        ssm: record.ssm.clone(),
+        autoscaling: record.autoscaling.clone(),
+    });
     let containerd = std::fs::read_to_string(l.lower().join("etc/containerd/config.toml"))
         .map_err(Error::io(l.lower().join("etc/containerd/config.toml")))?;
     let drop_ins = super::dropins::drop_ins(&containerd)?;
-    // Roots in parallel: each copies the image's containerd store (~750 MB).
     let mut tasks = tokio::task::JoinSet::new();
-    for n in &plan.nodes {
-        let (l, key) = (l.clone(), n.key.clone());
-        tasks.spawn_blocking(move || host::prepare_root(&l, &key));
+    for n in nodes {
+        let (l, key, guard) = (l.clone(), n.key.clone(), blocking.enter());
+        tasks.spawn_blocking(move || {
+            let _guard = guard;
+            host::prepare_root(&l, &key)
+        });
     }
     while let Some(r) = tasks.join_next().await {
         r.map_err(|e| Error::Runtime(format!("lab: preparing a root: {e}")))??;
     }
-    for (n, ud) in plan.nodes.iter().zip(user_data) {
+    let prefix = plan.network.prefix_len();
+    for (n, ud) in nodes.iter().zip(user_data) {
         host::create_node_network(
             l,
             &n.key,
@@ -343,6 +519,7 @@ async fn start(
         let seed = root.join("var/lib/cloud/seed/nocloud");
         // The user-data may hold static join material: root only, as on EC2.
         host::write(&seed.join("user-data"), ud, true)?;
+        host::write(&seed.join("vendor-data"), vendor.as_bytes(), false)?;
         host::write(
             &seed.join("meta-data"),
             plan::meta_data(n).as_bytes(),
@@ -378,9 +555,11 @@ async fn start(
     Ok(())
 }
 
-/// The image must be a haimg image with a control plane (its manifest lists kube-apiserver);
-/// whether it carries the spec's Kubernetes version and VIP images is not checked here yet.
-fn check_image(l: &Layout, r: &Record) -> Result<()> {
+/// The image must be a haimg image that can run the spec: its manifest lists the spec's
+/// Kubernetes version of the control-plane images and the VIP's keepalived and haproxy
+/// images (the nodes are offline: a missing image would only show as a node that never
+/// becomes Ready).
+fn check_image(l: &Layout, r: &Record, spec: &crate::spec::ClusterSpec) -> Result<()> {
     let p = l.lower().join("etc/haimg/image-manifest.json");
     let text = std::fs::read_to_string(&p).map_err(|e| {
         Error::Usage(format!(
@@ -394,58 +573,93 @@ fn check_image(l: &Layout, r: &Record) -> Result<()> {
         .as_array()
         .map(|a| a.iter().filter_map(|i| i["image"].as_str()).collect())
         .unwrap_or_default();
-    if !images
-        .iter()
-        .any(|i| i.starts_with("registry.k8s.io/kube-apiserver:"))
-    {
-        return Err(Error::Usage(format!(
-            "--image {}: holds no kube-apiserver image",
-            r.image.display()
-        )));
+    missing_images(&images, spec).map_err(|what| {
+        Error::Usage(format!(
+            "--image {}: {what}, which the spec needs ({})",
+            r.image.display(),
+            p.strip_prefix(l.lower()).unwrap_or(&p).display()
+        ))
+    })
+}
+
+/// What a spec needs that an image's list of images lacks (pure).
+fn missing_images(
+    images: &[&str],
+    spec: &crate::spec::ClusterSpec,
+) -> std::result::Result<(), String> {
+    let version = format!("v{}", spec.kubernetes_version);
+    let apiserver = format!("registry.k8s.io/kube-apiserver:{version}");
+    if !images.contains(&apiserver.as_str()) {
+        let has: Vec<&str> = images
+            .iter()
+            .filter_map(|i| i.strip_prefix("registry.k8s.io/kube-apiserver:"))
+            .collect();
+        return Err(format!(
+            "holds no {apiserver} (it has kube-apiserver {})",
+            if has.is_empty() {
+                "none".to_string()
+            } else {
+                has.join(", ")
+            }
+        ));
+    }
+    if let crate::spec::Endpoint::Vip(v) = &spec.control_plane.endpoint {
+        let mut need = vec![v.keepalived_image.as_str()];
+        if v.haproxy {
+            need.push(v.haproxy_image.as_str());
+        }
+        if let Some(n) = need.iter().find(|n| !images.contains(n)) {
+            return Err(format!("holds no {n}"));
+        }
     }
     Ok(())
 }
 
-async fn start_imds(l: &Layout) -> Result<()> {
-    let exe = std::env::current_exe().map_err(|e| Error::Runtime(format!("lab: own path: {e}")))?;
-    let log_path = l.state.join("imds.log");
+/// Starts one of the lab's services (`name`: its pid file and log in the state) inside the
+/// lab's namespace, in a process group of its own; ready when its log says `ready`.
+async fn start_service(
+    l: &Layout,
+    name: &str,
+    program: &Path,
+    args: &[String],
+    ready: &str,
+) -> Result<()> {
+    let log_path = l.state.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path).map_err(Error::io(&log_path))?;
     let mut c = std::process::Command::new("ip");
     c.args(["netns", "exec", &l.lab_netns()])
-        .arg(&exe)
-        .args(["lab", "imds", "--listen"])
-        .arg(format!("{}:80", plan::IMDS_ADDRESS))
-        .arg("--identities")
-        .arg(l.identities())
+        .arg(program)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(Error::io(&log_path))?)
         .stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut c, 0);
     let mut child = c
         .spawn()
-        .map_err(|e| Error::Runtime(format!("lab: metadata stand-in: {e}")))?;
+        .map_err(|e| Error::Runtime(format!("lab: {name}: {e}")))?;
     host::write(
-        &l.state.join("imds.pid"),
+        &l.state.join(format!("{name}.pid")),
         child.id().to_string().as_bytes(),
         false,
     )?;
-    // Ready when it says it listens; an early exit is an error.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // moto takes a few seconds to import its services on this machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("listening on") {
+        if text.contains(ready) {
             return Ok(());
         }
         if let Ok(Some(s)) = child.try_wait() {
             return Err(Error::Runtime(format!(
-                "lab: the metadata stand-in exited ({s}): {}",
+                "lab: {name} exited ({s}): {}",
                 text.trim()
             )));
         }
         if Instant::now() > deadline {
-            return Err(Error::Timeout(
-                "the metadata stand-in did not listen within 10 s".into(),
-            ));
+            return Err(Error::Timeout(format!(
+                "lab: {name} was not ready within 60 s (its log: {})",
+                log_path.display()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -490,11 +704,14 @@ fn ready_nodes(l: &Layout) -> Result<Vec<String>> {
 }
 
 /// Copies an admin kubeconfig out of the first master that has one.
-fn fetch_kubeconfig(l: &Layout, plan: &LabPlan) -> bool {
+fn fetch_kubeconfig(l: &Layout, nodes: &[plan::LabNode]) -> bool {
     if l.kubeconfig().is_file() {
         return true;
     }
-    for m in plan.masters() {
+    for m in nodes
+        .iter()
+        .filter(|n| n.role == crate::node::config::Role::Master)
+    {
         let src = l.root(&m.key).join("etc/kubernetes/admin.conf");
         if let Ok(b) = std::fs::read(&src) {
             return host::write(&l.kubeconfig(), &b, true).is_ok();
@@ -503,11 +720,18 @@ fn fetch_kubeconfig(l: &Layout, plan: &LabPlan) -> bool {
     false
 }
 
-async fn wait_ready(l: &Layout, plan: &LabPlan, t0: Instant, bound: Duration) -> Result<()> {
+/// Waits until every node of `nodes` is Ready, saying when each one's init or join is done;
+/// fails as soon as a node stops, its cloud-init final stage fails, or it gives up.
+async fn wait_ready(
+    l: &Layout,
+    nodes: &[plan::LabNode],
+    t0: Instant,
+    bound: Duration,
+) -> Result<()> {
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
     let mut node_up = std::collections::BTreeSet::new();
     loop {
-        for n in &plan.nodes {
+        for n in nodes {
             if node_up.contains(&n.key) {
                 continue;
             }
@@ -539,19 +763,32 @@ async fn wait_ready(l: &Layout, plan: &LabPlan, t0: Instant, bound: Duration) ->
                 )));
             }
         }
-        if fetch_kubeconfig(l, plan) {
+        let events = read_events(l);
+        for n in nodes {
+            let gave_up = events.iter().any(|e| {
+                matches!(e, super::asg::Event::SetInstanceHealth { instance, status } if *instance == n.instance_id && status == "Unhealthy")
+            });
+            if gave_up {
+                return Err(Error::Runtime(format!(
+                    "lab: node {} gave up and marked itself Unhealthy; its console: {}",
+                    n.name,
+                    l.node_dir(&n.key).join("console.log").display()
+                )));
+            }
+        }
+        if fetch_kubeconfig(l, nodes) {
             if let Ok(ready) = ready_nodes(l) {
                 for r in &ready {
-                    if seen.insert(r.clone(), ()).is_none() {
+                    if nodes.iter().any(|n| n.name == *r) && seen.insert(r.clone(), ()).is_none() {
                         say(&format!("{r} Ready at {:.1} s", t0.elapsed().as_secs_f64()));
                     }
                 }
-                if plan.nodes.iter().all(|n| ready.contains(&n.name)) {
+                if nodes.iter().all(|n| ready.contains(&n.name)) {
                     return Ok(());
                 }
             }
         }
-        for n in &plan.nodes {
+        for n in nodes {
             let pid = std::fs::read_to_string(l.node_dir(&n.key).join("pid")).unwrap_or_default();
             if !Path::new(&format!("/proc/{}", pid.trim())).exists() {
                 return Err(Error::Runtime(format!(
@@ -581,7 +818,9 @@ fn keep_logs(l: &Layout, keys: &[String]) {
             dir.join(format!("{k}.console.log")),
         );
     }
-    let _ = std::fs::copy(l.state.join("imds.log"), dir.join("imds.log"));
+    for log in ["serve.log", "moto.log"] {
+        let _ = std::fs::copy(l.state.join(log), dir.join(log));
+    }
     say(&format!("consoles kept in {}", dir.display()));
 }
 
@@ -605,10 +844,11 @@ struct NodeStatus {
 async fn status(a: CommonArgs) -> Result<()> {
     require_root()?;
     let (spec, l) = load(&a)?;
-    let plan = read_record(&l)
-        .map(|r| r.plan)
-        .unwrap_or(plan::plan(&spec)?);
-    let ready = if fetch_kubeconfig(&l, &plan) {
+    let plan = match read_record(&l) {
+        Some(r) => r.plan,
+        None => plan::plan(&spec)?,
+    };
+    let ready = if fetch_kubeconfig(&l, &plan.nodes) {
         ready_nodes(&l).unwrap_or_default()
     } else {
         vec![]
@@ -670,7 +910,13 @@ fn down(a: CommonArgs) -> Result<()> {
         Some(r) => r.plan,
         None => plan::plan(&spec)?,
     };
-    let keys: Vec<String> = plan.nodes.iter().map(|n| n.key.clone()).collect();
+    // Retired workers too: a scale-in interrupted half-way may have left one behind.
+    let keys: Vec<String> = plan
+        .nodes
+        .iter()
+        .chain(&plan.retired)
+        .map(|n| n.key.clone())
+        .collect();
     let left = host::teardown(&l, &keys);
     if left.is_empty() {
         say(&format!("lab {} is down; nothing left", l.cluster));
@@ -683,39 +929,264 @@ fn down(a: CommonArgs) -> Result<()> {
     }
 }
 
-fn stop_or_start(a: NodeArgs, start: bool) -> Result<()> {
-    require_root()?;
-    let (_, l) = load(&a.common)?;
-    let r = read_record(&l).ok_or_else(|| {
+/// A scaled-in worker's console and journal, kept under `retired/<key>/` until `down`.
+fn keep_retired_logs(l: &Layout, key: &str) {
+    let to = l.state.join("retired").join(key);
+    let _ = std::fs::create_dir_all(&to);
+    let _ = std::fs::copy(l.node_dir(key).join("console.log"), to.join("console.log"));
+    let journal = l.root(key).join("var/log/journal");
+    if journal.is_dir() {
+        let _ = host::run(
+            "cp",
+            &[
+                "-a",
+                &journal.to_string_lossy(),
+                &to.join("journal").to_string_lossy(),
+            ],
+        );
+    }
+}
+
+fn read_events(l: &Layout) -> Vec<super::asg::Event> {
+    super::asg::events(&std::fs::read_to_string(l.events()).unwrap_or_default())
+}
+
+/// The lab's record, for commands on a lab that is up.
+fn up_record(l: &Layout) -> Result<Record> {
+    read_record(l).ok_or_else(|| {
         Error::Usage(format!(
             "lab {}: not up (no {})",
             l.cluster,
             l.record().display()
         ))
-    })?;
-    let n = r
+    })
+}
+
+fn find_node<'a>(l: &Layout, r: &'a Record, node: &str) -> Result<&'a plan::LabNode> {
+    r.plan
+        .nodes
+        .iter()
+        .find(|n| n.key == node || n.name == node)
+        .ok_or_else(|| Error::Usage(format!("lab {}: no node {node}", l.cluster)))
+}
+
+fn is_running(l: &Layout, key: &str) -> bool {
+    let pid = std::fs::read_to_string(l.node_dir(key).join("pid")).unwrap_or_default();
+    !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+/// `stop` (`kill`: how) when `kill` is given, `start` when it is not.
+fn stop_or_start(a: NodeArgs, kill: Option<bool>) -> Result<()> {
+    require_root()?;
+    let (_, l) = load(&a.common)?;
+    let r = up_record(&l)?;
+    let n = find_node(&l, &r, &a.node)?;
+    let running = is_running(&l, &n.key);
+    match kill {
+        None => {
+            if running {
+                return Err(Error::Usage(format!("lab: node {} is running", n.name)));
+            }
+            if !host::netns_exists(&l.node_netns(&n.key)) {
+                // Killed: its network went with it.
+                host::create_node_network(
+                    &l,
+                    &n.key,
+                    &n.address.to_string(),
+                    r.plan.network.prefix_len(),
+                    &r.plan.host_address.to_string(),
+                )?;
+            }
+            let procs = host::create_cgroups(&l, &n.key)?;
+            let pid = host::start_node(&l, &n.key, &n.key, &procs)?;
+            host::write(
+                &l.node_dir(&n.key).join("pid"),
+                pid.to_string().as_bytes(),
+                false,
+            )?;
+            say(&format!("{} booting again", n.name));
+        }
+        Some(true) => {
+            host::kill_node(&l, &n.key)?;
+            say(&format!("{} killed (no shutdown)", n.name));
+        }
+        Some(false) => {
+            host::stop_node(&l, &n.key);
+            say(&format!("{} stopped", n.name));
+        }
+    }
+    Ok(())
+}
+
+async fn scale(a: ScaleArgs) -> Result<()> {
+    require_root()?;
+    let (spec, l) = load(&a.common)?;
+    let mut r = up_record(&l)?;
+    let in_pool: Vec<plan::LabNode> = r
         .plan
         .nodes
         .iter()
-        .find(|n| n.key == a.node || n.name == a.node)
-        .ok_or_else(|| Error::Usage(format!("lab {}: no node {}", l.cluster, a.node)))?;
-    let pid = std::fs::read_to_string(l.node_dir(&n.key).join("pid")).unwrap_or_default();
-    let running = !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists();
-    if start {
-        if running {
-            return Err(Error::Usage(format!("lab: node {} is running", n.name)));
+        .filter(|n| n.pool.as_deref() == Some(a.pool.as_str()))
+        .cloned()
+        .collect();
+    let pool = spec
+        .worker_pools
+        .iter()
+        .find(|p| p.name.as_str() == a.pool)
+        .ok_or_else(|| Error::Usage(format!("lab: no worker pool {} in the spec", a.pool)))?;
+    if a.desired < pool.min_size || a.desired > pool.max_size {
+        return Err(Error::Usage(format!(
+            "lab: pool {} takes {}..={} workers (minSize..maxSize), not {}",
+            a.pool, pool.min_size, pool.max_size, a.desired
+        )));
+    }
+    let have = in_pool.len() as u32;
+    let t0 = Instant::now();
+    if a.desired > have {
+        let new = plan::add_workers(&r.plan, &spec, &a.pool, a.desired - have)?;
+        let t = Templates::embedded();
+        let user_data: Vec<Vec<u8>> = new
+            .iter()
+            .map(|n| plan::user_data(&spec, n, &t))
+            .collect::<Result<_>>()?;
+        r.plan.nodes.extend(new.iter().cloned());
+        // Recorded first: `down` removes them whatever happens next.
+        write_record(&l, &r)?;
+        let mut ids = read_identities(&l);
+        for n in &new {
+            ids.insert(n.address.to_string(), Identity::of(n));
         }
-        let procs = host::create_cgroups(&l, &n.key)?;
-        let pid = host::start_node(&l, &n.key, &n.key, &procs)?;
-        host::write(
-            &l.node_dir(&n.key).join("pid"),
-            pid.to_string().as_bytes(),
-            false,
-        )?;
-        say(&format!("{} booting again", n.name));
+        write_identities_map(&l, &ids)?;
+        let blocking = Blocking::default();
+        let work = async {
+            boot(&l, &r.plan, &new, &user_data, &blocking).await?;
+            wait_ready(&l, &new, t0, Duration::from_secs(a.timeout)).await
+        };
+        let outcome = tokio::select! {
+            r = work => r,
+            s = crate::signals::stop() => Err(Error::Runtime(format!("lab scale: stopped by {s}"))),
+        };
+        blocking.wait_idle(Duration::from_secs(300)).await;
+        outcome?;
+        say(&format!(
+            "pool {}: {} workers, the new ones Ready in {:.1} s",
+            a.pool,
+            a.desired,
+            t0.elapsed().as_secs_f64()
+        ));
     } else {
-        host::stop_node(&l, &n.key);
-        say(&format!("{} stopped", n.name));
+        // Auto Scaling's default termination policy ends with the newest instances last
+        // launched; here: the highest keys.
+        let mut victims = in_pool;
+        victims.sort_by_key(|n| n.key.trim_start_matches('w').parse::<u32>().unwrap_or(0));
+        for n in victims.iter().rev().take((have - a.desired) as usize) {
+            scale_in(&l, n, Duration::from_secs(a.timeout)).await?;
+        }
+        say(&format!("pool {}: {} workers", a.pool, a.desired));
     }
     Ok(())
+}
+
+async fn terminate(a: TerminateArgs) -> Result<()> {
+    require_root()?;
+    let (spec, l) = load(&a.node.common)?;
+    let r = up_record(&l)?;
+    let n = find_node(&l, &r, &a.node.node)?.clone();
+    let Some(pool) = n.pool.as_deref() else {
+        return Err(Error::Usage(format!(
+            "lab: {} is a fixed master, in no Auto Scaling group",
+            n.name
+        )));
+    };
+    let have = r
+        .plan
+        .nodes
+        .iter()
+        .filter(|m| m.pool.as_deref() == Some(pool))
+        .count() as u32;
+    let min = spec
+        .worker_pools
+        .iter()
+        .find(|p| p.name.as_str() == pool)
+        .map_or(0, |p| p.min_size);
+    if have <= min {
+        return Err(Error::Usage(format!(
+            "lab: pool {pool} is at its minSize ({min}): terminating {} would go below it",
+            n.name
+        )));
+    }
+    scale_in(&l, &n, Duration::from_secs(a.timeout)).await
+}
+
+/// One worker leaves as on EC2: its target lifecycle state turns `Terminated` (the group
+/// holds it in `Terminating:Wait` for the `haimg-drain` hook), the node drains itself and
+/// completes the lifecycle action, and then (or at the bound, as the hook's timeout would)
+/// the lab powers it off and removes it.
+async fn scale_in(l: &Layout, n: &plan::LabNode, bound: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    let mut ids = read_identities(l);
+    let id = ids
+        .get_mut(&n.address.to_string())
+        .ok_or_else(|| Error::Runtime(format!("lab: {} has no metadata", n.name)))?;
+    id.lifecycle_state = super::imds::TERMINATED.into();
+    write_identities_map(l, &ids)?;
+    say(&format!(
+        "{}: terminating (lifecycle hook haimg-drain)",
+        n.name
+    ));
+    let result = loop {
+        let done = read_events(l).into_iter().find_map(|e| match e {
+            super::asg::Event::CompleteLifecycleAction { instance, result }
+                if instance == n.instance_id =>
+            {
+                Some(result)
+            }
+            _ => None,
+        });
+        if let Some(result) = done {
+            break Some(result);
+        }
+        if t0.elapsed() > bound {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    match &result {
+        Some(r) => say(&format!(
+            "{}: lifecycle action completed ({r}) after {:.1} s",
+            n.name,
+            t0.elapsed().as_secs_f64()
+        )),
+        None => say(&format!(
+            "{}: no lifecycle action completed within {} s: terminating anyway, as the hook's timeout does",
+            n.name,
+            bound.as_secs()
+        )),
+    }
+    host::stop_node(l, &n.key);
+    keep_retired_logs(l, &n.key);
+    let left = host::remove_node(l, &n.key);
+    let mut r = up_record(l)?;
+    r.plan.nodes.retain(|m| m.key != n.key);
+    r.plan.retired.push(n.clone());
+    write_record(l, &r)?;
+    let mut ids = read_identities(l);
+    ids.remove(&n.address.to_string());
+    write_identities_map(l, &ids)?;
+    if !left.is_empty() {
+        return Err(Error::Runtime(format!(
+            "lab: {} terminated; could not remove {}",
+            n.name,
+            left.join("; ")
+        )));
+    }
+    say(&format!("{} terminated", n.name));
+    match result {
+        Some(_) => Ok(()),
+        None => Err(Error::Timeout(format!(
+            "lab: {} did not complete its lifecycle action within {} s",
+            n.name,
+            bound.as_secs()
+        ))),
+    }
 }

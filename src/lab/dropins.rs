@@ -63,6 +63,58 @@ ExecStart=/bin/sh -c 'for c in /sys/fs/cgroup/*/; do case \"$c\" in */unified/|*
     ])
 }
 
+/// Where the nodes' AWS calls go in the lab (nowhere else answers: the lab has no route out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsEndpoints {
+    /// Parameter Store (moto in the lab's namespace); `None` with static credentials.
+    pub ssm: Option<String>,
+    /// The lab's own Auto Scaling ([`super::asg`]).
+    pub autoscaling: String,
+}
+
+const AWS_DROP_IN: &str = "haimg-lab-aws.conf";
+
+/// The lab's cloud-init part of its own (NoCloud `vendor-data`; haimg's user-data stays as
+/// rendered): on every boot, before cloud-init's final stage starts (it runs
+/// `haimg node bootstrap`), a runtime drop-in points the agent's SDK at the lab's AWS
+/// through its standard per-service variables. Credentials come as on EC2, from the
+/// instance profile the metadata stand-in serves. `bootcmd`, because cloud-init lets
+/// user-data override vendor-data key by key and haimg's user-data sets `write_files` and
+/// `runcmd`, never `bootcmd` ([`check_vendor_keys`]).
+pub fn vendor_data(e: &AwsEndpoints) -> String {
+    let mut conf = vec![
+        "[Service]".to_string(),
+        format!(
+            "Environment=AWS_ENDPOINT_URL_AUTO_SCALING={}",
+            e.autoscaling
+        ),
+    ];
+    if let Some(ssm) = &e.ssm {
+        conf.push(format!("Environment=AWS_ENDPOINT_URL_SSM={ssm}"));
+    }
+    let lines: Vec<String> = conf.iter().map(|l| format!("'{l}'")).collect();
+    let script = format!(
+        "set -e; for u in cloud-final.service haimg-.service; do d=/run/systemd/system/$u.d; \
+         mkdir -p $d; printf '%s\\n' {} >$d/{AWS_DROP_IN}; done; systemctl daemon-reload",
+        lines.join(" ")
+    );
+    format!(
+        "#cloud-config\n# haimg lab: the nodes' AWS is the lab's (see src/lab/dropins.rs).\nbootcmd:\n  - {}\n",
+        serde_json::to_string(&["sh", "-c", script.as_str()]).expect("plain data")
+    )
+}
+
+/// Vendor-data keys must not be in the user-data, which would override them.
+pub fn check_vendor_keys(user_data: &[u8]) -> Result<()> {
+    let text = String::from_utf8_lossy(user_data);
+    if text.lines().any(|l| l.starts_with("bootcmd:")) {
+        return Err(Error::Runtime(
+            "lab: the rendered user-data sets `bootcmd`, which would override the lab's vendor-data".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a drop-in is the symlink that enables a unit (written as a link, not a file).
 pub fn is_link(d: &DropIn) -> bool {
     d.path == CGROUPS_WANT
@@ -85,5 +137,28 @@ mod tests {
         assert!(is_link(&d[2]));
         let e = drop_ins("version = 2\n").unwrap_err().to_string();
         assert!(e.contains("restrict_oom_score_adj"), "{e}");
+    }
+
+    #[test]
+    fn vendor_data_points_the_agent_at_the_labs_aws_and_nothing_else() {
+        let e = AwsEndpoints {
+            ssm: Some("http://10.0.0.1:5000".into()),
+            autoscaling: "http://10.0.0.1:8080".into(),
+        };
+        let v = vendor_data(&e);
+        assert!(v.starts_with("#cloud-config\n"));
+        assert!(
+            v.contains("AWS_ENDPOINT_URL_SSM=http://10.0.0.1:5000"),
+            "{v}"
+        );
+        assert!(v.contains("AWS_ENDPOINT_URL_AUTO_SCALING=http://10.0.0.1:8080"));
+        assert!(
+            !v.contains("AWS_ACCESS_KEY") && !v.contains("AWS_SECRET"),
+            "credentials come from IMDS"
+        );
+        let stat = vendor_data(&AwsEndpoints { ssm: None, ..e });
+        assert!(!stat.contains("SSM"), "{stat}");
+        assert!(check_vendor_keys(b"#cloud-config\nruncmd: []\n").is_ok());
+        assert!(check_vendor_keys(b"#cloud-config\nbootcmd: []\n").is_err());
     }
 }

@@ -56,6 +56,10 @@ impl Layout {
     pub fn identities(&self) -> PathBuf {
         self.state.join("imds.json")
     }
+    /// What the nodes told the lab's Auto Scaling (one JSON document per line).
+    pub fn events(&self) -> PathBuf {
+        self.state.join("autoscaling-events.jsonl")
+    }
     pub fn kubeconfig(&self) -> PathBuf {
         self.state.join("admin.conf")
     }
@@ -234,6 +238,13 @@ pub fn write(path: &Path, contents: &[u8], secret: bool) -> Result<()> {
         .open(path)
         .map_err(Error::io(path))?;
     std::io::Write::write_all(&mut f, contents).map_err(Error::io(path))
+}
+
+/// Replaces `path` whole (a reader sees the old contents or the new, never a part).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    write(&tmp, contents, false)?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path))
 }
 
 /// The node's cgroup in every v1 controller (the cpuset one needs its CPUs and memory
@@ -471,11 +482,20 @@ pub fn teardown(l: &Layout, keys: &[String]) -> Vec<String> {
         remove_cgroups(l, k);
     }
     reap();
-    if let Ok(p) = std::fs::read_to_string(l.state.join("imds.pid")) {
+    for (service, word) in [("serve", "lab"), ("moto", "moto")] {
+        let Ok(p) = std::fs::read_to_string(l.state.join(format!("{service}.pid"))) else {
+            continue;
+        };
         if let Ok(p) = p.trim().parse::<i32>() {
-            if is_ours(p, "lab") {
-                // SAFETY: kill(2) of the metadata stand-in, its command line checked.
-                unsafe { libc::kill(p, libc::SIGKILL) };
+            if is_ours(p, word) {
+                // SAFETY: kill(2) of the service's process group (it leads one), its
+                // command line checked.
+                unsafe { libc::kill(-p, libc::SIGKILL) };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while is_ours(p, word) && std::time::Instant::now() < deadline {
+                    reap();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
             }
         }
     }
@@ -540,6 +560,46 @@ pub fn stop_node(l: &Layout, key: &str) {
     remove_cgroups(l, key);
     reap();
     let _ = std::fs::remove_file(pidfile);
+}
+
+/// Cuts a node's power: every process in its cgroups killed at once (nothing shuts down,
+/// nothing says goodbye), and its network namespace gone with every address on it (a VIP
+/// it held included), as a machine's network stack goes with its power. Its root is kept
+/// for [`start_node`], after [`create_node_network`] again.
+pub fn kill_node(l: &Layout, key: &str) -> Result<()> {
+    let pidfile = l.node_dir(key).join("pid");
+    remove_cgroups(l, key);
+    reap();
+    let _ = std::fs::remove_file(pidfile);
+    let ns = l.node_netns(key);
+    if netns_exists(&ns) {
+        ip(&["netns", "del", &ns])?;
+    }
+    Ok(())
+}
+
+/// Removes a stopped node's root, namespace and directory (a scaled-in worker); what could
+/// not be removed is returned.
+pub fn remove_node(l: &Layout, key: &str) -> Vec<String> {
+    let mut left = vec![];
+    let dir = l.node_dir(key);
+    for m in mounts_below(&dir) {
+        if let Err(e) = run("umount", &[&m.to_string_lossy()]) {
+            if run("umount", &["-l", &m.to_string_lossy()]).is_err() {
+                left.push(format!("mount {}: {e}", m.display()));
+            }
+        }
+    }
+    let ns = l.node_netns(key);
+    if netns_exists(&ns) && ip(&["netns", "del", &ns]).is_err() {
+        left.push(format!("network namespace {ns}"));
+    }
+    if mounts_below(&dir).is_empty() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            left.push(format!("{}: {e}", dir.display()));
+        }
+    }
+    left
 }
 
 /// Whether `pid` runs a command line containing `word` (a pid file may be stale).

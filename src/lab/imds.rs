@@ -4,6 +4,8 @@
 //! As strict as EC2 on what it models: every read needs a session token from
 //! `PUT /latest/api/token` (with a TTL of 1-21600 s), a request with `X-Forwarded-For` is
 //! refused (EC2 does so to stop proxies relaying credentials), unknown paths are 404.
+//! Like EC2, it serves the instance profile's credentials: the lab's test credentials,
+//! which only the lab's own AWS stand-ins accept.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -22,6 +24,11 @@ pub struct Identity {
     pub availability_zone: String,
     /// `InService`, or `Terminated` once the lab scales the node in.
     pub lifecycle_state: String,
+    /// The instance profile (its role's credentials are served, as on EC2).
+    pub instance_profile: String,
+    /// The Auto Scaling group (workers; fixed masters are in none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl Identity {
@@ -30,9 +37,36 @@ impl Identity {
             instance_id: node.instance_id.clone(),
             hostname: node.name.clone(),
             availability_zone: node.availability_zone.clone(),
-            lifecycle_state: "InService".into(),
+            lifecycle_state: IN_SERVICE.into(),
+            instance_profile: node.instance_profile.clone(),
+            group: node.group.clone(),
         }
     }
+}
+
+/// Auto Scaling's target lifecycle states, as IMDS names them.
+pub const IN_SERVICE: &str = "InService";
+pub const TERMINATED: &str = "Terminated";
+
+/// The lab's test credentials, served as every node's instance-profile credentials. Not a
+/// secret (they open nothing but the lab's stand-ins), and never logged all the same.
+pub const ACCESS_KEY_ID: &str = "ASIAHAIMGLABTESTKEY0";
+const SECRET_ACCESS_KEY: &str = "haimg-lab-test-secret-access-key-not-a-secret";
+pub const SESSION_TOKEN: &str = "haimg-lab-test-session-token";
+
+/// The credentials document EC2 serves at `iam/security-credentials/<role>`.
+fn credentials(now: std::time::SystemTime) -> String {
+    let t = |s: std::time::SystemTime| humantime::format_rfc3339_seconds(s).to_string();
+    serde_json::json!({
+        "Code": "Success",
+        "LastUpdated": t(now),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": ACCESS_KEY_ID,
+        "SecretAccessKey": SECRET_ACCESS_KEY,
+        "Token": SESSION_TOKEN,
+        "Expiration": t(now + Duration::from_secs(6 * 3600)),
+    })
+    .to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,92 +180,21 @@ pub fn answer(
             let az = &id.availability_zone;
             az[..az.len().saturating_sub(1)].to_string()
         }
-        Some("autoscaling/target-lifecycle-state") => id.lifecycle_state.clone(),
+        Some("autoscaling/target-lifecycle-state") if id.group.is_some() => {
+            id.lifecycle_state.clone()
+        }
+        Some("iam/security-credentials/") | Some("iam/security-credentials") => {
+            id.instance_profile.clone()
+        }
+        Some(p) if p.strip_prefix("iam/security-credentials/") == Some(&id.instance_profile) => {
+            credentials(std::time::SystemTime::now())
+        }
         _ => return Response::status(404),
     };
     Response {
         status: 200,
         body,
         ttl: None,
-    }
-}
-
-/// Serves `nodes` (read again from `identities` on every request, so the lab can change a
-/// lifecycle state while it runs) on `listen` until the process is stopped.
-pub async fn serve(
-    listen: std::net::SocketAddr,
-    identities: std::path::PathBuf,
-) -> crate::error::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        crate::error::Error::Runtime(format!("metadata stand-in: cannot listen on {listen}: {e}"))
-    })?;
-    let tokens = std::sync::Arc::new(std::sync::Mutex::new(Tokens::default()));
-    eprintln!("metadata stand-in listening on {listen}");
-    loop {
-        let Ok((mut stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let tokens = tokens.clone();
-        let identities = identities.clone();
-        tokio::spawn(async move {
-            let std::net::IpAddr::V4(peer) = peer.ip() else {
-                return;
-            };
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            // One request per connection; a head over 8 KiB or a silent client is dropped.
-            let read = tokio::time::timeout(Duration::from_secs(10), async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    let n = stream.read(&mut chunk).await.ok()?;
-                    if n == 0 {
-                        return None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                Some(())
-            })
-            .await;
-            if !matches!(read, Ok(Some(()))) {
-                return;
-            }
-            let text = String::from_utf8_lossy(&buf);
-            let head = text.split("\r\n\r\n").next().unwrap_or_default();
-            let resp = match parse(head) {
-                Some(req) => {
-                    let all: BTreeMap<String, Identity> = std::fs::read(&identities)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                        .unwrap_or_default();
-                    let who = all.get(&peer.to_string());
-                    let mut t = tokens.lock().expect("not poisoned");
-                    let r = answer(&req, peer, who, &mut t, Instant::now());
-                    eprintln!("{peer} {} {} -> {}", req.method, req.path, r.status);
-                    r
-                }
-                None => Response::status(400),
-            };
-            let reason = match resp.status {
-                200 => "OK",
-                400 => "Bad Request",
-                401 => "Unauthorized",
-                403 => "Forbidden",
-                404 => "Not Found",
-                _ => "Method Not Allowed",
-            };
-            let ttl = resp
-                .ttl
-                .map(|t| format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\r\n"))
-                .unwrap_or_default();
-            let out = format!(
-                "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{ttl}Connection: close\r\n\r\n{}",
-                resp.status,
-                resp.body.len(),
-                resp.body
-            );
-            let _ = stream.write_all(out.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
     }
 }
 
@@ -253,7 +216,62 @@ mod tests {
             hostname: "ip-10-0-0-201.us-west-2.compute.internal".into(),
             availability_zone: "us-west-2a".into(),
             lifecycle_state: "InService".into(),
+            instance_profile: "lab-worker".into(),
+            group: Some("lab-worker-general".into()),
         }
+    }
+
+    fn get(path: &str, who: &Identity) -> Response {
+        let me = Ipv4Addr::new(10, 0, 0, 201);
+        let (mut t, now) = (Tokens::default(), Instant::now());
+        let h = [("x-aws-ec2-metadata-token-ttl-seconds", "60")];
+        let tok = answer(
+            &req("PUT", "/latest/api/token", &h),
+            me,
+            Some(who),
+            &mut t,
+            now,
+        )
+        .body;
+        let h = [("x-aws-ec2-metadata-token", tok.as_str())];
+        answer(&req("GET", path, &h), me, Some(who), &mut t, now)
+    }
+
+    #[test]
+    fn the_instance_profile_credentials_are_served_as_ec2_serves_them() {
+        let who = id();
+        let r = get("/latest/meta-data/iam/security-credentials/", &who);
+        assert_eq!((r.status, r.body.as_str()), (200, "lab-worker"));
+        let r = get(
+            "/latest/meta-data/iam/security-credentials/lab-worker",
+            &who,
+        );
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["Code"], "Success");
+        assert_eq!(v["AccessKeyId"], ACCESS_KEY_ID);
+        let exp = humantime::parse_rfc3339(v["Expiration"].as_str().unwrap()).unwrap();
+        assert!(exp > std::time::SystemTime::now() + Duration::from_secs(3600));
+        let r = get(
+            "/latest/meta-data/iam/security-credentials/other-role",
+            &who,
+        );
+        assert_eq!(r.status, 404, "only the node's own role");
+    }
+
+    #[test]
+    fn only_an_instance_in_a_group_has_a_lifecycle_state() {
+        let mut who = id();
+        let path = "/latest/meta-data/autoscaling/target-lifecycle-state";
+        assert_eq!(get(path, &who).body, "InService");
+        who.lifecycle_state = TERMINATED.into();
+        assert_eq!(get(path, &who).body, "Terminated");
+        who.group = None;
+        assert_eq!(
+            get(path, &who).status,
+            404,
+            "as EC2 answers outside a group"
+        );
     }
 
     #[test]

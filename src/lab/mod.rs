@@ -7,15 +7,22 @@
 //!
 //! * [`plan`]: which nodes, addresses and identities (pure);
 //! * [`dropins`]: every lab-only change inside a node, with its reason (pure);
-//! * [`imds`]: the instance-metadata stand-in (IMDSv2);
+//! * [`imds`]: the instance-metadata stand-in (IMDSv2, with instance-profile credentials);
+//! * [`asg`]: the Auto Scaling calls nodes make (the termination lifecycle), which the lab
+//!   answers as it plays the groups; [`serve`] serves both in the lab's namespace;
 //! * [`host`]: namespaces, mounts, cgroups and node processes on this machine, and their undo;
-//! * [`cmd`]: `haimg lab up|status|down`.
+//! * [`cmd`]: `haimg lab up|status|down|stop|start|scale|terminate`.
+//!
+//! Parameter Store, when the spec's credentials come from SSM, is moto's server in the lab's
+//! namespace; the nodes reach it, and the lab's Auto Scaling, through the lab's vendor-data.
 
+pub mod asg;
 pub mod cmd;
 pub mod dropins;
 pub mod host;
 pub mod imds;
 pub mod plan;
+pub mod serve;
 
 /// The lab's example cluster (three masters behind a VIP, one worker, static credentials).
 pub const EXAMPLE: &str = include_str!("../../examples/lab.yaml");

@@ -18,6 +18,10 @@ use crate::spec::{ClusterSpec, Endpoint};
 
 /// The metadata stand-in's address, as on EC2.
 pub const IMDS_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// Where the lab's Auto Scaling ([`super::asg`]) and moto (Parameter Store) listen, on the
+/// lab's own address.
+pub const AUTOSCALING_PORT: u16 = 8080;
+pub const SSM_PORT: u16 = 5000;
 /// Workers are numbered from this host offset in the lab network (masters and the VIP
 /// usually sit low, as in the examples); taken addresses are skipped.
 const FIRST_WORKER_OFFSET: u32 = 201;
@@ -35,6 +39,11 @@ pub struct LabNode {
     pub address: Ipv4Addr,
     pub instance_id: String,
     pub availability_zone: String,
+    /// The instance profile of the node's group (its role's credentials come from IMDS).
+    pub instance_profile: String,
+    /// The Auto Scaling group (workers; fixed masters are in none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +57,9 @@ pub struct LabPlan {
     /// The API endpoint every client uses.
     pub endpoint: (Ipv4Addr, u16),
     pub nodes: Vec<LabNode>,
+    /// Workers scaled in: their keys, addresses and instance ids are never given again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<LabNode>,
 }
 
 impl LabPlan {
@@ -109,6 +121,8 @@ pub fn plan(spec: &ClusterSpec) -> Result<LabPlan> {
             address,
             instance_id: instance_id(spec.name.as_str(), m.name.as_str()),
             availability_zone: zone(spec, i),
+            instance_profile: spec.control_plane.instance_profile.to_string(),
+            group: None,
         });
     }
     let host_address = free_addresses(network, &taken, 1).next().ok_or_else(|| {
@@ -117,38 +131,74 @@ pub fn plan(spec: &ClusterSpec) -> Result<LabPlan> {
         ))
     })?;
     taken.push(host_address);
-    let mut worker = 0usize;
-    for pool in &spec.worker_pools {
-        for _ in 0..pool.desired_capacity {
-            let address = free_addresses(network, &taken, FIRST_WORKER_OFFSET)
-                .next()
-                .ok_or_else(|| {
-                    Error::Usage(format!(
-                        "lab: {network} has no free address for worker {}",
-                        worker + 1
-                    ))
-                })?;
-            taken.push(address);
-            worker += 1;
-            let name = ec2_private_dns_name(address, spec.region.as_str());
-            nodes.push(LabNode {
-                instance_id: instance_id(spec.name.as_str(), &name),
-                name,
-                key: format!("w{worker}"),
-                role: Role::Worker,
-                pool: Some(pool.name.to_string()),
-                address,
-                availability_zone: zone(spec, worker - 1),
-            });
-        }
-    }
-    Ok(LabPlan {
+    let mut plan = LabPlan {
         cluster: spec.name.to_string(),
         network,
         host_address,
         endpoint: (vip_address, vip.port),
         nodes,
-    })
+        retired: vec![],
+    };
+    for pool in &spec.worker_pools {
+        let more = add_workers(&plan, spec, pool.name.as_str(), pool.desired_capacity)?;
+        plan.nodes.extend(more);
+    }
+    Ok(plan)
+}
+
+/// `count` more workers of `pool` (a scale-out): the next keys, and free addresses from
+/// [`FIRST_WORKER_OFFSET`] on, never one a node of the lab ever had (keys and addresses of
+/// scaled-in workers are not reused, as EC2 gives a new instance a new identity).
+pub fn add_workers(
+    plan: &LabPlan,
+    spec: &ClusterSpec,
+    pool: &str,
+    count: u32,
+) -> Result<Vec<LabNode>> {
+    let p = spec
+        .worker_pools
+        .iter()
+        .find(|p| p.name.as_str() == pool)
+        .ok_or_else(|| Error::Usage(format!("lab: no worker pool {pool} in the spec")))?;
+    let vip = plan.endpoint.0;
+    let mut taken: Vec<Ipv4Addr> = [vip, plan.host_address]
+        .into_iter()
+        .chain(plan.nodes.iter().chain(&plan.retired).map(|n| n.address))
+        .collect();
+    let mut worker = plan
+        .nodes
+        .iter()
+        .chain(&plan.retired)
+        .filter_map(|n| n.key.strip_prefix('w')?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let network = plan.network;
+        let address = free_addresses(network, &taken, FIRST_WORKER_OFFSET)
+            .next()
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "lab: {network} has no free address for worker {}",
+                    worker + 1
+                ))
+            })?;
+        taken.push(address);
+        worker += 1;
+        let name = ec2_private_dns_name(address, spec.region.as_str());
+        out.push(LabNode {
+            instance_id: instance_id(spec.name.as_str(), &name),
+            name,
+            key: format!("w{worker}"),
+            role: Role::Worker,
+            pool: Some(pool.to_string()),
+            address,
+            availability_zone: zone(spec, worker - 1),
+            instance_profile: p.instance_profile.to_string(),
+            group: Some(crate::render::names::worker_group(&spec.name, &p.name)),
+        });
+    }
+    Ok(out)
 }
 
 /// The user-data of `node`: exactly what `haimg render` prints for it.
@@ -280,6 +330,44 @@ mod tests {
             .map(|a| a.to_string())
             .collect();
         assert_eq!(got[0], "10.1.0.2");
+    }
+
+    #[test]
+    fn scaled_out_workers_never_take_a_retired_workers_identity() {
+        let s = spec(crate::lab::EXAMPLE);
+        let mut p = plan(&s).unwrap();
+        assert_eq!(p.nodes[3].group.as_deref(), Some("lab-worker-general"));
+        assert_eq!(p.nodes[3].instance_profile, "lab-worker");
+        assert_eq!(
+            (
+                p.nodes[0].group.as_ref(),
+                p.nodes[0].instance_profile.as_str()
+            ),
+            (None, "lab-master")
+        );
+        let two = add_workers(&p, &s, "general", 2).unwrap();
+        let got: Vec<(&str, String)> = two
+            .iter()
+            .map(|n| (n.key.as_str(), n.address.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("w2", "10.0.0.202".to_string()),
+                ("w3", "10.0.0.203".into())
+            ]
+        );
+        // w1 is scaled in: the next worker is w2, at .202, with a new instance id.
+        let w1 = p.nodes.remove(3);
+        p.retired.push(w1.clone());
+        let next = add_workers(&p, &s, "general", 1).unwrap();
+        assert_eq!(
+            (next[0].key.as_str(), next[0].address.to_string()),
+            ("w2", "10.0.0.202".into())
+        );
+        assert_ne!(next[0].instance_id, w1.instance_id);
+        let e = add_workers(&p, &s, "gpu", 1).unwrap_err().to_string();
+        assert!(e.contains("no worker pool gpu"), "{e}");
     }
 
     #[test]

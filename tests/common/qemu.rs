@@ -73,8 +73,9 @@ pub fn boot(disk: &Path, seed: Option<&Path>, work: &Path, bound: Duration) -> B
     Boot { console, elapsed }
 }
 
-/// A NoCloud seed: a FAT volume labelled CIDATA with `user-data` and `meta-data`.
-pub fn nocloud_seed(work: &Path, user_data: &str, meta_data: &str) -> PathBuf {
+/// A NoCloud seed: a FAT volume labelled CIDATA with `user-data`, `meta-data` and
+/// `vendor-data` (a cloud-init part of the test's own, beside the user-data under test).
+pub fn nocloud_seed(work: &Path, user_data: &str, meta_data: &str, vendor_data: &str) -> PathBuf {
     let seed = work.join("seed.img");
     let f = std::fs::File::create(&seed).unwrap();
     f.set_len(4 << 20).unwrap();
@@ -85,7 +86,11 @@ pub fn nocloud_seed(work: &Path, user_data: &str, meta_data: &str) -> PathBuf {
         c
     });
     assert!(o.status.success(), "mkfs.vfat: {}", stderr(&o));
-    for (name, text) in [("user-data", user_data), ("meta-data", meta_data)] {
+    for (name, text) in [
+        ("user-data", user_data),
+        ("meta-data", meta_data),
+        ("vendor-data", vendor_data),
+    ] {
         let p = work.join(name);
         std::fs::write(&p, text).unwrap();
         let o = run({
