@@ -158,22 +158,40 @@ pub fn run(args: Args) -> Result<()> {
 
 /// The spec as `render` loads it (static credentials beside it, created on first use).
 fn load(c: &CommonArgs) -> Result<(crate::spec::ClusterSpec, Layout)> {
-    let (mut loaded, dir) = match &c.config {
-        Some(p) => {
-            let dir = match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            (crate::spec::load(Some(p))?, dir)
-        }
-        None if Path::new("cluster.yaml").exists() => {
-            (crate::spec::load(None)?, PathBuf::from("."))
-        }
-        None => (
-            crate::spec::load_str(super::EXAMPLE, "<embedded examples/lab.yaml>")?,
-            PathBuf::new(),
-        ),
+    let (spec, l, _) = load_with_source(c)?;
+    Ok((spec, l))
+}
+
+/// The spec file's name and text, for messages that point into it.
+struct Source {
+    name: String,
+    text: String,
+}
+
+fn load_with_source(c: &CommonArgs) -> Result<(crate::spec::ClusterSpec, Layout, Source)> {
+    let path = match &c.config {
+        Some(p) => Some(p.clone()),
+        None if Path::new("cluster.yaml").exists() => Some(PathBuf::from("cluster.yaml")),
+        None => None,
     };
+    let source = match &path {
+        Some(p) => Source {
+            name: p.display().to_string(),
+            text: std::fs::read_to_string(p).map_err(|e| {
+                Error::Usage(format!("cannot read cluster spec {}: {e}", p.display()))
+            })?,
+        },
+        None => Source {
+            name: "<embedded examples/lab.yaml>".into(),
+            text: super::EXAMPLE.into(),
+        },
+    };
+    let dir = match path.as_ref().map(|p| p.parent()) {
+        Some(Some(d)) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        Some(_) => PathBuf::from("."),
+        None => PathBuf::new(),
+    };
+    let mut loaded = crate::spec::load_str(&source.text, &source.name)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
@@ -195,7 +213,38 @@ fn load(c: &CommonArgs) -> Result<(crate::spec::ClusterSpec, Layout)> {
         std::fs::create_dir_all(&spec_dir).map_err(Error::io(&spec_dir))?;
         crate::render::cmd::load_static_credentials(&mut loaded.spec, &spec_dir, true)?;
     }
-    Ok((loaded.spec, Layout { cluster, state }))
+    Ok((loaded.spec, Layout { cluster, state }, source))
+}
+
+/// The lab's plan of `spec`; a spec the lab cannot run is bad input, named at its field.
+fn lab_plan(spec: &crate::spec::ClusterSpec, source: &Source) -> Result<LabPlan> {
+    plan::plan(spec).map_err(|p| {
+        let pos = crate::yaml::parse(&source.text)
+            .ok()
+            .and_then(|d| d.value_pos(&p.pointer));
+        Error::Invalid(crate::error::Diagnostics(vec![crate::error::Diagnostic {
+            file: source.name.clone(),
+            pos,
+            path: dotted(&p.pointer),
+            message: format!("lab: {}", p.message),
+        }]))
+    })
+}
+
+/// `/spec/workerPools/0/name` as the spec's messages name it: `spec.workerPools[0].name`.
+fn dotted(pointer: &str) -> String {
+    let mut out = String::new();
+    for seg in pointer.split('/').filter(|s| !s.is_empty()) {
+        if seg.chars().all(|c| c.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
 }
 
 fn say(msg: &str) {
@@ -229,8 +278,8 @@ fn which(tool: &str) -> Option<PathBuf> {
 
 async fn up(a: UpArgs) -> Result<()> {
     require_root()?;
-    let (spec, l) = load(&a.common)?;
-    let plan = plan::plan(&spec)?;
+    let (spec, l, source) = load_with_source(&a.common)?;
+    let plan = lab_plan(&spec, &source)?;
     let t = Templates::embedded();
     // Every user-data before anything exists: a spec that cannot render stops here.
     let user_data: Vec<Vec<u8>> = plan
@@ -843,10 +892,10 @@ struct NodeStatus {
 
 async fn status(a: CommonArgs) -> Result<()> {
     require_root()?;
-    let (spec, l) = load(&a)?;
+    let (spec, l, source) = load_with_source(&a)?;
     let plan = match read_record(&l) {
         Some(r) => r.plan,
-        None => plan::plan(&spec)?,
+        None => lab_plan(&spec, &source)?,
     };
     let ready = if fetch_kubeconfig(&l, &plan.nodes) {
         ready_nodes(&l).unwrap_or_default()
@@ -905,10 +954,10 @@ async fn status(a: CommonArgs) -> Result<()> {
 
 fn down(a: CommonArgs) -> Result<()> {
     require_root()?;
-    let (spec, l) = load(&a)?;
+    let (spec, l, source) = load_with_source(&a)?;
     let plan = match read_record(&l) {
         Some(r) => r.plan,
-        None => plan::plan(&spec)?,
+        None => lab_plan(&spec, &source)?,
     };
     // Retired workers too: a scale-in interrupted half-way may have left one behind.
     let keys: Vec<String> = plan
@@ -1188,5 +1237,45 @@ async fn scale_in(l: &Layout, n: &plan::LabNode, bound: Duration) -> Result<()> 
             n.name,
             bound.as_secs()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_read_as_the_specs_messages_name_fields() {
+        assert_eq!(
+            dotted("/spec/controlPlane/endpoint/nodes/2/address"),
+            "spec.controlPlane.endpoint.nodes[2].address"
+        );
+        assert_eq!(dotted(""), "");
+    }
+
+    #[test]
+    fn an_image_must_carry_the_specs_kubernetes_and_vip_images() {
+        let spec = crate::spec::load_str(super::super::EXAMPLE, "lab.yaml")
+            .unwrap()
+            .spec;
+        let mut images = vec![
+            "registry.k8s.io/kube-apiserver:v1.30.0",
+            "localhost/haimg/keepalived:2.2.7-1-b2",
+            "localhost/haimg/haproxy:2.6.12-1-deb12u4",
+        ];
+        assert_eq!(missing_images(&images, &spec), Ok(()));
+        images[0] = "registry.k8s.io/kube-apiserver:v1.31.2";
+        let e = missing_images(&images, &spec).unwrap_err();
+        assert!(
+            e.contains("no registry.k8s.io/kube-apiserver:v1.30.0 (it has kube-apiserver v1.31.2)"),
+            "{e}"
+        );
+        images[0] = "registry.k8s.io/kube-apiserver:v1.30.0";
+        images.pop();
+        let e = missing_images(&images, &spec).unwrap_err();
+        assert!(
+            e.contains("localhost/haimg/haproxy:2.6.12-1-deb12u4"),
+            "{e}"
+        );
     }
 }

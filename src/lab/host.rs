@@ -571,6 +571,10 @@ pub fn kill_node(l: &Layout, key: &str) -> Result<()> {
     remove_cgroups(l, key);
     reap();
     let _ = std::fs::remove_file(pidfile);
+    // The veth pair first: a namespace is freed asynchronously, its interfaces with it,
+    // and the node's start may come sooner. Deleting one end deletes both at once.
+    let peer = format!("v-{key}");
+    let _ = ip(&["-n", &l.lab_netns(), "link", "del", &peer]);
     let ns = l.node_netns(key);
     if netns_exists(&ns) {
         ip(&["netns", "del", &ns])?;

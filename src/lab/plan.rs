@@ -71,23 +71,38 @@ impl LabPlan {
     }
 }
 
+/// Why a spec cannot run in the lab, at the field it is about (a JSON pointer into the
+/// spec file, which the command line turns into file:line:column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub pointer: String,
+    pub message: String,
+}
+
+fn problem(pointer: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        pointer: pointer.into(),
+        message: message.into(),
+    }
+}
+
 /// Lays out the lab for `spec`. Only clusters with fixed masters (VIP mode) can run here:
 /// an NLB is an AWS service, and an external load balancer is the operator's machine.
-pub fn plan(spec: &ClusterSpec) -> Result<LabPlan> {
+pub fn plan(spec: &ClusterSpec) -> std::result::Result<LabPlan, Problem> {
     let Endpoint::Vip(vip) = &spec.control_plane.endpoint else {
-        return Err(Error::Usage(
-            "lab: the cluster needs fixed masters behind a VIP (spec.controlPlane.endpoint.type: vip); \
-             an NLB exists only on AWS"
-                .into(),
+        return Err(problem(
+            "/spec/controlPlane/endpoint/type",
+            "the lab needs fixed masters behind a VIP (endpoint.type: vip); an NLB exists only on AWS",
         ));
     };
-    let v4 = |ip: IpAddr, what: &str| match ip {
+    let v4 = |ip: IpAddr, pointer: String| match ip {
         IpAddr::V4(a) => Ok(a),
-        IpAddr::V6(_) => Err(Error::Usage(format!(
-            "lab: {what} {ip} is IPv6; the lab network is IPv4"
-        ))),
+        IpAddr::V6(_) => Err(problem(
+            pointer,
+            format!("{ip} is IPv6; the lab network is IPv4"),
+        )),
     };
-    let vip_address = v4(vip.address, "the VIP")?;
+    let vip_address = v4(vip.address, "/spec/controlPlane/endpoint/address".into())?;
     let network = spec
         .network
         .vpc_cidrs
@@ -98,19 +113,24 @@ pub fn plan(spec: &ClusterSpec) -> Result<LabPlan> {
         })
         .find(|n| n.contains(&vip_address))
         .ok_or_else(|| {
-            Error::Usage(format!(
-                "lab: no IPv4 CIDR in spec.network.vpcCidrs holds the VIP {vip_address}"
-            ))
+            problem(
+                "/spec/network/vpcCidrs",
+                format!("no IPv4 CIDR here holds the VIP {vip_address}: the lab's network is the one that does"),
+            )
         })?;
     let mut taken = vec![vip_address];
     let mut nodes = Vec::new();
     for (i, m) in vip.nodes.iter().enumerate() {
-        let address = v4(m.address, &format!("master {}", m.name))?;
+        let at = format!("/spec/controlPlane/endpoint/nodes/{i}/address");
+        let address = v4(m.address, at.clone())?;
         if !network.contains(&address) {
-            return Err(Error::Usage(format!(
-                "lab: master {} ({address}) is outside {network}, the network holding the VIP",
-                m.name
-            )));
+            return Err(problem(
+                at,
+                format!(
+                    "master {} ({address}) is outside {network}, the network holding the VIP",
+                    m.name
+                ),
+            ));
         }
         taken.push(address);
         nodes.push(LabNode {
@@ -126,9 +146,10 @@ pub fn plan(spec: &ClusterSpec) -> Result<LabPlan> {
         });
     }
     let host_address = free_addresses(network, &taken, 1).next().ok_or_else(|| {
-        Error::Usage(format!(
-            "lab: {network} has no free address for the lab itself"
-        ))
+        problem(
+            "/spec/network/vpcCidrs",
+            format!("{network} has no free address for the lab itself"),
+        )
     })?;
     taken.push(host_address);
     let mut plan = LabPlan {
@@ -139,8 +160,14 @@ pub fn plan(spec: &ClusterSpec) -> Result<LabPlan> {
         nodes,
         retired: vec![],
     };
-    for pool in &spec.worker_pools {
-        let more = add_workers(&plan, spec, pool.name.as_str(), pool.desired_capacity)?;
+    for (i, pool) in spec.worker_pools.iter().enumerate() {
+        let more =
+            add_workers(&plan, spec, pool.name.as_str(), pool.desired_capacity).map_err(|e| {
+                problem(
+                    format!("/spec/workerPools/{i}/desiredCapacity"),
+                    e.to_string(),
+                )
+            })?;
         plan.nodes.extend(more);
     }
     Ok(plan)
@@ -374,8 +401,8 @@ mod tests {
     fn an_nlb_cluster_cannot_run_in_the_lab() {
         let s = spec(crate::spec::EXAMPLE);
         let e = plan(&s).unwrap_err();
-        assert!(matches!(e, Error::Usage(_)), "{e}");
-        assert!(e.to_string().contains("endpoint.type: vip"), "{e}");
+        assert_eq!(e.pointer, "/spec/controlPlane/endpoint/type");
+        assert!(e.message.contains("endpoint.type: vip"), "{e:?}");
     }
 
     #[test]

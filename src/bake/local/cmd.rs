@@ -317,9 +317,16 @@ fn cached(entry: &Path) -> Result<Outcome> {
         "cached: {} (use --force to bake again)",
         entry.display()
     ));
+    // The files are the entry's own, wherever the store is now (a store may be moved).
+    let here = |k: &str| {
+        let recorded = PathBuf::from(s(k));
+        recorded
+            .file_name()
+            .map_or(recorded.clone(), |name| entry.join(name))
+    };
     Ok(Outcome {
-        image: PathBuf::from(s("image")),
-        manifest: PathBuf::from(s("manifest")),
+        image: here("image"),
+        manifest: here("manifest"),
         recipe: s("recipe"),
         recipe_hash: s("recipeHash"),
         cached: true,
@@ -400,4 +407,27 @@ fn dry_run_text(plan: &Plan, store: &Store) -> String {
     s.push_str("--- provisioning script ---\n");
     s.push_str(&plan.script);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_hit_names_the_entrys_own_files_even_in_a_moved_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = dir.path().join("debian-12-k8s-0123456789ab");
+        std::fs::create_dir_all(&entry).unwrap();
+        let record = serde_json::json!({
+            "image": "/where/it/was/debian-12-k8s-0123456789ab/disk.qcow2",
+            "manifest": "/where/it/was/debian-12-k8s-0123456789ab/image-manifest.json",
+            "recipe": "debian-12",
+            "format": "qcow2",
+        });
+        std::fs::write(entry.join(BAKE_RECORD), record.to_string()).unwrap();
+        let o = cached(&entry).unwrap();
+        assert_eq!(o.image, entry.join("disk.qcow2"));
+        assert_eq!(o.manifest, entry.join("image-manifest.json"));
+        assert!(o.cached);
+    }
 }
