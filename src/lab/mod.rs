@@ -24,5 +24,5 @@ pub mod imds;
 pub mod plan;
 pub mod serve;
 
-/// The lab's example cluster (three masters behind a VIP, one worker, static credentials).
+/// The lab's example cluster (three masters behind a VIP, one worker, join material in SSM).
 pub const EXAMPLE: &str = include_str!("../../examples/lab.yaml");
