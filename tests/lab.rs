@@ -195,6 +195,29 @@ fn journal(state: &Path, key: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// After a failed `up`: the agents' last words on every console it kept, so a CI log
+/// says why (the temporary directory goes with the test).
+fn show_failed_logs(state: &Path) {
+    let dir = state.with_extension("failed-logs");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let text =
+            String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned();
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("haimg") || l.contains("error") || l.contains("Failed"))
+            .collect();
+        let from = tail.len().saturating_sub(40);
+        eprintln!(
+            "--- {} (last agent lines)\n{}",
+            e.file_name().to_string_lossy(),
+            tail[from..].join("\n")
+        );
+    }
+}
+
 const SYSCTLS: [&str; 4] = [
     "net/netfilter/nf_conntrack_max",
     "vm/overcommit_memory",
@@ -329,6 +352,9 @@ fn an_ha_cluster_in_ssm_mode_forms_rotates_scales_fails_over_and_leaves_nothing(
     let o = up(&spec, &state, "480");
     let err = stderr(&o);
     eprintln!("{err}");
+    if !o.status.success() {
+        show_failed_logs(&state);
+    }
     let checks = std::panic::catch_unwind(|| {
         assert!(o.status.success(), "lab up: {err}");
         let logs: Vec<(&str, String)> = ["m1", "m2", "m3", "w1"]
@@ -931,6 +957,9 @@ fn the_same_cluster_with_static_credentials_needs_no_aws() {
     ));
     let err = stderr(&o);
     eprintln!("{err}");
+    if !o.status.success() {
+        show_failed_logs(&state);
+    }
     let checks = std::panic::catch_unwind(|| {
         assert!(o.status.success(), "lab up: {err}");
         assert!(!state.join("moto.pid").exists(), "no moto");
