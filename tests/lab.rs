@@ -543,18 +543,21 @@ spec:
                 &["get", "pods", "-l", "app=budgeted", "-o", "jsonpath={range .items[*]}{.spec.nodeName}={.status.containerStatuses[0].ready}{\"\\n\"}{end}"],
             )
         };
-        wait_for(
-            "three budgeted pods Ready on w1",
-            Duration::from_secs(120),
-            Duration::from_secs(1),
-            || {
-                placed()
-                    .lines()
-                    .filter(|l| *l == format!("{W1}=true"))
-                    .count()
-                    == 3
-            },
-        );
+        let three_ready_on = |node: &str| {
+            wait_for(
+                &format!("three budgeted pods Ready on {node}"),
+                Duration::from_secs(120),
+                Duration::from_secs(1),
+                || {
+                    placed()
+                        .lines()
+                        .filter(|l| *l == format!("{node}=true"))
+                        .count()
+                        == 3
+                },
+            )
+        };
+        three_ready_on(W1);
 
         // The refresh timer's service rotates the join material for real. Material is
         // rotated at half-life (1 h): this run's clock is 61 minutes ahead (the agent's
@@ -761,18 +764,7 @@ spec:
             j.matches("a PodDisruptionBudget blocks eviction").count()
         );
         assert!(!Path::new("/run/netns/haimg-lab-w1").exists(), "w1 is gone");
-        wait_for(
-            "the budgeted pods Ready on w2",
-            Duration::from_secs(120),
-            Duration::from_secs(1),
-            || {
-                placed()
-                    .lines()
-                    .filter(|l| *l == format!("{W2}=true"))
-                    .count()
-                    == 3
-            },
-        );
+        three_ready_on(W2);
 
         // Failover: the VIP's holder loses its power (no shutdown: keepalived cannot hand
         // the VIP over). The VIP moves and the API answers through it again.
@@ -1032,6 +1024,18 @@ fn node_exec(state: &Path, key: &str, cmd: &[&str]) -> String {
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+#[test]
+fn the_labs_vendor_data_is_cloud_config_cloud_init_accepts() {
+    use haimg::lab::dropins::{vendor_data, AwsEndpoints};
+    for ssm in [Some("http://10.0.0.1:5000".to_string()), None] {
+        let v = vendor_data(&AwsEndpoints {
+            ssm,
+            autoscaling: "http://10.0.0.1:8080".into(),
+        });
+        cloud_init_schema(&v, "the lab's vendor-data");
+    }
 }
 
 #[test]
