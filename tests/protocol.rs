@@ -373,6 +373,57 @@ async fn a_slow_init_holder_keeps_its_lease_and_there_is_one_init() {
     );
 }
 
+/// The refresh timer fires on the init holder mid-init (a node whose boot took longer than
+/// the timer's first delay: found by the lab's plain base, which installs for ~100 s at
+/// boot). admin.conf exists from kubeadm's kubeconfig phase on, but nothing is published:
+/// the refresh must leave the first generation to the init, which then publishes it, with
+/// no reset and one init.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_during_the_init_leaves_the_first_generation_to_the_init_holder() {
+    let c = cluster(1, 0).await;
+    let f = &c.fleet;
+    let (m0, g) = gated_init_holder(f, &c, 60);
+    let mut holder = start_gated(f, &m0);
+    assert!(m0.root.join("etc/kubernetes/admin.conf").is_file());
+    let mut refresh = f.spawn(&m0, "refresh");
+    assert!(
+        wait_child(&mut refresh, BOUND).unwrap().success(),
+        "{}",
+        f.log(&m0, "refresh")
+    );
+    assert!(
+        f.log(&m0, "refresh").contains("not initialized yet"),
+        "{}",
+        f.log(&m0, "refresh")
+    );
+    assert!(
+        parameter(&c.sdk, "/haimg/demo/join/control-plane").await.is_none(),
+        "the refresh published nothing"
+    );
+    assert!(f.events_of("token-create").is_empty(), "{:?}", f.events());
+    open_gate(&g);
+    assert!(
+        wait_child(&mut holder, BOUND).unwrap().success(),
+        "{}",
+        f.log(&m0, "bootstrap")
+    );
+    assert_eq!(
+        cmds_of(f, "m0", &["init-start", "init", "reset"]),
+        ["init-start", "init"],
+        "one init, never reset"
+    );
+    let m = parameter(&c.sdk, "/haimg/demo/join/control-plane").await.unwrap();
+    assert_eq!(m["generation"], 1);
+    // Now Ready and published: the same refresh finds it fresh.
+    let mut again = f.spawn(&m0, "refresh");
+    assert!(wait_child(&mut again, BOUND).unwrap().success());
+    assert!(
+        f.log(&m0, "refresh").contains("join material is fresh"),
+        "{}",
+        f.log(&m0, "refresh")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_init_holder_that_lost_its_lease_resets_and_joins_the_winner() {
     let c = cluster(2, 0).await;

@@ -1,7 +1,8 @@
 //! `haimg node refresh` (systemd timer on masters): keep valid join material in SSM.
 //!
 //! # Flow
-//! 1. Not an initialized control-plane node (no admin.conf): nothing to do.
+//! 1. Not an initialized control-plane node (no admin.conf), or no material published
+//!    while the cluster is not Ready (its init is still running): nothing to do.
 //! 2. If `P/join/control-plane` is younger than half its lifetime and no rotation of the
 //!    next generation was started: nothing to do.
 //! 3. Take the rotation lock for the next generation (`P/rotation/<gen>/lock-<epoch>`,
@@ -51,6 +52,22 @@ pub async fn run(agent: &Agent) -> Result<()> {
         .store
         .get::<JoinMaterial>("join/control-plane")
         .await?;
+    if current.is_none() {
+        // admin.conf is written early in `kubeadm init` (its kubeconfig phase), long before
+        // the init holder publishes generation 1: material published here would be taken
+        // for another master's and make the holder reset the cluster it just made (seen
+        // when the timer first fired mid-init on a node that booted slowly). Publishing a
+        // first generation is for a cluster that is Ready and lost its material only.
+        let ready = agent
+            .store
+            .get::<super::join::State>("state")
+            .await?
+            .is_some_and(|s| s.phase == super::join::Phase::Ready);
+        if !ready {
+            tracing::info!("the cluster is not initialized yet (P/state is not Ready): nothing to refresh");
+            return Ok(());
+        }
+    }
     let generation = current.as_ref().map(|m| m.generation + 1).unwrap_or(1);
     let election = Election {
         store: &agent.store,

@@ -298,6 +298,11 @@ def main(argv):
             if k not in docs:
                 die(f"init: {k} missing")
         event(cmd="init-start")
+        # kubeadm's kubeconfig phase writes admin.conf before it waits for the control
+        # plane (most of an init's time): a timer that looks for it may fire mid-init.
+        os.makedirs(path("/etc/kubernetes"), exist_ok=True)
+        with open(path("/etc/kubernetes/admin.conf"), "w") as f:
+            f.write("# fake admin.conf (written by the kubeconfig phase)\n")
         gate("init")
         time.sleep(float(os.environ.get("FAKE_KUBEADM_INIT_SECONDS", "0")))
         fail_if_asked("init")
