@@ -176,6 +176,23 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
             );
         }
         assert!(local.contains("\nstart_containerd\n") && local.contains("\nstop_containerd\n"));
+        // At a plain node's boot (bake --plain): started by cloud-init, so never waiting on
+        // it; never cleaned as an image is; refused where the node would need a reboot.
+        match haimg::bake::script_for(&r, haimg::bake::Platform::Boot, &"ab".repeat(32), &t) {
+            Ok(boot) => {
+                shellcheck(&boot, &format!("{name} (boot)"));
+                for never in ["cloud-init status --wait", "cloud-init clean", "machine-id", "\nstart_containerd\n"] {
+                    assert!(!boot.contains(never), "{name}: the boot script runs {never:?}");
+                }
+                assert!(boot.contains("\nsystemctl restart containerd\n"), "{name}");
+                assert!(boot.contains("\n[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter\n"), "{name}");
+                assert!(boot.contains("\nstep \"clean up\"\n"), "{name}");
+            }
+            Err(e) => {
+                assert!(r.os.boots_cgroup_v1(), "{name}: {e}");
+                assert!(e.to_string().contains("cannot reboot into cgroup v2"), "{e}");
+            }
+        }
         let s = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();
         shellcheck(&s, &name);
         for pin in haimg::bake::pins(&r) {

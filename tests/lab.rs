@@ -1038,6 +1038,32 @@ fn the_labs_vendor_data_is_cloud_config_cloud_init_accepts() {
     }
 }
 
+/// A plain base's user-data (`bake --plain`): each node's rendered user-data with the
+/// install put first in its runcmd, still cloud-config that cloud-init accepts.
+#[test]
+fn a_plain_bases_user_data_is_the_rendered_one_with_the_install_first() {
+    for args in [
+        &["--role", "master", "--node", "m1"][..],
+        &["--role", "worker", "--pool", "general"][..],
+    ] {
+        let mut c = haimg();
+        c.args(["render", "-c"])
+            .arg(repo().join("examples/lab.yaml"))
+            .args(args);
+        let o = run(c);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let rendered = stdout(&o);
+        let plain = String::from_utf8(haimg::lab::plain::user_data(rendered.as_bytes()).unwrap()).unwrap();
+        cloud_init_schema(&plain, &format!("a plain base's user-data ({args:?})"));
+        let runcmd = &plain[plain.find("\nruncmd:\n").unwrap()..];
+        let install = runcmd.find("/run/haimg-stage/install.sh").unwrap();
+        assert!(install < runcmd.find("haimg-watch.service").unwrap(), "{runcmd}");
+        assert_eq!(plain.len() - rendered.len(), plain.find("  # haimg lab, plain base").map(|i| {
+            plain[i..].find("]\n").unwrap() + 2
+        }).unwrap(), "only the install entry is added");
+    }
+}
+
 #[test]
 fn clusters_the_lab_cannot_run_and_missing_tools_and_images_are_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,12 @@ pub struct Args {
     /// `--target qemu`: also write the raw disk beside the qcow2.
     #[arg(long)]
     pub raw: bool,
+    /// `--target qemu`, for comparison only: the recipe's base as a disk with nothing of
+    /// the recipe installed, and beside it what a node's user-data installs it all from at
+    /// boot (the provisioning script's boot variant and its files), as a plain cloud image
+    /// and the seeds' manual steps would. `haimg lab up` runs it (see the README).
+    #[arg(long)]
+    pub plain: bool,
     /// Print the plan (hash, base image, tags, steps) and the full provisioning script;
     /// no AWS call when the base AMI is pinned by id.
     #[arg(long)]
@@ -89,6 +95,11 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let recipe = loaded.recipe;
+    if args.plain && args.target != Target::Qemu {
+        return Err(Error::Usage(
+            "--plain makes a local image: it needs --target qemu".into(),
+        ));
+    }
     if args.target == Target::Qemu {
         if let Some(why) = super::local::refusal(&recipe) {
             return Err(Error::Usage(why));

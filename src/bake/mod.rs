@@ -142,12 +142,18 @@ pub enum Platform {
     /// The image's root filesystem in a chroot (the local path): nothing may touch this
     /// machine's kernel, and no service manager runs.
     Chroot,
+    /// A plain node installing everything at its first boot, from its user-data (what the
+    /// seeds do by hand; `bake --plain`, for comparison only): a running system, started
+    /// by cloud-init (so never waiting on it), loading only the modules its kernel lacks,
+    /// and never cleaned as an image is.
+    Boot,
 }
 
 #[derive(Serialize)]
 struct ScriptCtx<'a> {
     description: String,
     chroot: bool,
+    boot: bool,
     /// `Ubuntu` or `Debian`.
     os_family: &'static str,
     /// `url suite` of each Debian apt source (empty without a mirror).
@@ -220,6 +226,11 @@ pub fn hosts_toml(host: &str, mirrors: &[String]) -> String {
 
 /// The steps the script announces, in order (its `step` calls).
 pub fn steps(recipe: &Recipe) -> Vec<String> {
+    steps_on(recipe, Platform::Instance)
+}
+
+/// The steps on `platform`: a node installing at boot cleans up, it is not imaged.
+pub fn steps_on(recipe: &Recipe, platform: Platform) -> Vec<String> {
     let mut s = vec![
         "apt sources",
         if recipe.kubernetes_packages.is_empty() {
@@ -241,7 +252,11 @@ pub fn steps(recipe: &Recipe) -> Vec<String> {
         "hardening: no SSH, no package changes at run time",
         "image manifest",
         "verify",
-        "clean for imaging",
+        if platform == Platform::Boot {
+            "clean up"
+        } else {
+            "clean for imaging"
+        },
     ]);
     s.into_iter().map(String::from).collect()
 }
@@ -272,8 +287,15 @@ pub fn script_for(
     haimg_sha256: &str,
     t: &Templates,
 ) -> Result<String> {
+    if platform == Platform::Boot && recipe.os.boots_cgroup_v1() {
+        return Err(crate::error::Error::Usage(format!(
+            "recipe {}: {} boots cgroup v1, and a node installing at boot cannot reboot into cgroup v2",
+            recipe.name,
+            recipe.os.codename()
+        )));
+    }
     let v = recipe.kubernetes_version;
-    let steps = steps(recipe);
+    let steps = steps_on(recipe, platform);
     let os_family = match recipe.os.id() {
         "ubuntu" => "Ubuntu",
         _ => "Debian",
@@ -287,9 +309,11 @@ pub fn script_for(
             match platform {
                 Platform::Instance => "",
                 Platform::Chroot => ", local image (chroot)",
+                Platform::Boot => ", installed at boot (plain base)",
             }
         ),
         chroot: platform == Platform::Chroot,
+        boot: platform == Platform::Boot,
         os_family,
         debian_sources: recipe.apt_mirror.as_ref().map_or(vec![], |m| {
             m.sources(recipe.os)

@@ -132,6 +132,9 @@ struct Record {
     /// Where the nodes' AWS calls go.
     ssm: Option<String>,
     autoscaling: String,
+    /// A plain base (`bake --plain`): what its nodes install from at boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plain: Option<crate::bake::local::cmd::PlainEntry>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -423,6 +426,7 @@ async fn start(
             .map_or(0, |d| d.as_secs()),
         ssm: moto.map(|_| format!("http://{host}:{}", plan::SSM_PORT)),
         autoscaling: format!("http://{host}:{}", plan::AUTOSCALING_PORT),
+        plain: super::plain::entry_of(image),
     };
     write_record(l, &record)?;
     // Machine-wide settings the nodes will change, recorded before anything runs.
@@ -453,7 +457,13 @@ async fn start(
         raw
     };
     host::mount_image_root(&raw, &l.lower())?;
-    check_image(l, &record, spec)?;
+    match &record.plain {
+        Some(p) => {
+            super::plain::check(p, &spec.kubernetes_version.to_string())?;
+            say("a plain base: each node installs everything at boot (bake --plain)");
+        }
+        None => check_image(l, &record, spec)?,
+    }
 
     let prefix = plan.network.prefix_len();
     host::create_lab_network(l, &host.to_string(), prefix)?;
@@ -541,9 +551,19 @@ async fn boot(
         ssm: record.ssm.clone(),
         autoscaling: record.autoscaling.clone(),
     });
-    let containerd = std::fs::read_to_string(l.lower().join("etc/containerd/config.toml"))
-        .map_err(Error::io(l.lower().join("etc/containerd/config.toml")))?;
-    let drop_ins = super::dropins::drop_ins(&containerd)?;
+    let drop_ins = match &record.plain {
+        Some(_) => super::dropins::drop_ins(None)?,
+        None => {
+            let conf = l.lower().join("etc/containerd/config.toml");
+            let text = std::fs::read_to_string(&conf).map_err(Error::io(&conf))?;
+            super::dropins::drop_ins(Some(&text))?
+        }
+    };
+    let binds = record
+        .plain
+        .as_ref()
+        .map(super::plain::binds)
+        .unwrap_or_default();
     let mut tasks = tokio::task::JoinSet::new();
     for n in nodes {
         let (l, key, guard) = (l.clone(), n.key.clone(), blocking.enter());
@@ -567,7 +587,11 @@ async fn boot(
         let root = l.root(&n.key);
         let seed = root.join("var/lib/cloud/seed/nocloud");
         // The user-data may hold static join material: root only, as on EC2.
-        host::write(&seed.join("user-data"), ud, true)?;
+        let ud = match &record.plain {
+            Some(_) => super::plain::user_data(ud)?,
+            None => ud.clone(),
+        };
+        host::write(&seed.join("user-data"), &ud, true)?;
         host::write(&seed.join("vendor-data"), vendor.as_bytes(), false)?;
         host::write(
             &seed.join("meta-data"),
@@ -593,7 +617,7 @@ async fn boot(
             false,
         )?;
         let procs = host::create_cgroups(l, &n.key)?;
-        let pid = host::start_node(l, &n.key, &n.key, &procs)?;
+        let pid = host::start_node(l, &n.key, &n.key, &procs, &binds)?;
         host::write(
             &l.node_dir(&n.key).join("pid"),
             pid.to_string().as_bytes(),
@@ -784,8 +808,11 @@ async fn wait_ready(
             if node_up.contains(&n.key) {
                 continue;
             }
-            let log =
-                std::fs::read_to_string(l.node_dir(&n.key).join("console.log")).unwrap_or_default();
+            // systemd colours its status lines on the console: matched without the colours.
+            let log = without_colours(
+                &std::fs::read_to_string(l.node_dir(&n.key).join("console.log"))
+                    .unwrap_or_default(),
+            );
             if log.contains("cluster initialized") || log.contains(": joined") {
                 node_up.insert(n.key.clone());
                 let what = if log.contains("cluster initialized") {
@@ -855,6 +882,25 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// `text` without its terminal colour sequences (`ESC [ … m`), as a reader sees it.
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("\x1b[") {
+        out.push_str(&rest[..i]);
+        let seq = &rest[i + 2..];
+        match seq.find(|c: char| !(c.is_ascii_digit() || c == ';')) {
+            Some(j) if seq[j..].starts_with('m') => rest = &seq[j + 1..],
+            _ => {
+                out.push_str("\x1b[");
+                rest = seq;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// On a failed `up`, the consoles are kept beside the state (for the error's reader).
@@ -1047,7 +1093,8 @@ fn stop_or_start(a: NodeArgs, kill: Option<bool>) -> Result<()> {
                 )?;
             }
             let procs = host::create_cgroups(&l, &n.key)?;
-            let pid = host::start_node(&l, &n.key, &n.key, &procs)?;
+            let binds = r.plain.as_ref().map(super::plain::binds).unwrap_or_default();
+            let pid = host::start_node(&l, &n.key, &n.key, &procs, &binds)?;
             host::write(
                 &l.node_dir(&n.key).join("pid"),
                 pid.to_string().as_bytes(),
@@ -1243,6 +1290,17 @@ async fn scale_in(l: &Layout, n: &plan::LabNode, bound: Duration) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_lines_are_read_without_their_colours() {
+        let line = "[\x1b[0;1;31mFAILED\x1b[0m] Failed to start \x1b[0;1;39mcloud-fina… Execute cloud user/final scripts.";
+        assert_eq!(
+            without_colours(line),
+            "[FAILED] Failed to start cloud-fina… Execute cloud user/final scripts."
+        );
+        // Not a colour: kept as it is.
+        assert_eq!(without_colours("a\x1b[2Jb\x1b["), "a\x1b[2Jb\x1b[");
+    }
 
     #[test]
     fn pointers_read_as_the_specs_messages_name_fields() {

@@ -21,18 +21,47 @@ pub const MARKER_TEXT: &str = "haimg lab: a system container on a shared kernel 
 const CGROUPS_UNIT: &str = "/etc/systemd/system/haimg-lab-cgroups.service";
 const CGROUPS_WANT: &str = "/etc/systemd/system/sysinit.target.wants/haimg-lab-cgroups.service";
 
-/// The drop-ins for a node whose image has `containerd_config` at [`CONTAINERD_CONFIG`].
-pub fn drop_ins(containerd_config: &str) -> Result<Vec<DropIn>> {
+const OOM_FROM: &str = "restrict_oom_score_adj = false";
+const OOM_TO: &str = "restrict_oom_score_adj = true";
+const PLAIN_OOM_DROP_IN: &str = "/etc/systemd/system/containerd.service.d/haimg-lab.conf";
+const PLAIN_OOM_SCRIPT: &str = "/etc/haimg-lab/containerd-oom.sh";
+
+/// The drop-ins for a node whose image has `containerd_config` at [`CONTAINERD_CONFIG`],
+/// or none yet (a plain base, whose install writes it at boot: see [`super::plain`]).
+pub fn drop_ins(containerd_config: Option<&str>) -> Result<Vec<DropIn>> {
     // This machine's root lacks CAP_SYS_RESOURCE: runc cannot raise a pod sandbox's
     // oom_score_adj, and every sandbox fails ("can't get final child's PID from pipe")
     // unless containerd keeps the scores at or above its own.
-    let from = "restrict_oom_score_adj = false";
-    if containerd_config.matches(from).count() != 1 {
-        return Err(Error::Runtime(format!(
-            "lab: the image's {CONTAINERD_CONFIG} has no single `{from}` line to turn on"
-        )));
-    }
-    let containerd = containerd_config.replace(from, "restrict_oom_score_adj = true");
+    let containerd = match containerd_config {
+        Some(conf) => {
+            if conf.matches(OOM_FROM).count() != 1 {
+                return Err(Error::Runtime(format!(
+                    "lab: the image's {CONTAINERD_CONFIG} has no single `{OOM_FROM}` line to turn on"
+                )));
+            }
+            vec![DropIn {
+                path: CONTAINERD_CONFIG,
+                contents: conf.replace(OOM_FROM, OOM_TO),
+            }]
+        }
+        // The same change, made each time containerd starts, on the config the install
+        // wrote (the node's own first start, before the install writes one, has none).
+        None => vec![
+            DropIn {
+                path: PLAIN_OOM_SCRIPT,
+                contents: format!(
+                    "# haimg lab: containerd keeps pods' OOM scores at or above its own (see src/lab/dropins.rs).\n\
+                     f={CONTAINERD_CONFIG}\n[ ! -f \"$f\" ] || sed -i 's/{OOM_FROM}/{OOM_TO}/' \"$f\"\n"
+                ),
+            },
+            DropIn {
+                path: PLAIN_OOM_DROP_IN,
+                contents: format!(
+                    "# haimg lab: see src/lab/dropins.rs.\n[Service]\nExecStartPre=/bin/sh {PLAIN_OOM_SCRIPT}\n"
+                ),
+            },
+        ],
+    };
     // systemd-nspawn mounts the cgroup v1 controllers read-only; the kubelet and runc
     // create cgroups in them. Remounted writable before anything else starts.
     let unit = "\
@@ -47,20 +76,19 @@ RemainAfterExit=yes
 ExecStart=/bin/sh -c 'for c in /sys/fs/cgroup/*/; do case \"$c\" in */unified/|*/systemd/) continue ;; esac; mount -o remount,bind,rw \"$c\"; done'
 "
     .to_string();
-    Ok(vec![
-        DropIn {
-            path: CONTAINERD_CONFIG,
-            contents: containerd,
-        },
-        DropIn {
-            path: CGROUPS_UNIT,
-            contents: unit,
-        },
-        DropIn {
-            path: CGROUPS_WANT,
-            contents: String::new(),
-        },
-    ])
+    Ok(containerd
+        .into_iter()
+        .chain([
+            DropIn {
+                path: CGROUPS_UNIT,
+                contents: unit,
+            },
+            DropIn {
+                path: CGROUPS_WANT,
+                contents: String::new(),
+            },
+        ])
+        .collect())
 }
 
 /// Where the nodes' AWS calls go in the lab (nowhere else answers: the lab has no route out).
@@ -131,12 +159,37 @@ mod tests {
     #[test]
     fn containerd_keeps_its_config_but_for_the_oom_score_restriction() {
         let conf = "version = 2\n[plugins]\n  restrict_oom_score_adj = false\n  x = 1\n";
-        let d = drop_ins(conf).unwrap();
+        let d = drop_ins(Some(conf)).unwrap();
         assert_eq!(d[0].contents, conf.replace("= false", "= true"));
         assert!(d[1].contents.contains("mount -o remount,bind,rw"));
         assert!(is_link(&d[2]));
-        let e = drop_ins("version = 2\n").unwrap_err().to_string();
+        let e = drop_ins(Some("version = 2\n")).unwrap_err().to_string();
         assert!(e.contains("restrict_oom_score_adj"), "{e}");
+    }
+
+    #[test]
+    fn a_plain_node_turns_the_restriction_on_each_time_containerd_starts() {
+        let d = drop_ins(None).unwrap();
+        assert_eq!(d[1].path, PLAIN_OOM_DROP_IN);
+        assert!(d[1].contents.contains(&format!("ExecStartPre=/bin/sh {PLAIN_OOM_SCRIPT}")));
+        assert!(d[2].contents.contains("mount -o remount,bind,rw"));
+        // The script itself, run on a config as the install writes it, and on none.
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("config.toml");
+        let script = d[0].contents.replace(CONTAINERD_CONFIG, conf.to_str().unwrap());
+        let run = || {
+            let o = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        run();
+        assert!(!conf.exists());
+        std::fs::write(&conf, "[plugins]\n  restrict_oom_score_adj = false\n  x = 1\n").unwrap();
+        run();
+        run();
+        assert_eq!(
+            std::fs::read_to_string(&conf).unwrap(),
+            "[plugins]\n  restrict_oom_score_adj = true\n  x = 1\n"
+        );
     }
 
     #[test]

@@ -216,11 +216,14 @@ pub fn prepare_root(l: &Layout, key: &str) -> Result<()> {
             &d.join("root").to_string_lossy(),
         ],
     )?;
-    let from = format!("{}/var/lib/containerd/.", l.lower().display());
-    run(
-        "cp",
-        &["-a", &from, &d.join("containerd").to_string_lossy()],
-    )?;
+    // A plain base has none yet: its install fills the node's own.
+    if l.lower().join("var/lib/containerd").is_dir() {
+        let from = format!("{}/var/lib/containerd/.", l.lower().display());
+        run(
+            "cp",
+            &["-a", &from, &d.join("containerd").to_string_lossy()],
+        )?;
+    }
     Ok(())
 }
 
@@ -336,7 +339,13 @@ fn rmdir_tree(dir: &Path) {
 /// Starts a node: the launcher joins the node's cgroups, then becomes `systemd-nspawn`
 /// booting the node's root in the node's namespace. Returns its pid; it runs on after
 /// `lab up` exits (a process group of its own: no terminal signal reaches it).
-pub fn start_node(l: &Layout, key: &str, machine: &str, cgroup_procs: &[PathBuf]) -> Result<u32> {
+pub fn start_node(
+    l: &Layout,
+    key: &str,
+    machine: &str,
+    cgroup_procs: &[PathBuf],
+    binds: &[String],
+) -> Result<u32> {
     let d = l.node_dir(key);
     let console = d.join("console.log");
     // Appended to: a node booted again keeps its first boot's console.
@@ -354,6 +363,7 @@ pub fn start_node(l: &Layout, key: &str, machine: &str, cgroup_procs: &[PathBuf]
         .arg("--")
         .arg("systemd-nspawn")
         .args(nspawn_args(l, key, machine))
+        .args(binds)
         // Lab-only, with their reasons in `nspawn_args`.
         .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "yes")
         .env("SYSTEMD_SECCOMP", "0")

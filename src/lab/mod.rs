@@ -11,7 +11,8 @@
 //! * [`asg`]: the Auto Scaling calls nodes make (the termination lifecycle), which the lab
 //!   answers as it plays the groups; [`serve`] serves both in the lab's namespace;
 //! * [`host`]: namespaces, mounts, cgroups and node processes on this machine, and their undo;
-//! * [`cmd`]: `haimg lab up|status|down|stop|start|scale|terminate`.
+//! * [`cmd`]: `haimg lab up|status|down|stop|start|scale|terminate`;
+//! * [`plain`]: a plain base that installs everything at boot (`bake --plain`), to compare.
 //!
 //! Parameter Store, when the spec's credentials come from SSM, is moto's server in the lab's
 //! namespace; the nodes reach it, and the lab's Auto Scaling, through the lab's vendor-data.
@@ -21,6 +22,7 @@ pub mod cmd;
 pub mod dropins;
 pub mod host;
 pub mod imds;
+pub mod plain;
 pub mod plan;
 pub mod serve;
 

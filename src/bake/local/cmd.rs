@@ -19,7 +19,12 @@ use crate::render::templates::Templates;
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
     pub image: PathBuf,
-    pub manifest: PathBuf,
+    /// The image manifest (none for `--plain`: nothing is installed until a node boots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<PathBuf>,
+    /// `--plain`: what a node installs from at boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain: Option<PlainEntry>,
     pub recipe: String,
     pub recipe_hash: String,
     pub cached: bool,
@@ -29,6 +34,15 @@ pub struct Outcome {
     pub kernel: String,
     /// Seconds per phase of the bake that made it.
     pub seconds: Phases,
+}
+
+/// What a plain entry's nodes install from: its stage (the script and every file it
+/// fetches), and the recipe's `file://` mirror, which a node must see at the same path.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlainEntry {
+    pub stage: PathBuf,
+    pub mirror: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -151,7 +165,7 @@ async fn bake(
         .map_err(Error::io(&key))?;
     let sources = mirror.sources(recipe.os);
     let state = run::mirror_state(children, &sources, &key, work).await?;
-    let plan = super::plan(recipe, state, haimg_sha256, t)?;
+    let plan = super::plan_for(recipe, state, haimg_sha256, t, args.plain)?;
     if args.dry_run {
         let text = match args.output {
             Output::Json => serde_json::to_string_pretty(&plan).expect("plain data") + "\n",
@@ -169,8 +183,14 @@ async fn bake(
         }
     }
     progress(&format!(
-        "baking {} locally (recipe hash {})",
-        plan.image_name, plan.recipe_hash
+        "baking {} locally (recipe hash {}){}",
+        plan.image_name,
+        plan.recipe_hash,
+        if plan.plain {
+            ": the base only, installed by each node at boot"
+        } else {
+            ""
+        }
     ));
 
     // The base: cached by what makes it, outside the store (a fresh store reuses it).
@@ -206,48 +226,53 @@ async fn bake(
     run::unpack(children, &tar, &root).await?;
     let base_s = t0.elapsed().as_secs_f64();
 
-    // The stage: every file the script fetches, at file:// URLs inside the chroot.
-    let t1 = Instant::now();
-    let stage = work.join("stage");
-    let inputs = stage_inputs(&plan, binary, &stage).await?;
-    let script = stage.join("provision.sh");
-    tokio::fs::write(&script, &plan.script)
+    let out_dir = work.join("out");
+    tokio::fs::create_dir_all(&out_dir)
         .await
-        .map_err(Error::io(&script))?;
-    let log = work.join("provision.log");
-    let env = inputs.env();
-    let show = |l: &str| progress(l);
-    run::provision(
-        children,
-        &root,
-        &stage,
-        mirror.local_dir(),
-        &env,
-        &log,
-        &show,
-    )
-    .await?;
+        .map_err(Error::io(&out_dir))?;
+    let t1 = Instant::now();
+    let plain = if plan.plain {
+        // Nothing runs now: the stage goes into the entry, for each node's boot.
+        let stage = out_dir.join(super::PLAIN_STAGE);
+        let inputs = stage_inputs(&plan, binary, &stage).await?;
+        for (name, text) in [
+            ("provision.sh", plan.script.clone()),
+            (
+                super::PLAIN_INSTALL,
+                super::install_script(&plan.recipe, &inputs.env()),
+            ),
+        ] {
+            let p = stage.join(name);
+            std::fs::write(&p, text).map_err(Error::io(&p))?;
+        }
+        run::clean_plain(&root)?;
+        Some(PlainEntry {
+            stage: store.entry(&plan.image_name).join(super::PLAIN_STAGE),
+            mirror: mirror.local_dir().map(Path::to_path_buf),
+        })
+    } else {
+        provision_root(&plan, binary, &root, work, mirror.local_dir(), children).await?;
+        None
+    };
     let provision_s = t1.elapsed().as_secs_f64();
 
     // Seal, then the disk.
     let t2 = Instant::now();
     progress("sealing the root and assembling the disk");
     run::seal(&root)?;
-    let manifest_src = root.join("etc/haimg/image-manifest.json");
-    let out_dir = work.join("out");
-    tokio::fs::create_dir_all(&out_dir)
-        .await
-        .map_err(Error::io(&out_dir))?;
     let (name, format) = if args.raw {
         ("disk.raw", "raw")
     } else {
         ("disk.qcow2", "qcow2")
     };
     let disk_path = out_dir.join(name);
-    let manifest = out_dir.join(MANIFEST);
-    tokio::fs::copy(&manifest_src, &manifest)
-        .await
-        .map_err(Error::io(&manifest_src))?;
+    if plain.is_none() {
+        let manifest_src = root.join("etc/haimg/image-manifest.json");
+        let manifest = out_dir.join(MANIFEST);
+        tokio::fs::copy(&manifest_src, &manifest)
+            .await
+            .map_err(Error::io(&manifest_src))?;
+    }
     let (r, d, w, raw) = (
         root.clone(),
         disk_path.clone(),
@@ -269,7 +294,8 @@ async fn bake(
         .len();
     let outcome = Outcome {
         image: entry.join(name),
-        manifest: entry.join(MANIFEST),
+        manifest: plain.is_none().then(|| entry.join(MANIFEST)),
+        plain,
         recipe: plan.recipe.clone(),
         recipe_hash: plan.recipe_hash.clone(),
         cached: false,
@@ -289,9 +315,12 @@ async fn bake(
         serde_json::to_string_pretty(&outcome).expect("plain data") + "\n",
     )
     .map_err(Error::io(&record))?;
-    tokio::fs::copy(&log, out_dir.join("provision.log"))
-        .await
-        .map_err(Error::io(&log))?;
+    let log = work.join("provision.log");
+    if log.is_file() {
+        tokio::fs::copy(&log, out_dir.join("provision.log"))
+            .await
+            .map_err(Error::io(&log))?;
+    }
     // Published whole: a store entry is complete or absent.
     if entry.exists() {
         run::remove_work(&entry)?;
@@ -304,6 +333,38 @@ async fn bake(
         size >> 20
     ));
     Ok(Some(outcome))
+}
+
+/// The recipe's script in the chroot of `root`, with its stage at file:// URLs.
+async fn provision_root(
+    plan: &Plan,
+    binary: &Path,
+    root: &Path,
+    work: &Path,
+    local_mirror: Option<&Path>,
+    children: &Children,
+) -> Result<()> {
+    // The stage: every file the script fetches, at file:// URLs inside the chroot.
+    let stage = work.join("stage");
+    let inputs = stage_inputs(plan, binary, &stage).await?;
+    let script = stage.join("provision.sh");
+    tokio::fs::write(&script, &plan.script)
+        .await
+        .map_err(Error::io(&script))?;
+    let log = work.join("provision.log");
+    let env = inputs.env();
+    let show = |l: &str| progress(l);
+    run::provision(
+        children,
+        root,
+        &stage,
+        local_mirror,
+        &env,
+        &log,
+        &show,
+    )
+    .await
+    .map(drop)
 }
 
 /// A store entry's record, as a cache hit reports it.
@@ -326,7 +387,11 @@ fn cached(entry: &Path) -> Result<Outcome> {
     };
     Ok(Outcome {
         image: here("image"),
-        manifest: here("manifest"),
+        manifest: v.get("manifest").map(|_| here("manifest")),
+        plain: v.get("plain").map(|_| PlainEntry {
+            stage: entry.join(super::PLAIN_STAGE),
+            mirror: v["plain"]["mirror"].as_str().map(PathBuf::from),
+        }),
         recipe: s("recipe"),
         recipe_hash: s("recipeHash"),
         cached: true,
@@ -399,7 +464,11 @@ fn dry_run_text(plan: &Plan, store: &Store) -> String {
         "image:        {}\n",
         store.entry(&plan.image_name).display()
     ));
-    s.push_str("bake: mirror state, base (mmdebstrap, cached), stage, run script (chroot), seal, disk (qcow2), store\n");
+    s.push_str(if plan.plain {
+        "bake: mirror state, base (mmdebstrap, cached), seal, disk (qcow2), stage for the nodes' boot, store\n"
+    } else {
+        "bake: mirror state, base (mmdebstrap, cached), stage, run script (chroot), seal, disk (qcow2), store\n"
+    });
     s.push_str("script steps:\n");
     for (i, step) in plan.steps.iter().enumerate() {
         s.push_str(&format!("  {}. {step}\n", i + 1));
@@ -427,7 +496,8 @@ mod tests {
         std::fs::write(entry.join(BAKE_RECORD), record.to_string()).unwrap();
         let o = cached(&entry).unwrap();
         assert_eq!(o.image, entry.join("disk.qcow2"));
-        assert_eq!(o.manifest, entry.join("image-manifest.json"));
+        assert_eq!(o.manifest, Some(entry.join("image-manifest.json")));
+        assert!(o.plain.is_none());
         assert!(o.cached);
     }
 }

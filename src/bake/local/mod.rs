@@ -48,8 +48,13 @@ pub const BASE_PACKAGES: &[&str] = &[
 pub const CMDLINE: &str = "console=tty0 console=ttyS0,115200";
 
 /// Where the stage directory appears inside the chroot (a tmpfs `/run`, so none of it is
-/// imaged).
+/// imaged), and inside a lab node installing a plain base at boot.
 pub const STAGE_IN_ROOT: &str = "/run/haimg-stage";
+
+/// In a plain entry (`bake --plain`): the stage a node installs from, and in it the script
+/// its user-data runs (the inputs, then the provisioning script).
+pub const PLAIN_STAGE: &str = "install";
+pub const PLAIN_INSTALL: &str = "install.sh";
 
 /// The mirror's state: one `InRelease` per suite, by its sha256. The same state serves the
 /// same package versions, so it enters the recipe hash as the AMI id does.
@@ -73,6 +78,8 @@ pub struct Plan {
     pub base_key: String,
     pub mirror: MirrorState,
     pub steps: Vec<String>,
+    /// `bake --plain`: the steps run at each node's boot, not in the image.
+    pub plain: bool,
     #[serde(skip)]
     pub script: String,
     #[serde(skip)]
@@ -134,23 +141,60 @@ pub fn plan(
     haimg_sha256: &str,
     t: &Templates,
 ) -> Result<Plan> {
-    let script = super::script_for(recipe, Platform::Chroot, haimg_sha256, t)?;
+    plan_for(recipe, mirror, haimg_sha256, t, false)
+}
+
+/// The plan of a local bake, or with `plain` of `bake --plain`: the same base as a disk,
+/// with nothing of the recipe installed, and beside it the script ([`Platform::Boot`]) and
+/// files a node's user-data installs it all from at boot. For comparison with a baked
+/// image only: its entry is named `<recipe>-plain-<hash12>`.
+pub fn plan_for(
+    recipe: &Recipe,
+    mirror: MirrorState,
+    haimg_sha256: &str,
+    t: &Templates,
+    plain: bool,
+) -> Result<Plan> {
+    let platform = if plain {
+        Platform::Boot
+    } else {
+        Platform::Chroot
+    };
+    let script = super::script_for(recipe, platform, haimg_sha256, t)?;
     let base_key = base_key(recipe, &mirror);
     let base = format!("local:{base_key}");
     let recipe_hash = super::recipe_hash(recipe, &base, &script);
     let mut inner = super::plan(recipe, &base, haimg_sha256, t)?;
     inner.script = script.clone();
     inner.recipe_hash = recipe_hash.clone();
+    let kind = if plain { "-plain" } else { "" };
     Ok(Plan {
         recipe: recipe.name.clone(),
-        image_name: format!("{}-{}", recipe.name, &recipe_hash[..12]),
+        image_name: format!("{}{kind}-{}", recipe.name, &recipe_hash[..12]),
         recipe_hash,
         base_key,
         mirror,
-        steps: super::steps(recipe),
+        steps: super::steps_on(recipe, platform),
+        plain,
         script,
         inner,
     })
+}
+
+/// The script a plain node's user-data runs (`bake --plain`): the provisioning script's
+/// run-time inputs, at `file://` URLs of the stage the lab binds read-only at
+/// [`STAGE_IN_ROOT`], then the script itself.
+pub fn install_script(recipe: &str, env: &[(&str, String)]) -> String {
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+    let mut s = format!(
+        "#!/bin/sh\n# haimg {}: installs recipe {recipe} on a plain node at boot (haimg bake --plain),\n# from the stage bound at {STAGE_IN_ROOT}.\nset -eu\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (k, v) in env {
+        s.push_str(&format!("export {k}={}\n", quote(v)));
+    }
+    s.push_str(&format!("exec /bin/bash {STAGE_IN_ROOT}/provision.sh\n"));
+    s
 }
 
 /// The sources.list lines mmdebstrap makes the base from.

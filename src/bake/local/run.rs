@@ -394,6 +394,19 @@ pub async fn provision(
     Ok(text)
 }
 
+/// What the script's last step does to an image, for a plain base no script ran in: an
+/// empty machine id (each node makes its own at first boot), dbus's pointing at it.
+pub fn clean_plain(root: &Path) -> Result<()> {
+    let mid = root.join("etc/machine-id");
+    std::fs::write(&mid, b"").map_err(Error::io(&mid))?;
+    let dbus = root.join("var/lib/dbus/machine-id");
+    if let Some(dir) = dbus.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    }
+    let _ = std::fs::remove_file(&dbus);
+    std::os::unix::fs::symlink("/etc/machine-id", &dbus).map_err(Error::io(&dbus))
+}
+
 /// Seals the root after the script (which cleaned cloud-init, the machine id, apt's lists
 /// and the logs): puts back the resolver file the chroot's setup moved, and checks the
 /// image has no machine id, no SSH daemon and nothing of the bake left inside.
