@@ -181,8 +181,16 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
         match haimg::bake::script_for(&r, haimg::bake::Platform::Boot, &"ab".repeat(32), &t) {
             Ok(boot) => {
                 shellcheck(&boot, &format!("{name} (boot)"));
-                for never in ["cloud-init status --wait", "cloud-init clean", "machine-id", "\nstart_containerd\n"] {
-                    assert!(!boot.contains(never), "{name}: the boot script runs {never:?}");
+                for never in [
+                    "cloud-init status --wait",
+                    "cloud-init clean",
+                    "machine-id",
+                    "\nstart_containerd\n",
+                ] {
+                    assert!(
+                        !boot.contains(never),
+                        "{name}: the boot script runs {never:?}"
+                    );
                 }
                 assert!(boot.contains("\nsystemctl restart containerd\n"), "{name}");
                 assert!(boot.contains("\n[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter\n"), "{name}");
@@ -190,7 +198,10 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
             }
             Err(e) => {
                 assert!(r.os.boots_cgroup_v1(), "{name}: {e}");
-                assert!(e.to_string().contains("cannot reboot into cgroup v2"), "{e}");
+                assert!(
+                    e.to_string().contains("cannot reboot into cgroup v2"),
+                    "{e}"
+                );
             }
         }
         let s = haimg::bake::script(&r, &"ab".repeat(32), &t).unwrap();

@@ -1053,14 +1053,23 @@ fn a_plain_bases_user_data_is_the_rendered_one_with_the_install_first() {
         let o = run(c);
         assert!(o.status.success(), "{}", stderr(&o));
         let rendered = stdout(&o);
-        let plain = String::from_utf8(haimg::lab::plain::user_data(rendered.as_bytes()).unwrap()).unwrap();
+        let plain =
+            String::from_utf8(haimg::lab::plain::user_data(rendered.as_bytes()).unwrap()).unwrap();
         cloud_init_schema(&plain, &format!("a plain base's user-data ({args:?})"));
         let runcmd = &plain[plain.find("\nruncmd:\n").unwrap()..];
         let install = runcmd.find("/run/haimg-stage/install.sh").unwrap();
-        assert!(install < runcmd.find("haimg-watch.service").unwrap(), "{runcmd}");
-        assert_eq!(plain.len() - rendered.len(), plain.find("  # haimg lab, plain base").map(|i| {
-            plain[i..].find("]\n").unwrap() + 2
-        }).unwrap(), "only the install entry is added");
+        assert!(
+            install < runcmd.find("haimg-watch.service").unwrap(),
+            "{runcmd}"
+        );
+        assert_eq!(
+            plain.len() - rendered.len(),
+            plain
+                .find("  # haimg lab, plain base")
+                .map(|i| { plain[i..].find("]\n").unwrap() + 2 })
+                .unwrap(),
+            "only the install entry is added"
+        );
     }
 }
 

@@ -397,7 +397,9 @@ async fn a_refresh_during_the_init_leaves_the_first_generation_to_the_init_holde
         f.log(&m0, "refresh")
     );
     assert!(
-        parameter(&c.sdk, "/haimg/demo/join/control-plane").await.is_none(),
+        parameter(&c.sdk, "/haimg/demo/join/control-plane")
+            .await
+            .is_none(),
         "the refresh published nothing"
     );
     assert!(f.events_of("token-create").is_empty(), "{:?}", f.events());
@@ -412,7 +414,9 @@ async fn a_refresh_during_the_init_leaves_the_first_generation_to_the_init_holde
         ["init-start", "init"],
         "one init, never reset"
     );
-    let m = parameter(&c.sdk, "/haimg/demo/join/control-plane").await.unwrap();
+    let m = parameter(&c.sdk, "/haimg/demo/join/control-plane")
+        .await
+        .unwrap();
     assert_eq!(m["generation"], 1);
     // Now Ready and published: the same refresh finds it fresh.
     let mut again = f.spawn(&m0, "refresh");

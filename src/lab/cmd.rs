@@ -1093,7 +1093,11 @@ fn stop_or_start(a: NodeArgs, kill: Option<bool>) -> Result<()> {
                 )?;
             }
             let procs = host::create_cgroups(&l, &n.key)?;
-            let binds = r.plain.as_ref().map(super::plain::binds).unwrap_or_default();
+            let binds = r
+                .plain
+                .as_ref()
+                .map(super::plain::binds)
+                .unwrap_or_default();
             let pid = host::start_node(&l, &n.key, &n.key, &procs, &binds)?;
             host::write(
                 &l.node_dir(&n.key).join("pid"),

@@ -171,19 +171,31 @@ mod tests {
     fn a_plain_node_turns_the_restriction_on_each_time_containerd_starts() {
         let d = drop_ins(None).unwrap();
         assert_eq!(d[1].path, PLAIN_OOM_DROP_IN);
-        assert!(d[1].contents.contains(&format!("ExecStartPre=/bin/sh {PLAIN_OOM_SCRIPT}")));
+        assert!(d[1]
+            .contents
+            .contains(&format!("ExecStartPre=/bin/sh {PLAIN_OOM_SCRIPT}")));
         assert!(d[2].contents.contains("mount -o remount,bind,rw"));
         // The script itself, run on a config as the install writes it, and on none.
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("config.toml");
-        let script = d[0].contents.replace(CONTAINERD_CONFIG, conf.to_str().unwrap());
+        let script = d[0]
+            .contents
+            .replace(CONTAINERD_CONFIG, conf.to_str().unwrap());
         let run = || {
-            let o = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         };
         run();
         assert!(!conf.exists());
-        std::fs::write(&conf, "[plugins]\n  restrict_oom_score_adj = false\n  x = 1\n").unwrap();
+        std::fs::write(
+            &conf,
+            "[plugins]\n  restrict_oom_score_adj = false\n  x = 1\n",
+        )
+        .unwrap();
         run();
         run();
         assert_eq!(

@@ -7,8 +7,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::bake::local::{PLAIN_INSTALL, STAGE_IN_ROOT};
 use crate::bake::local::cmd::PlainEntry;
+use crate::bake::local::{PLAIN_INSTALL, STAGE_IN_ROOT};
 use crate::error::{Error, Result};
 
 /// The rendered user-data with the install first in its `runcmd` (cloud-init's final
@@ -24,10 +24,11 @@ pub fn user_data(rendered: &[u8]) -> Result<Vec<u8>> {
         String::from_utf8(rendered.to_vec())
             .map_err(|e| Error::Runtime(format!("lab: the rendered user-data: {e}")))?
     };
-    let at = text
-        .find("\nruncmd:\n")
-        .ok_or_else(|| Error::Runtime("lab: the rendered user-data has no runcmd to put the install first in".into()))?
-        + "\nruncmd:\n".len();
+    let at = text.find("\nruncmd:\n").ok_or_else(|| {
+        Error::Runtime(
+            "lab: the rendered user-data has no runcmd to put the install first in".into(),
+        )
+    })? + "\nruncmd:\n".len();
     // runcmd goes on after a failed entry: the failure is named where `lab up` looks.
     let install = format!(
         "/bin/sh {STAGE_IN_ROOT}/{PLAIN_INSTALL} || {{ echo 'haimg lab: error: the install at boot failed' >&2; exit 1; }}"
@@ -83,7 +84,11 @@ pub fn check(p: &PlainEntry, kubernetes_version: &str) -> Result<()> {
 
 /// The entry `--image` names (a store entry, or a disk in one): its plain stage, if any.
 pub fn entry_of(image: &Path) -> Option<PlainEntry> {
-    let dir = if image.is_dir() { image } else { image.parent()? };
+    let dir = if image.is_dir() {
+        image
+    } else {
+        image.parent()?
+    };
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(crate::bake::local::BAKE_RECORD)).ok()?)
             .ok()?;
@@ -107,7 +112,9 @@ mod tests {
         let first = out.find("/run/haimg-stage/install.sh").unwrap();
         assert!(first < out.find("node, bootstrap").unwrap());
         assert_eq!(
-            out.lines().filter(|l| !l.contains("plain base") && !l.contains("install.sh")).collect::<Vec<_>>(),
+            out.lines()
+                .filter(|l| !l.contains("plain base") && !l.contains("install.sh"))
+                .collect::<Vec<_>>(),
             RENDERED.lines().collect::<Vec<_>>()
         );
         let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
@@ -141,12 +148,25 @@ mod tests {
             stage: stage.clone(),
             mirror: None,
         };
-        assert!(check(&p, "1.30.0").unwrap_err().to_string().contains("without its install"));
-        std::fs::write(stage.join("provision.sh"), "readonly KUBERNETES_VERSION='1.30.0'\n").unwrap();
-        assert!(check(&p, "1.30.0").unwrap_err().to_string().contains("install.sh"));
+        assert!(check(&p, "1.30.0")
+            .unwrap_err()
+            .to_string()
+            .contains("without its install"));
+        std::fs::write(
+            stage.join("provision.sh"),
+            "readonly KUBERNETES_VERSION='1.30.0'\n",
+        )
+        .unwrap();
+        assert!(check(&p, "1.30.0")
+            .unwrap_err()
+            .to_string()
+            .contains("install.sh"));
         std::fs::write(stage.join("install.sh"), "").unwrap();
         check(&p, "1.30.0").unwrap();
-        assert!(check(&p, "1.31.0").unwrap_err().to_string().contains("another Kubernetes"));
+        assert!(check(&p, "1.31.0")
+            .unwrap_err()
+            .to_string()
+            .contains("another Kubernetes"));
         std::fs::write(
             d.path().join("bake.json"),
             r#"{"image": "/elsewhere/disk.qcow2", "plain": {"stage": "/elsewhere/install", "mirror": "/m"}}"#,

@@ -64,7 +64,9 @@ pub async fn run(agent: &Agent) -> Result<()> {
             .await?
             .is_some_and(|s| s.phase == super::join::Phase::Ready);
         if !ready {
-            tracing::info!("the cluster is not initialized yet (P/state is not Ready): nothing to refresh");
+            tracing::info!(
+                "the cluster is not initialized yet (P/state is not Ready): nothing to refresh"
+            );
             return Ok(());
         }
     }

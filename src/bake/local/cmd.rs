@@ -354,17 +354,9 @@ async fn provision_root(
     let log = work.join("provision.log");
     let env = inputs.env();
     let show = |l: &str| progress(l);
-    run::provision(
-        children,
-        root,
-        &stage,
-        local_mirror,
-        &env,
-        &log,
-        &show,
-    )
-    .await
-    .map(drop)
+    run::provision(children, root, &stage, local_mirror, &env, &log, &show)
+        .await
+        .map(drop)
 }
 
 /// A store entry's record, as a cache hit reports it.
