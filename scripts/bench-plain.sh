@@ -80,11 +80,15 @@ row() { # label, sed expression printing a number from an up log
 echo "| measure (seconds from \`lab up\`) | baked image | plain base, installed at boot |"
 echo "|---|---|---|"
 row "nodes started (image converted, roots prepared)" 's/^haimg lab: [0-9]* nodes started in \([0-9.]*\) s.*/\1/p'
+# The worker is named as EC2 names it (its address).
+w1=ip-10-0-0-201.us-west-2.compute.internal
 for n in m1 m2 m3 w1; do
-  row "$n: kubeadm init or join done" "s/^haimg lab: $n: kubeadm [a-z]* done at \([0-9.]*\) s/\1/p"
+  name=$n; [ "$n" = w1 ] && name=$w1
+  row "$n: kubeadm init or join done" "s/^haimg lab: $name: kubeadm [a-z]* done at \([0-9.]*\) s/\1/p"
 done
 for n in m1 m2 m3 w1; do
-  row "$n Ready" "s/^haimg lab: $n Ready at \([0-9.]*\) s/\1/p"
+  name=$n; [ "$n" = w1 ] && name=$w1
+  row "$n Ready" "s/^haimg lab: $name Ready at \([0-9.]*\) s/\1/p"
 done
 for n in m1 m2 m3 w1; do
   row "$n: install at boot (first step to done)" "s/^install-$n \([0-9.]*\)/\1/p"

@@ -116,8 +116,15 @@ fn sh(netns: &str, cmd: &[&str]) -> String {
 }
 
 fn kubectl_cmd(state: &Path) -> Vec<String> {
+    // The image's; a plain base has none but what its nodes installed.
+    let image = state.join("lower/usr/bin/kubectl");
+    let program = if image.is_file() {
+        image
+    } else {
+        state.join("nodes/m1/root/usr/bin/kubectl")
+    };
     vec![
-        state.join("lower/usr/bin/kubectl").display().to_string(),
+        program.display().to_string(),
         "--kubeconfig".into(),
         state.join("admin.conf").display().to_string(),
     ]
@@ -989,6 +996,177 @@ fn the_same_cluster_with_static_credentials_needs_no_aws() {
             }
             assert!(!serve.contains(&secret_part));
         }
+    });
+    let o = run(lab(&["down"], &spec, &state));
+    assert!(o.status.success(), "lab down: {}", stderr(&o));
+    if let Err(e) = checks {
+        std::panic::resume_unwind(e);
+    }
+    assert_nothing_left(&state, &before);
+}
+
+/// The plain base (`bake --plain`): the same cluster from the recipe's base with nothing
+/// installed, each node installing everything at boot from the bake's stage and a frozen
+/// local mirror (what `scripts/bench-plain.sh` times). SSM mode: one init, every node
+/// Ready, each node's install done before its agent ran.
+#[test]
+fn a_plain_base_installs_everything_at_boot_and_forms_the_same_cluster() {
+    let _one = LABS.lock().unwrap_or_else(|e| e.into_inner());
+    let sources = kube_artifacts();
+    let recipe = haimg::recipe::load_from(Some("debian-12"), Some(&sources))
+        .unwrap()
+        .recipe;
+    // Frozen, as scripts/local-mirror.sh makes it for tests/local_bake.rs (the same
+    // arguments: one mirror for both).
+    let mut wanted: Vec<String> = haimg::bake::local::BASE_PACKAGES
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    wanted.extend(recipe.packages.iter().map(|(p, v)| format!("{p}={v}")));
+    let o = run({
+        let mut c = Command::new(repo().join("scripts/local-mirror.sh"));
+        c.arg(&sources).args(&wanted);
+        c
+    });
+    assert!(o.status.success(), "local-mirror.sh: {}", stderr(&o));
+    let mirror = PathBuf::from(stdout(&o).trim());
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("image-recipes/debian-12.yaml"))
+        .unwrap()
+        .replace(
+            "key: keys/",
+            &format!("key: {}/image-recipes/keys/", repo().display()),
+        )
+        .replace(
+            "manifest: cni/",
+            &format!("manifest: {}/image-recipes/cni/", repo().display()),
+        );
+    let (start, end) = (
+        text.find("  aptMirror:\n").unwrap(),
+        text.find("  packages:\n").unwrap(),
+    );
+    let key = mirror.join("key.gpg");
+    let recipe_file = dir.path().join("debian-12.yaml");
+    std::fs::write(
+        &recipe_file,
+        format!(
+            "{}  aptMirror:\n    url: file://{}\n    key: {}\n    sha256: {}\n{}",
+            &text[..start],
+            mirror.join("mirror").display(),
+            key.display(),
+            sha256_file(&key),
+            &text[end..]
+        ),
+    )
+    .unwrap();
+    let mut c = haimg();
+    c.arg("bake")
+        .arg(&recipe_file)
+        .args(["--target", "qemu", "--plain", "--store"])
+        .arg(dir.path().join("store"))
+        .arg("--sources")
+        .arg(&sources)
+        .arg("--haimg-binary")
+        .arg(agent())
+        .args(["--output", "json"]);
+    let o = run(c);
+    assert!(o.status.success(), "bake --plain: {}", stderr(&o));
+    let done: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(done.get("manifest").is_none(), "nothing installed: {done}");
+    let entry = Path::new(done["image"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(entry
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("debian-12-k8s-plain-"));
+    for f in [
+        "install/install.sh",
+        "install/provision.sh",
+        "install/haimg",
+    ] {
+        assert!(entry.join(f).is_file(), "{f} staged");
+    }
+
+    let spec = dir.path().join("lab.yaml");
+    std::fs::copy(repo().join("examples/lab.yaml"), &spec).unwrap();
+    let state = dir.path().join("state");
+    let before = sysctls();
+    let moto = moto_server();
+    let o = run(lab(
+        &[
+            "up",
+            "--image",
+            entry.to_str().unwrap(),
+            "--timeout",
+            "900",
+            "--moto-server",
+            moto.to_str().unwrap(),
+        ],
+        &spec,
+        &state,
+    ));
+    let err = stderr(&o);
+    eprintln!("{err}");
+    if !o.status.success() {
+        show_failed_logs(&state);
+    }
+    let checks = std::panic::catch_unwind(|| {
+        assert!(o.status.success(), "lab up: {err}");
+        assert!(
+            err.contains("a plain base: each node installs everything at boot"),
+            "{err}"
+        );
+        let logs: Vec<String> = ["m1", "m2", "m3", "w1"]
+            .iter()
+            .map(|k| console(&state, k))
+            .collect();
+        for (k, l) in logs.iter().enumerate() {
+            let installed = l
+                .find("haimg-provision: OK debian-12-k8s")
+                .unwrap_or_else(|| panic!("node {k} installed:\n{l}"));
+            let preflight = l.find("preflight passed").expect("the agent ran");
+            assert!(
+                installed < preflight,
+                "node {k}: the install before the agent"
+            );
+            assert!(
+                !l.contains("another master published join material first"),
+                "node {k}"
+            );
+        }
+        assert_eq!(
+            logs.iter()
+                .filter(|l| l.contains("cluster initialized"))
+                .count(),
+            1,
+            "exactly one init"
+        );
+        assert_eq!(logs.iter().filter(|l| l.contains(": joined")).count(), 3);
+        let nodes = kubectl(&state, &["get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"]);
+        assert_eq!(
+            nodes.lines().filter(|l| l.ends_with("=True")).count(),
+            4,
+            "{nodes}"
+        );
+        // What a baked image carries, the install made: the manifest, with every image.
+        let m: serde_json::Value = serde_json::from_str(&node_exec(
+            &state,
+            "m2",
+            &["cat", "/etc/haimg/image-manifest.json"],
+        ))
+        .unwrap();
+        assert!(
+            m["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["image"] == "localhost/haimg/haproxy:2.6.12-1-deb12u4"),
+            "{m}"
+        );
     });
     let o = run(lab(&["down"], &spec, &state));
     assert!(o.status.success(), "lab down: {}", stderr(&o));

@@ -744,8 +744,8 @@ pub fn kubectl(l: &Layout, args: &[&str]) -> Result<String> {
         "netns".into(),
         "exec".into(),
         l.lab_netns(),
-        l.lower()
-            .join("usr/bin/kubectl")
+        kubectl_program(l)
+            .ok_or_else(|| Error::Runtime("lab: no kubectl in the image or in any node yet".into()))?
             .to_string_lossy()
             .into_owned(),
         "--kubeconfig".into(),
@@ -754,6 +754,22 @@ pub fn kubectl(l: &Layout, args: &[&str]) -> Result<String> {
     ];
     all.extend(args.iter().map(|a| a.to_string()));
     host::run("ip", &all.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The image's kubectl, or (a plain base, which has none until its nodes install it) the
+/// first installed node's.
+fn kubectl_program(l: &Layout) -> Option<PathBuf> {
+    let image = l.lower().join("usr/bin/kubectl");
+    if image.is_file() {
+        return Some(image);
+    }
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir(l.state.join("nodes"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("root/usr/bin/kubectl"))
+        .collect();
+    nodes.sort();
+    nodes.into_iter().find(|p| p.is_file())
 }
 
 /// The nodes Kubernetes reports Ready, by name.
