@@ -18,7 +18,7 @@ esac
 GLIBC=2.31
 PROFILE="${HAIMG_AGENT_PROFILE:-release}"
 CACHE="${HAIMG_CACHE:-$HOME/.cache/haimg}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 ZIG_VENV="$CACHE/zig-venv"
 TOOLS="$CACHE/cargo-tools"
 if [ ! -x "$ZIG_VENV/bin/python" ] || ! "$ZIG_VENV/bin/python" -c 'import ziglang' 2>/dev/null; then

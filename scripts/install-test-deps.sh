@@ -16,7 +16,9 @@ APT_PACKAGES=(procps curl xz-utils systemd systemd-container containerd cloud-in
   # with UEFI firmware to boot it (dpkg-dev-free: packages are built with dpkg-deb)
   mmdebstrap e2fsprogs dosfstools mtools fdisk systemd-boot-efi ovmf
   # a frozen local apt mirror for the file:// mirror test (scripts/local-mirror.sh)
-  apt-utils gnupg)
+  apt-utils gnupg
+  # groff reads the generated man pages (tests/cli.rs)
+  groff-base)
 # Debian 12's qemu-system-x86 (7.2) breaks with the machine's qemu-utils 10.0 from
 # bookworm-backports: the three are installed together at 7.2.
 QEMU_PACKAGES=(qemu-system-x86 qemu-utils qemu-system-common)

@@ -10,7 +10,9 @@ if [ -n "${HAIMG_UPDATE_GOLDEN+set}" ]; then
   exit 2
 fi
 scripts/install-test-deps.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/haimg/target}"
+# The README's first command builds into ./target: the tests reuse that build (CI points
+# CARGO_TARGET_DIR at a warm directory outside the clone instead).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 # Tests must fail fast against the local emulator instead of retrying for minutes.
 export AWS_MAX_ATTEMPTS=1
 # The agent images get (glibc 2.31, cargo zigbuild): the bake tests check what it needs.

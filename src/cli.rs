@@ -34,6 +34,20 @@ enum Command {
     /// A real cluster from a local image on this machine: system-container nodes on a
     /// private network with no route out (root; see the README's "Lab").
     Lab(crate::lab::cmd::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(crate::docs::CompletionsArgs),
+    /// Print haimg(1), or with --out one man page per command.
+    Man(crate::docs::ManArgs),
+}
+
+/// `--output`: what a command that reports something prints (each documents its JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// For a person.
+    #[default]
+    Text,
+    /// One JSON document on stdout.
+    Json,
 }
 
 impl Cli {
@@ -47,6 +61,8 @@ impl Cli {
             Command::Validate(a) => crate::validate::run(a),
             Command::Node(a) => crate::node::run(a),
             Command::Lab(a) => crate::lab::cmd::run(a),
+            Command::Completions(a) => crate::docs::completions(a),
+            Command::Man(a) => crate::docs::man(a),
             Command::Schema => {
                 print!("{}", crate::spec::schema::schema_text());
                 Ok(())

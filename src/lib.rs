@@ -17,6 +17,7 @@ pub mod bake;
 pub mod cache;
 pub mod cli;
 pub mod deploy;
+pub mod docs;
 pub mod error;
 pub mod kubernetes;
 pub mod lab;

@@ -17,10 +17,54 @@ pub struct Args {
     /// --sources`).
     #[arg(long, value_name = "DIR")]
     pub sources: Option<PathBuf>,
+    /// `json`: `{"valid", "documents": [{"source", "kind", "warnings"}], "problems":
+    /// [{"file", "line", "column", "field", "message"}]}` on stdout (exit codes unchanged).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: crate::cli::Output,
+}
+
+/// One document that loaded (`--output json`).
+#[derive(Debug, serde::Serialize)]
+struct Checked {
+    source: String,
+    kind: &'static str,
+    warnings: Vec<String>,
+}
+
+/// One problem as `--output json` reports it (line and column absent for a whole file).
+#[derive(Debug, serde::Serialize)]
+struct Problem<'a> {
+    file: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    column: Option<usize>,
+    field: &'a str,
+    message: &'a str,
+}
+
+fn report(checked: &[Checked], problems: &Diagnostics) -> String {
+    let problems: Vec<Problem> = problems
+        .iter()
+        .map(|d| Problem {
+            file: &d.file,
+            line: d.pos.map(|p| p.line),
+            column: d.pos.map(|p| p.col),
+            field: &d.path,
+            message: &d.message,
+        })
+        .collect();
+    let v = serde_json::json!({
+        "valid": problems.is_empty(),
+        "documents": checked,
+        "problems": problems,
+    });
+    serde_json::to_string_pretty(&v).expect("plain data") + "\n"
 }
 
 pub fn run(args: Args) -> Result<()> {
     let mut problems = Diagnostics(vec![]);
+    let mut checked = vec![];
     let mut other = None;
     // The spec is checked when named, or when no recipe is (the default job).
     if args.config.is_some() || args.recipes.is_empty() {
@@ -30,6 +74,11 @@ pub fn run(args: Args) -> Result<()> {
                     eprintln!("warning: {w}");
                 }
                 eprintln!("{}: valid", loaded.source);
+                checked.push(Checked {
+                    source: loaded.source.to_string(),
+                    kind: "cluster",
+                    warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
+                });
             }
             Err(Error::Invalid(d)) => problems.0.extend(d.0),
             Err(e) => other = Some(e),
@@ -42,10 +91,19 @@ pub fn run(args: Args) -> Result<()> {
                     eprintln!("warning: {w}");
                 }
                 eprintln!("{}: valid", loaded.source);
+                checked.push(Checked {
+                    source: loaded.source.to_string(),
+                    kind: "recipe",
+                    warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
+                });
             }
             Err(Error::Invalid(d)) => problems.0.extend(d.0),
             Err(e) => other = other.or(Some(e)),
         }
+    }
+    // A failure that is not the input's (a file that cannot be read) has no report.
+    if args.output == crate::cli::Output::Json && other.is_none() {
+        print!("{}", report(&checked, &problems));
     }
     if !problems.0.is_empty() {
         return Err(Error::Invalid(problems));

@@ -112,6 +112,57 @@ fn several_problems_are_reported_together_with_positions() {
     assert!(err.contains("quorum"), "{err}");
 }
 
+/// `validate --output json`: the same problems, each with its file, line, column and field,
+/// as one document on stdout; the exit codes are the same as in text.
+#[test]
+fn validate_reports_the_same_problems_as_json() {
+    let spec = std::fs::read_to_string(repo().join("examples/cluster.yaml"))
+        .unwrap()
+        .replace("region: us-west-2", "region: mars-1")
+        .replace("desiredCapacity: 2", "desiredCapacity: 9");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("cluster.yaml");
+    std::fs::write(&f, &spec).unwrap();
+    let mut cmd = haimg();
+    cmd.args(["validate", "--output", "json", "-c"]).arg(&f);
+    let o = run(cmd);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["valid"], false);
+    let line_of = |needle: &str| spec.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let problems = v["problems"].as_array().unwrap();
+    for (field, needle) in [
+        ("spec.region", "region: mars-1"),
+        ("spec.workerPools[0].desiredCapacity", "desiredCapacity: 9"),
+    ] {
+        let p = problems
+            .iter()
+            .find(|p| p["field"] == field)
+            .unwrap_or_else(|| panic!("{field} in {v}"));
+        assert_eq!(p["file"], f.display().to_string(), "{p}");
+        assert_eq!(p["line"], line_of(needle), "{p}");
+        assert!(p["column"].as_u64().unwrap() >= 1, "{p}");
+        assert!(!p["message"].as_str().unwrap().is_empty());
+    }
+    // A valid spec and a recipe: both listed, no problem, exit 0.
+    let mut cmd = haimg();
+    cmd.args(["validate", "--output", "json", "-c"])
+        .arg(repo().join("examples/lab.yaml"))
+        .arg("ubuntu-22.04");
+    let o = run(cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["problems"], serde_json::json!([]));
+    let kinds: Vec<&str> = v["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["cluster", "recipe"], "{v}");
+}
+
 #[test]
 fn shipped_examples_and_fixtures_are_valid() {
     for f in [

@@ -205,3 +205,93 @@ fn incompressible_oversized_user_data_fails_with_exit_2() {
         stderr(&o)
     );
 }
+
+/// `render --all --out DIR --output json`: every file written, with its size and digest as
+/// on disk, and the ones holding static join material marked secret (and 0600).
+#[test]
+fn render_reports_the_files_it_wrote_as_json() {
+    use std::os::unix::fs::PermissionsExt;
+    for (spec, secrets) in [
+        ("examples/cluster.yaml", false),
+        ("examples/lab.yaml", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut cmd = haimg();
+        cmd.args(["render", "--all", "--output", "json", "-c"])
+            .arg(repo().join(spec))
+            .arg("--out")
+            .arg(&out);
+        let o = run(cmd);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["out"], out.display().to_string());
+        let files = v["files"].as_array().unwrap();
+        let on_disk = walk(&out);
+        assert_eq!(files.len(), on_disk.len(), "{spec}: every file once");
+        for f in files {
+            let p = out.join(f["path"].as_str().unwrap());
+            let bytes = std::fs::read(&p).unwrap();
+            assert_eq!(f["bytes"], bytes.len(), "{}", p.display());
+            assert_eq!(f["sha256"], sha256_file(&p), "{}", p.display());
+            assert_eq!(f["secret"], secrets);
+        }
+    }
+    // Static credentials: the user-data and launch templates carry them, written 0600.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("examples/lab.yaml")).unwrap();
+    let spec = dir.path().join("lab.yaml");
+    std::fs::write(
+        &spec,
+        format!("{text}  credentials:\n    source: static\n    file: creds.yaml\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let mut cmd = haimg();
+    cmd.args(["render", "--all", "--output", "json", "-c"])
+        .arg(&spec)
+        .arg("--out")
+        .arg(&out);
+    let o = run(cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let secret: Vec<&serde_json::Value> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["secret"] == true)
+        .collect();
+    assert!(!secret.is_empty());
+    for f in secret {
+        let p = out.join(f["path"].as_str().unwrap());
+        assert!(
+            f["path"].as_str().unwrap().starts_with("cloud-init/")
+                || f["path"].as_str().unwrap().starts_with("launch-templates/")
+        );
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            p.display()
+        );
+    }
+    // Without --out there is nothing to report.
+    let mut cmd = haimg();
+    cmd.args([
+        "render", "--role", "master", "--node", "m1", "--output", "json", "-c",
+    ])
+    .arg(repo().join("examples/lab.yaml"));
+    assert_eq!(run(cmd).status.code(), Some(2));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

@@ -9,11 +9,7 @@ use crate::error::{Error, Result};
 use crate::recipe::{Arch, Base};
 use crate::render::templates::Templates;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
+pub use crate::cli::Output;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -47,11 +47,7 @@ pub struct UpArgs {
     pub poll: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
+pub use crate::cli::Output;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {

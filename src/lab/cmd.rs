@@ -60,9 +60,9 @@ pub struct CommonArgs {
     /// Where the lab keeps its disks, roots and logs (default /var/lib/haimg/lab/<cluster>).
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
-    /// `json` for a machine-readable report.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub output: String,
+    /// `json` for a machine-readable report (`lab status`: `{cluster, up, healthy, nodes}`).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: crate::cli::Output,
 }
 
 #[derive(Debug, clap::Args)]
@@ -745,7 +745,9 @@ pub fn kubectl(l: &Layout, args: &[&str]) -> Result<String> {
         "exec".into(),
         l.lab_netns(),
         kubectl_program(l)
-            .ok_or_else(|| Error::Runtime("lab: no kubectl in the image or in any node yet".into()))?
+            .ok_or_else(|| {
+                Error::Runtime("lab: no kubectl in the image or in any node yet".into())
+            })?
             .to_string_lossy()
             .into_owned(),
         "--kubeconfig".into(),
@@ -984,7 +986,7 @@ async fn status(a: CommonArgs) -> Result<()> {
         })
         .collect();
     let healthy = !nodes.is_empty() && nodes.iter().all(|n| n.running && n.ready);
-    if a.output == "json" {
+    if a.output == crate::cli::Output::Json {
         let v = serde_json::json!({"cluster": l.cluster, "up": l.record().exists(), "healthy": healthy, "nodes": nodes});
         println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
     } else {

@@ -51,6 +51,20 @@ pub struct Args {
     /// Use templates from DIR where present (same relative paths as the embedded ones).
     #[arg(long, value_name = "DIR")]
     pub templates: Option<PathBuf>,
+    /// With --out, what is printed: the written paths one per line (text), or `json`:
+    /// `{"cluster", "out", "files": [{"path", "bytes", "sha256", "secret"}]}` (path relative
+    /// to --out; `secret`: written 0600 because it carries static join material).
+    #[arg(long, value_enum, default_value = "text", requires = "out")]
+    pub output: crate::cli::Output,
+}
+
+/// One written file, as `render --out --output json` reports it.
+#[derive(Debug, serde::Serialize)]
+struct Written<'a> {
+    path: &'a str,
+    bytes: usize,
+    sha256: String,
+    secret: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -137,12 +151,32 @@ pub fn run(args: Args) -> Result<()> {
     };
     let artifacts = render(spec, selection, &t)?;
     let mut stdout = std::io::stdout().lock();
+    let mut written = vec![];
     for a in &artifacts {
         let path = out.join(&a.path);
         let secret = secret_output
             && (a.path.starts_with("cloud-init/") || a.path.starts_with("launch-templates/"));
         write_atomically(&path, a.contents.as_bytes(), secret)?;
-        writeln!(stdout, "{}", path.display()).map_err(Error::io("<stdout>"))?;
+        if args.output == crate::cli::Output::Text {
+            writeln!(stdout, "{}", path.display()).map_err(Error::io("<stdout>"))?;
+        }
+        written.push(Written {
+            path: &a.path,
+            bytes: a.contents.len(),
+            sha256: crate::bake::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+                a.contents.as_bytes(),
+            )),
+            secret,
+        });
+    }
+    if args.output == crate::cli::Output::Json {
+        let v = serde_json::json!({"cluster": spec.name.to_string(), "out": out, "files": written});
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::to_string_pretty(&v).expect("plain data")
+        )
+        .map_err(Error::io("<stdout>"))?;
     }
     eprintln!(
         "rendered {} files for cluster {} under {}",
