@@ -176,6 +176,21 @@ fn every_recipe_script_is_shellcheck_clean_and_checks_what_it_installs() {
             );
         }
         assert!(local.contains("\nstart_containerd\n") && local.contains("\nstop_containerd\n"));
+        // The wrapper a plain node's user-data runs: its quoting holds for any value.
+        let install = haimg::bake::local::install_script(
+            &name,
+            &[(
+                "HAIMG_DEB_URLS",
+                "file:///run/haimg-stage/a'b.deb\nfile:///x y".into(),
+            )],
+        );
+        shellcheck(&install, &format!("{name} (install.sh)"));
+        assert!(
+            install.contains(
+                "export HAIMG_DEB_URLS='file:///run/haimg-stage/a'\\''b.deb\nfile:///x y'\n"
+            ),
+            "{install}"
+        );
         // At a plain node's boot (bake --plain): started by cloud-init, so never waiting on
         // it; never cleaned as an image is; refused where the node would need a reboot.
         match haimg::bake::script_for(&r, haimg::bake::Platform::Boot, &"ab".repeat(32), &t) {
