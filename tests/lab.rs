@@ -202,26 +202,39 @@ fn journal(state: &Path, key: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// After a failed `up`: the agents' last words on every console it kept, so a CI log
-/// says why (the temporary directory goes with the test).
+/// After a failed `up`: the agents' last words on every console it kept, the cluster as the
+/// API server saw it and each node's journal excerpts, so a CI log says why (the temporary
+/// directory goes with the test).
 fn show_failed_logs(state: &Path) {
     let dir = state.with_extension("failed-logs");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
-    for e in entries.flatten() {
-        let text =
-            String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned();
-        let tail: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("haimg") || l.contains("error") || l.contains("Failed"))
-            .collect();
-        let from = tail.len().saturating_sub(40);
-        eprintln!(
-            "--- {} (last agent lines)\n{}",
-            e.file_name().to_string_lossy(),
-            tail[from..].join("\n")
-        );
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).into_owned();
+        let lines: Vec<&str> = if name.ends_with(".console.log") {
+            // The agent's lines and failures, not apt's progress (its mirror path says haimg).
+            text.lines()
+                .filter(|l| {
+                    l.contains("node{")
+                        || l.contains("error")
+                        || l.contains("Failed")
+                        || l.contains("haimg-provision")
+                })
+                .collect()
+        } else {
+            text.lines().collect()
+        };
+        let keep = if name.ends_with(".console.log") {
+            60
+        } else {
+            200
+        };
+        let from = lines.len().saturating_sub(keep);
+        eprintln!("--- {name} (last lines)\n{}", lines[from..].join("\n"));
     }
 }
 

@@ -508,6 +508,7 @@ fn write_record(l: &Layout, r: &Record) -> Result<()> {
         serde_json::to_string_pretty(r)
             .expect("plain data")
             .as_bytes(),
+        false,
     )
 }
 
@@ -526,6 +527,7 @@ fn write_identities_map(l: &Layout, m: &BTreeMap<String, Identity>) -> Result<()
         serde_json::to_string_pretty(m)
             .expect("plain data")
             .as_bytes(),
+        false,
     )
 }
 
@@ -776,27 +778,78 @@ fn kubectl_program(l: &Layout) -> Option<PathBuf> {
 
 /// The nodes Kubernetes reports Ready, by name.
 fn ready_nodes(l: &Layout) -> Result<Vec<String>> {
-    let out = kubectl(l, &["get", "nodes", "-o", "json"])?;
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| Error::Runtime(format!("kubectl get nodes: {e}")))?;
-    Ok(v["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+    Ok(node_views(l)?
+        .into_iter()
+        .filter(|v| v.ready)
+        .map(|v| v.name)
         .collect())
 }
 
-/// Copies an admin kubeconfig out of the first master that has one.
+/// What Kubernetes says of one node: Ready or not, and if not, why (its Ready condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeView {
+    name: String,
+    ready: bool,
+    why: String,
+}
+
+fn node_views(l: &Layout) -> Result<Vec<NodeView>> {
+    let out = kubectl(l, &["get", "nodes", "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| Error::Runtime(format!("kubectl get nodes: {e}")))?;
+    Ok(node_views_of(&v))
+}
+
+/// The nodes of a `kubectl get nodes -o json` answer, each with its Ready condition.
+fn node_views_of(v: &serde_json::Value) -> Vec<NodeView> {
+    let none = vec![];
+    let items = v["items"].as_array().unwrap_or(&none);
+    items
+        .iter()
+        .filter_map(|n| {
+            let name = n["metadata"]["name"].as_str()?.to_string();
+            let cond = n["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+            let (ready, why) = match cond {
+                Some(c) => (
+                    c["status"] == "True",
+                    format!(
+                        "{}: {}",
+                        c["reason"].as_str().unwrap_or("no reason"),
+                        c["message"].as_str().unwrap_or("no message")
+                    ),
+                ),
+                None => (false, "no Ready condition yet".to_string()),
+            };
+            Some(NodeView { name, ready, why })
+        })
+        .collect()
+}
+
+/// Why `nodes` are not all Ready, from the last thing the lab saw: one clause per node.
+fn not_ready_report(names: &[&str], last: &std::result::Result<Vec<NodeView>, String>) -> String {
+    match last {
+        Err(e) => format!("the API server never answered the lab: {e}"),
+        Ok(views) => names
+            .iter()
+            .filter_map(|n| match views.iter().find(|v| v.name == *n) {
+                Some(v) if v.ready => None,
+                Some(v) => Some(format!("{n} not Ready ({})", v.why)),
+                None => Some(format!("{n} not registered")),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// Keeps the lab's admin kubeconfig: a copy of the first master's, once that is whole.
+/// kubeadm writes the file in place (truncate, then write), so a read can catch it empty or
+/// cut short, and a copy taken then would never work: a copy is made only of a whole file,
+/// and made again while the lab's is not whole.
 fn fetch_kubeconfig(l: &Layout, nodes: &[plan::LabNode]) -> bool {
-    if l.kubeconfig().is_file() {
+    let whole = |b: &[u8]| whole_kubeconfig(&String::from_utf8_lossy(b));
+    if std::fs::read(l.kubeconfig()).is_ok_and(|b| whole(&b)) {
         return true;
     }
     for m in nodes
@@ -805,10 +858,28 @@ fn fetch_kubeconfig(l: &Layout, nodes: &[plan::LabNode]) -> bool {
     {
         let src = l.root(&m.key).join("etc/kubernetes/admin.conf");
         if let Ok(b) = std::fs::read(&src) {
-            return host::write(&l.kubeconfig(), &b, true).is_ok();
+            if whole(&b) {
+                return host::write_atomic(&l.kubeconfig(), &b, true).is_ok();
+            }
         }
     }
     false
+}
+
+/// Whether a kubeconfig is whole: it parses, names a server, and its first user's key (the
+/// last thing kubeadm writes) decodes to a complete PEM block, final newline included.
+fn whole_kubeconfig(text: &str) -> bool {
+    use base64::Engine;
+    let Ok(v) = serde_yaml::from_str::<serde_json::Value>(text) else {
+        return false;
+    };
+    let server = v["clusters"][0]["cluster"]["server"].as_str();
+    let key = v["users"][0]["user"]["client-key-data"]
+        .as_str()
+        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+        .map(|k| String::from_utf8_lossy(&k).into_owned());
+    server.is_some_and(|s| !s.is_empty())
+        && key.is_some_and(|k| k.contains("-----END ") && k.ends_with("-----\n"))
 }
 
 /// Waits until every node of `nodes` is Ready, saying when each one's init or join is done;
@@ -821,6 +892,8 @@ async fn wait_ready(
 ) -> Result<()> {
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
     let mut node_up = std::collections::BTreeSet::new();
+    let mut last: std::result::Result<Vec<NodeView>, String> =
+        Err("no admin kubeconfig on any master yet".into());
     loop {
         for n in nodes {
             if node_up.contains(&n.key) {
@@ -871,13 +944,21 @@ async fn wait_ready(
             }
         }
         if fetch_kubeconfig(l, nodes) {
-            if let Ok(ready) = ready_nodes(l) {
+            last = node_views(l).map_err(|e| e.to_string());
+            if let Ok(views) = &last {
+                let ready: Vec<&str> = views
+                    .iter()
+                    .filter(|v| v.ready)
+                    .map(|v| v.name.as_str())
+                    .collect();
                 for r in &ready {
-                    if nodes.iter().any(|n| n.name == *r) && seen.insert(r.clone(), ()).is_none() {
+                    if nodes.iter().any(|n| n.name == *r)
+                        && seen.insert(r.to_string(), ()).is_none()
+                    {
                         say(&format!("{r} Ready at {:.1} s", t0.elapsed().as_secs_f64()));
                     }
                 }
-                if nodes.iter().all(|n| ready.contains(&n.name)) {
+                if nodes.iter().all(|n| ready.contains(&n.name.as_str())) {
                     return Ok(());
                 }
             }
@@ -894,8 +975,12 @@ async fn wait_ready(
         }
         if t0.elapsed() > bound {
             return Err(Error::Timeout(format!(
-                "not every node was Ready within {} s",
-                bound.as_secs()
+                "not every node was Ready within {} s: {}",
+                bound.as_secs(),
+                not_ready_report(
+                    &nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+                    &last
+                )
             )));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -933,6 +1018,45 @@ fn keep_logs(l: &Layout, keys: &[String]) {
     }
     for log in ["serve.log", "moto.log"] {
         let _ = std::fs::copy(l.state.join(log), dir.join(log));
+    }
+    // The cluster as the API server last saw it, and each node's journal where the console
+    // says too little (kubelet, containerd, and every warning).
+    if l.kubeconfig().is_file() {
+        let mut text = String::new();
+        for args in [
+            &["get", "nodes", "-o", "wide"][..],
+            &["get", "pods", "-A", "-o", "wide"],
+            &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        ] {
+            text.push_str(&format!("$ kubectl {}\n", args.join(" ")));
+            match kubectl(l, args) {
+                Ok(out) => text.push_str(&out),
+                Err(e) => text.push_str(&format!("{e}\n")),
+            }
+        }
+        let _ = std::fs::write(dir.join("cluster.txt"), text);
+    }
+    for k in keys {
+        let journal = l.root(k).join("var/log/journal");
+        if !journal.is_dir() {
+            continue;
+        }
+        let mut text = String::new();
+        for filter in [
+            &["-p", "warning"][..],
+            &["-u", "kubelet"],
+            &["-u", "containerd"],
+        ] {
+            let mut args = vec!["--directory", journal.to_str().unwrap_or_default()];
+            args.extend(["--no-pager", "-o", "short-monotonic", "-n", "40"]);
+            args.extend(filter);
+            text.push_str(&format!("$ journalctl {}\n", filter.join(" ")));
+            match host::run("journalctl", &args) {
+                Ok(out) => text.push_str(&out),
+                Err(e) => text.push_str(&format!("{e}\n")),
+            }
+        }
+        let _ = std::fs::write(dir.join(format!("{k}.journal.txt")), text);
     }
     say(&format!("consoles kept in {}", dir.display()));
 }
@@ -1322,6 +1446,61 @@ mod tests {
         );
         // Not a colour: kept as it is.
         assert_eq!(without_colours("a\x1b[2Jb\x1b["), "a\x1b[2Jb\x1b[");
+    }
+
+    #[test]
+    fn only_a_whole_kubeconfig_is_copied() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let key =
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n";
+        let conf = format!(
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://10.0.0.10:8443\n  name: lab\n\
+             kind: Config\nusers:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64("ca"),
+            b64("cert"),
+            b64(key)
+        );
+        assert!(whole_kubeconfig(&conf));
+        // What a read racing kubeadm's write sees: nothing, or the file cut short anywhere.
+        assert!(!whole_kubeconfig(""));
+        for cut in 1..conf.len() - 1 {
+            assert!(
+                !whole_kubeconfig(&conf[..cut]),
+                "cut at {cut}: {}",
+                &conf[..cut]
+            );
+        }
+    }
+
+    #[test]
+    fn a_timeout_says_which_nodes_are_not_ready_and_why() {
+        let answer = serde_json::json!({"items": [
+            {"metadata": {"name": "m1"}, "status": {"conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}]}},
+            {"metadata": {"name": "m2"}, "status": {"conditions": [
+                {"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                 "message": "container runtime network not ready: cni plugin not initialized"}]}},
+            {"metadata": {"name": "w1"}, "status": {}},
+        ]});
+        let views = node_views_of(&answer);
+        assert_eq!(
+            views
+                .iter()
+                .map(|v| (v.name.as_str(), v.ready))
+                .collect::<Vec<_>>(),
+            [("m1", true), ("m2", false), ("w1", false)]
+        );
+        assert_eq!(
+            not_ready_report(&["m1", "m2", "m3", "w1"], &Ok(views)),
+            "m2 not Ready (KubeletNotReady: container runtime network not ready: cni plugin not initialized); \
+             m3 not registered; w1 not Ready (no Ready condition yet)"
+        );
+        assert_eq!(
+            not_ready_report(&["m1"], &Err("connection refused".into())),
+            "the API server never answered the lab: connection refused"
+        );
     }
 
     #[test]

@@ -244,9 +244,9 @@ pub fn write(path: &Path, contents: &[u8], secret: bool) -> Result<()> {
 }
 
 /// Replaces `path` whole (a reader sees the old contents or the new, never a part).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    write(&tmp, contents, false)?;
+    write(&tmp, contents, secret)?;
     std::fs::rename(&tmp, path).map_err(Error::io(path))
 }
 
