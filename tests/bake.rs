@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fleet::Moto;
-use common::proxy::{aws, Proxy};
+use common::proxy::{assert_operator_policy_allows, aws, Proxy};
 use common::*;
 
 const REGION: &str = "us-west-2";
@@ -313,7 +313,6 @@ struct Setup {
     moto: Moto,
     proxy: Proxy,
     /// Holds the recipe and the binary for as long as the setup lives.
-    #[allow(dead_code)]
     dir: tempfile::TempDir,
     recipe: PathBuf,
     binary: PathBuf,
@@ -377,6 +376,18 @@ fn setup() -> Setup {
 }
 
 impl Setup {
+    /// Every call of this setup's bakes is one a cluster's `iam/operator-policy.json` allows.
+    fn assert_operator_policy_allows(&self, what: &str) {
+        let out = self.dir.path().join("rendered");
+        let mut c = haimg();
+        c.args(["render", "--all", "--out"])
+            .arg(&out)
+            .arg("-c")
+            .arg(repo().join("examples/cluster.yaml"));
+        let o = run(c);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_operator_policy_allows(&out, &self.proxy.every_call(), what);
+    }
     fn bake_cmd(&self, extra: &[&str]) -> Command {
         let mut c = haimg();
         c.env("AWS_ENDPOINT_URL", &self.proxy.url)
@@ -620,6 +631,7 @@ fn a_bake_against_moto_builds_once_then_hits_the_cache() {
     );
     assert_eq!(v["Parameter"]["Value"], forced["imageId"]);
     s.assert_nothing_left("forced rebake");
+    s.assert_operator_policy_allows("bake, its cache hit and a forced rebake");
 }
 
 /// The ids of the images this account owns in a region.
@@ -746,6 +758,7 @@ fn a_publish_that_fails_in_the_second_region_moves_no_parameter_and_keeps_pointe
         assert!(ids.contains(id), "{name} points at a deregistered {id}");
     }
     s.assert_nothing_left("failed publish and rollback");
+    s.assert_operator_policy_allows("bakes with copies, failed publishes and rollbacks");
 }
 
 fn assert_failed_cleanly(s: &Setup, o: &Output, what: &str, message: &str) {
@@ -758,6 +771,8 @@ fn assert_failed_cleanly(s: &Setup, o: &Output, what: &str, message: &str) {
     );
     assert!(o.stdout.is_empty(), "{what}: no result on stdout");
     s.assert_nothing_left(what);
+    // Cleaning up needs nothing the operator's policy does not give.
+    s.assert_operator_policy_allows(what);
 }
 
 #[test]

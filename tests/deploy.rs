@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fleet::{kill_group, wait_child, Moto};
-use common::proxy::{aws, Proxy};
+use common::proxy::{assert_operator_policy_allows, assert_policies_accepted, aws, Proxy};
 use common::*;
 use serde_json::{json, Value};
 
@@ -615,6 +615,11 @@ fn up_creates_exactly_the_rendered_resources_and_a_second_up_changes_nothing() {
     let o = env.ok(&["down", "--yes"]);
     assert!(stdout(&o).contains("nothing to delete"));
     assert_eq!(env.proxy.mutating_calls(), Vec::<String>::new());
+    // Whoever ran all of that needed no more than iam/operator-policy.json, and every
+    // rendered policy is one IAM accepts.
+    let rendered = env.rendered();
+    assert_operator_policy_allows(&rendered, &env.proxy.every_call(), "up, status and down");
+    assert_policies_accepted(&env.moto, &rendered);
 }
 
 #[test]
@@ -1083,6 +1088,9 @@ fn with_fixed_masters_up_manages_the_worker_pools_only() {
         v["problems"],
         json!(["no cluster state yet: no control-plane node has initialized"])
     );
+    let rendered = env.rendered();
+    assert_operator_policy_allows(&rendered, &env.proxy.every_call(), "up and status (VIP)");
+    assert_policies_accepted(&env.moto, &rendered);
     // A pool renamed in the spec: the new one is created, the old one is named (never
     // deleted behind the user's back), and down finds it by its tag.
     env.edit_spec("name: general", "name: batch");

@@ -479,6 +479,62 @@ pub fn status_policy(spec: &ClusterSpec) -> iam::Policy {
     iam::status_policy(arns)
 }
 
+/// `iam/operator-policy.json` (see [`iam::operator_policy`]).
+pub fn operator_policy(spec: &ClusterSpec) -> iam::Policy {
+    let part = partition(spec);
+    let region = spec.region.as_str();
+    let param = |path: &str| format!("arn:{part}:ssm:{region}:*:parameter{path}");
+    let prefix = spec.ssm.prefix.as_str();
+    let parameter_arns = if matches!(spec.credentials, crate::spec::Credentials::Ssm) {
+        vec![param(prefix), param(&format!("{prefix}/*"))]
+    } else {
+        vec![]
+    };
+    let group_arn = |name: &str| {
+        format!("arn:{part}:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{name}")
+    };
+    let group_arns = master_groups(spec)
+        .iter()
+        .filter_map(|g| g.asg_name(spec))
+        .chain(
+            spec.worker_pools
+                .iter()
+                .map(|p| names::worker_group(&spec.name, &p.name)),
+        )
+        .map(|n| group_arn(&n))
+        .collect();
+    let load_balancer = matches!(
+        spec.control_plane.endpoint,
+        crate::spec::Endpoint::Nlb { .. }
+    )
+    .then(|| {
+        let elb = format!("arn:{part}:elasticloadbalancing:{region}:*");
+        let lb = names::load_balancer(&spec.name);
+        iam::LoadBalancerArns {
+            load_balancer: format!("{elb}:loadbalancer/net/{lb}/*"),
+            listeners: format!("{elb}:listener/net/{lb}/*"),
+            target_group: format!("{elb}:targetgroup/{}/*", names::target_group(&spec.name)),
+        }
+    });
+    // bake publishes `/haimg/images/<recipe>/{latest,<hash>}` in every region it copies to.
+    let images = match &spec.image {
+        ImageSource::SsmParameter(p) => match p.as_str().rsplit_once('/') {
+            Some((dir, _)) if !dir.is_empty() => format!("{dir}/*"),
+            _ => "/haimg/images/*".to_string(),
+        },
+        ImageSource::Ami(_) => "/haimg/images/*".to_string(),
+    };
+    iam::operator_policy(&iam::OperatorScope {
+        partition: part,
+        region: region.to_string(),
+        cluster: spec.name.to_string(),
+        parameter_arns,
+        group_arns,
+        load_balancer,
+        image_parameter_arns: vec![format!("arn:{part}:ssm:*:*:parameter{images}")],
+    })
+}
+
 fn policies(spec: &ClusterSpec, t: &Templates) -> Result<(Value, Value)> {
     let part = partition(spec);
     let region = &spec.region;
@@ -620,6 +676,10 @@ pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<A
         out.push(json_artifact(
             "iam/status-policy.json".into(),
             &serde_json::to_value(status_policy(spec)).expect("plain data"),
+        ));
+        out.push(json_artifact(
+            "iam/operator-policy.json".into(),
+            &serde_json::to_value(operator_policy(spec)).expect("plain data"),
         ));
     }
     let (master_policy, worker_policy) = policies(spec, t)?;

@@ -101,7 +101,14 @@ pub fn aws(moto: &Moto, region: &str, args: &[&str]) -> serde_json::Value {
 impl Proxy {
     /// Every call since the log was last reset, as `service:Action`.
     pub fn all_calls(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
+        Self::calls_in(&self.log)
+    }
+    /// Every call since the proxy started, resets or not.
+    pub fn every_call(&self) -> Vec<String> {
+        Self::calls_in(&self.log.with_extension("jsonl.all"))
+    }
+    fn calls_in(log: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(log)
             .unwrap_or_default()
             .lines()
             .map(|l| {
@@ -126,4 +133,89 @@ impl Proxy {
             })
             .collect()
     }
+}
+
+/// The IAM action a recorded call needs: `service:Action` as logged, or for S3's REST calls
+/// (logged as `METHOD /bucket[/key]`) the action that method and path map to. `None` for a
+/// request signed by no one (a presigned URL the builder uses: its signer's policy is what
+/// the presign needed).
+pub fn iam_action(call: &str) -> Option<String> {
+    let (service, action) = call.split_once(':')?;
+    if service == "?" {
+        return None;
+    }
+    if service != "s3" {
+        return Some(call.to_string());
+    }
+    let (method, path) = action.split_once(' ')?;
+    let object = path.trim_start_matches('/').contains('/');
+    let a = match (method, object) {
+        ("PUT", false) => "CreateBucket",
+        ("DELETE", false) => "DeleteBucket",
+        ("GET" | "HEAD", false) => "ListBucket",
+        ("PUT", true) => "PutObject",
+        ("GET" | "HEAD", true) => "GetObject",
+        ("DELETE", true) => "DeleteObject",
+        _ => return Some(call.to_string()),
+    };
+    Some(format!("s3:{a}"))
+}
+
+/// The actions a policy document allows (haimg's policies name each action, no wildcards).
+pub fn policy_actions(doc: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    doc["Statement"]
+        .as_array()
+        .expect("a policy's Statement is a list")
+        .iter()
+        .filter(|st| st["Effect"] == "Allow")
+        .flat_map(|st| st["Action"].as_array().expect("Action is a list").iter())
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Asserts the rendered `iam/operator-policy.json` allows every call `calls` made.
+pub fn assert_operator_policy_allows(rendered: &std::path::Path, calls: &[String], what: &str) {
+    let path = rendered.join("iam/operator-policy.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let allowed = policy_actions(&doc);
+    let needed: std::collections::BTreeSet<String> =
+        calls.iter().filter_map(|c| iam_action(c)).collect();
+    assert!(!needed.is_empty(), "{what}: no calls recorded");
+    let missing: Vec<&String> = needed.iter().filter(|a| !allowed.contains(*a)).collect();
+    assert!(
+        missing.is_empty(),
+        "{what} called {missing:?}, which {} does not allow",
+        path.display()
+    );
+}
+
+/// moto's IAM checks a policy document's grammar as AWS does (version, effects, action
+/// and ARN syntax, condition operators): every rendered policy must be one it accepts.
+pub fn assert_policies_accepted(moto: &Moto, rendered: &std::path::Path) {
+    let dir = rendered.join("iam");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e
+            .file_name()
+            .to_string_lossy()
+            .trim_end_matches(".json")
+            .to_string();
+        let doc = format!("file://{}", e.path().display());
+        let v = aws(
+            moto,
+            "us-east-1",
+            &[
+                "iam",
+                "create-policy",
+                "--policy-name",
+                &name,
+                "--policy-document",
+                &doc,
+            ],
+        );
+        assert_eq!(v["Policy"]["PolicyName"], name.as_str());
+        n += 1;
+    }
+    assert!(n >= 3, "only {n} policies in {}", dir.display());
 }

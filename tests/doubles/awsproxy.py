@@ -4,7 +4,7 @@
 usage: awsproxy.py UPSTREAM_URL PORT_FILE LOG_FILE RULES_FILE
 
 Every request is forwarded to UPSTREAM_URL and logged to LOG_FILE as one JSON line
-{"service", "region", "action"}. RULES_FILE (JSON, re-read on every request, may be absent)
+{"service", "region", "action"} (and to LOG_FILE.all, which a test never resets). RULES_FILE (JSON, re-read on every request, may be absent)
 holds a list of rules, applied to the first matching request(s):
   {"action": "ssm:GetCommandInvocation", "patch": {"Status": "Failed", ...}}
       merge keys into the upstream JSON response;
@@ -86,8 +86,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if action is None:
             action = f"{self.command} {urllib.parse.urlparse(self.path).path}"
         with lock:
-            with open(LOG_FILE, "a") as f:
-                f.write(json.dumps({"service": service, "region": region, "action": action}) + "\n")
+            line = json.dumps({"service": service, "region": region, "action": action}) + "\n"
+            # LOG_FILE is what the test resets; LOG_FILE.all keeps every call of the run.
+            for name in (LOG_FILE, LOG_FILE + ".all"):
+                with open(name, "a") as f:
+                    f.write(line)
             rule = matching_rule(service, region, action, body or b"")
         if rule and "error" in rule:
             e = rule["error"]
