@@ -251,7 +251,7 @@ fn dotted(pointer: &str) -> String {
 }
 
 fn say(msg: &str) {
-    eprintln!("haimg lab: {msg}");
+    crate::progress::line("lab", msg);
 }
 
 fn require_root() -> Result<()> {
@@ -1035,6 +1035,12 @@ fn keep_logs(l: &Layout, keys: &[String]) {
             }
         }
         let _ = std::fs::write(dir.join("cluster.txt"), text);
+    }
+    for k in keys {
+        let _ = std::fs::write(
+            dir.join(format!("{k}.processes.txt")),
+            host::processes(l, k),
+        );
     }
     for k in keys {
         let journal = l.root(k).join("var/log/journal");

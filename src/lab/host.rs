@@ -310,6 +310,50 @@ pub fn remove_cgroups(l: &Layout, key: &str) {
     }
 }
 
+/// What runs in a node, one process a line: pid, state, its systemd unit's cgroup, command
+/// line (for a failed `up`'s logs: what a node that never got on was stuck in).
+pub fn processes(l: &Layout, key: &str) -> String {
+    let name = l.cgroup_name(key);
+    let Some(dir) = controllers()
+        .into_iter()
+        .map(|c| c.join(&name))
+        .find(|d| d.exists())
+    else {
+        return "no cgroup\n".into();
+    };
+    let mut pids = pids_below(&dir);
+    pids.sort();
+    pids.dedup();
+    let mut out = String::new();
+    for p in pids {
+        let proc = PathBuf::from(format!("/proc/{p}"));
+        let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name, which may hold spaces.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?");
+        let unit = std::fs::read_to_string(proc.join("cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("1:name=systemd:")
+                    .or_else(|| l.split_once(":name=systemd:").map(|(_, u)| u))
+            })
+            .map(|u| u.rsplit(&name).next().unwrap_or(u).to_string())
+            .unwrap_or_default();
+        let cmd: String = std::fs::read(proc.join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cmd: String = cmd.trim().chars().take(200).collect();
+        out.push_str(&format!("{p:>7} {state} {unit} {cmd}\n"));
+    }
+    out
+}
+
 fn pids_below(dir: &Path) -> Vec<i32> {
     let mut pids = vec![];
     if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {
