@@ -9,17 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE="$1"
-BIN="${2:-}"
-if [ -z "$BIN" ]; then
-  cargo build --release -q
-  BIN="${CARGO_TARGET_DIR:-target}/release/haimg"
-fi
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+BIN=$(haimg_bin "${2:-}")
 MOTO="${MOTO:-$HOME/.cache/haimg/venv/bin/moto_server}"
-work=$(mktemp -d)
-cp examples/lab.yaml "$work/"
-state="$work/state"
-cleanup() { "$BIN" lab down -c "$work/lab.yaml" --state "$state" >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
+lab_scratch "$BIN"
 
 t0=$(date +%s.%N)
 "$BIN" lab up -c "$work/lab.yaml" --image "$IMAGE" --state "$state" --moto-server "$MOTO" 2>"$work/up.log" || { cat "$work/up.log" >&2; exit 1; }

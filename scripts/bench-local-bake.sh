@@ -7,11 +7,9 @@
 #   scripts/bench-local-bake.sh [path/to/haimg]     (default: a release build; run as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="${1:-}"
-if [ -z "$BIN" ]; then
-  cargo build --release -q
-  BIN="${CARGO_TARGET_DIR:-target}/release/haimg"
-fi
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+BIN=$(haimg_bin "${1:-}")
 sources=$(scripts/kube-artifacts.sh v1.30.0)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

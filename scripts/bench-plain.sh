@@ -15,18 +15,12 @@ cd "$(dirname "$0")/.."
 here=$(pwd)
 SOURCES="$1"
 AGENT="$2"
-BIN="${3:-}"
-if [ -z "$BIN" ]; then
-  cargo build --release -q
-  BIN="${CARGO_TARGET_DIR:-target}/release/haimg"
-fi
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+BIN=$(haimg_bin "${3:-}")
 MOTO="${MOTO:-$HOME/.cache/haimg/venv/bin/moto_server}"
 STORE="${STORE:-$HOME/.cache/haimg/bench-plain-store}"
-work=$(mktemp -d)
-cp examples/lab.yaml "$work/"
-state="$work/state"
-cleanup() { "$BIN" lab down -c "$work/lab.yaml" --state "$state" >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
+lab_scratch "$BIN"
 
 # The recipe from a frozen mirror of everything a bake installs (the base and the pins).
 base=$(sed -n '/^pub const BASE_PACKAGES/,/^];/p' src/bake/local/mod.rs | sed -n 's/^ *"\([^"]*\)",$/\1/p')

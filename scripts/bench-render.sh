@@ -4,11 +4,9 @@
 # Usage: scripts/bench-render.sh [path/to/haimg]   (default: a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="${1:-}"
-if [ -z "$BIN" ]; then
-  cargo build --release -q
-  BIN="${CARGO_TARGET_DIR:-target}/release/haimg"
-fi
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+BIN=$(haimg_bin "${1:-}")
 RUNS="${RUNS:-30}"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT

@@ -47,3 +47,24 @@ where
         tokio::time::sleep(poll).await;
     }
 }
+
+/// Deletes SSM parameters ten at a time (DeleteParameters' limit), calling `deleted` with
+/// each batch once AWS has taken it.
+pub async fn delete_parameters(
+    ssm: &aws_sdk_ssm::Client,
+    names: &[String],
+    mut deleted: impl FnMut(&[String]),
+) -> crate::error::Result<()> {
+    for chunk in names.chunks(10) {
+        ssm.delete_parameters()
+            .set_names(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(crate::error::Error::aws(format!(
+                "ssm DeleteParameters {}",
+                chunk.join(",")
+            )))?;
+        deleted(chunk);
+    }
+    Ok(())
+}

@@ -7,6 +7,10 @@ use crate::error::Result;
 #[derive(Debug, Parser)]
 #[command(name = "haimg", version, about = "Bake air-gapped Kubernetes node images and render self-joining HA kubeadm clusters for AWS", long_about = None)]
 pub struct Cli {
+    /// No progress lines on stderr (warnings, errors and results still print). Logs:
+    /// HAIMG_LOG sets the tracing filter; NO_COLOR turns colour off.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +56,13 @@ pub enum Output {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
+        crate::progress::set_quiet(self.quiet);
+        // The agent sets up its own (info: its lines are the node's journal).
+        if !matches!(self.command, Command::Node(_)) {
+            // The SDK's own warnings (a retried request, say) are haimg's to report, in
+            // its own words: HAIMG_LOG=aws=debug shows them.
+            crate::progress::init_tracing("warn,aws=error,hyper=error,reqwest=error,rustls=error");
+        }
         match self.command {
             Command::Bake(a) => crate::bake::cmd::run(a),
             Command::Render(a) => crate::render::cmd::run(a),

@@ -9,6 +9,8 @@
 //! * [`node`]: the node agent (bootstrap, refresh, reconcile, watch);
 //! * [`lab`]: a real cluster from a local image, as system containers on this machine;
 //! * [`cache`]: the user's cache directory and remembered file digests;
+//! * [`progress`]: progress lines (`--quiet`) and the tracing setup every command shares;
+//! * [`files`]: files that hold secrets (owner-only, never written over);
 //! * [`yaml`]: the one place YAML is read and written;
 //! * [`kubernetes`]: supported Kubernetes releases and their kubeadm APIs.
 
@@ -19,9 +21,11 @@ pub mod cli;
 pub mod deploy;
 pub mod docs;
 pub mod error;
+pub mod files;
 pub mod kubernetes;
 pub mod lab;
 pub mod node;
+pub mod progress;
 pub mod recipe;
 pub mod render;
 pub mod signals;

@@ -313,6 +313,7 @@ struct Setup {
     moto: Moto,
     proxy: Proxy,
     /// Holds the recipe and the binary for as long as the setup lives.
+    #[allow(dead_code)]
     dir: tempfile::TempDir,
     recipe: PathBuf,
     binary: PathBuf,
@@ -378,15 +379,8 @@ fn setup() -> Setup {
 impl Setup {
     /// Every call of this setup's bakes is one a cluster's `iam/operator-policy.json` allows.
     fn assert_operator_policy_allows(&self, what: &str) {
-        let out = self.dir.path().join("rendered");
-        let mut c = haimg();
-        c.args(["render", "--all", "--out"])
-            .arg(&out)
-            .arg("-c")
-            .arg(repo().join("examples/cluster.yaml"));
-        let o = run(c);
-        assert!(o.status.success(), "{}", stderr(&o));
-        assert_operator_policy_allows(&out, &self.proxy.every_call(), what);
+        let out = render_all(&repo().join("examples/cluster.yaml"));
+        assert_operator_policy_allows(out.path(), &self.proxy.every_call(), what);
     }
     fn bake_cmd(&self, extra: &[&str]) -> Command {
         let mut c = haimg();
@@ -603,6 +597,16 @@ fn a_bake_against_moto_builds_once_then_hits_the_cache() {
         .count();
     eprintln!("cache hit: {calls} API calls, {took:?}");
     assert_eq!(s.builders_ever(), 1);
+    assert!(
+        stderr(&o).contains("haimg bake: "),
+        "progress: {}",
+        stderr(&o)
+    );
+    // --quiet: the same result, no progress lines.
+    let o = s.bake(&["--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), image);
+    assert_eq!(stderr(&o), "", "--quiet prints no progress");
 
     // --force rebakes the same hash: a new image (the name is taken, so it gets a suffix),
     // and the parameters move to it.

@@ -147,3 +147,24 @@ fn man_pages_come_from_the_command_line_and_groff_reads_them_cleanly() {
     let bake = std::fs::read_to_string(out.join("haimg-bake.1")).unwrap();
     assert!(bake.contains("plain"), "the flags are documented");
 }
+
+/// The project's own scripts (the test command, CI's entry, the benchmarks and the helpers
+/// they source) pass shellcheck, following what they source.
+#[test]
+fn every_script_is_shellcheck_clean() {
+    let mut scripts: Vec<std::path::PathBuf> = std::fs::read_dir(repo().join("scripts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+        .collect();
+    scripts.sort();
+    assert!(scripts.len() >= 10, "{scripts:?}");
+    scripts.push(repo().join(".ci/run"));
+    let o = run({
+        let mut c = Command::new(require_tool("shellcheck"));
+        c.current_dir(repo()).arg("-x").args(&scripts);
+        c
+    });
+    assert!(o.status.success(), "shellcheck:\n{}", stdout(&o));
+}

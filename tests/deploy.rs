@@ -151,13 +151,7 @@ impl Env {
     fn rendered(&self) -> PathBuf {
         let out = self.dir.path().join("rendered");
         let _ = std::fs::remove_dir_all(&out);
-        let mut c = haimg();
-        c.args(["render", "--all", "--out"])
-            .arg(&out)
-            .arg("-c")
-            .arg(&self.spec);
-        let o = run(c);
-        assert!(o.status.success(), "{}", stderr(&o));
+        render_all_into(&self.spec, &out);
         out
     }
     fn tags_of_elb(&self, arn: &str) -> Value {
@@ -320,6 +314,37 @@ fn up_creates_exactly_the_rendered_resources_and_a_second_up_changes_nothing() {
         Vec::<String>::new(),
         "--dry-run changes nothing"
     );
+    // The same plan as one JSON document.
+    let v: Value =
+        serde_json::from_slice(&env.ok(&["up", "--dry-run", "--output", "json"]).stdout).unwrap();
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(
+        (v["cluster"].as_str(), v["dryRun"].as_bool()),
+        (Some("demo"), Some(true))
+    );
+    assert_eq!(changes.len(), 10, "{v}");
+    assert_eq!(
+        changes.iter().filter(|c| c["action"] == "create").count(),
+        8,
+        "{v}"
+    );
+    assert_eq!(
+        changes[0],
+        json!({"action": "create", "resource": "load balancer demo-api",
+               "summary": changes[0]["summary"], "diff": []})
+    );
+    let attrs = changes
+        .iter()
+        .find(|c| c["summary"] == "target group demo-api: attributes")
+        .unwrap();
+    assert!(
+        attrs["diff"].as_array().unwrap().contains(
+            &json!({"field": "preserve_client_ip.enabled", "from": "(none)", "to": "\"false\""})
+        ),
+        "{attrs}"
+    );
+    assert!(v["applied"].is_null(), "{v}");
+    assert_eq!(env.proxy.mutating_calls(), Vec::<String>::new());
 
     env.proxy.reset_log();
     let started = Instant::now();
@@ -603,8 +628,9 @@ fn up_creates_exactly_the_rendered_resources_and_a_second_up_changes_nothing() {
     assert_eq!(env.proxy.mutating_calls(), Vec::<String>::new());
     assert!(!env.tagged().is_empty());
 
-    let o = env.ok(&["down", "--yes", "--poll", "100ms"]);
+    let o = env.ok(&["down", "--yes", "--poll", "100ms", "-q"]);
     assert_has(&stdout(&o), &["cluster demo: deleted 8 resource(s)"]);
+    assert_eq!(stderr(&o), "", "--quiet with --yes: no list, no steps");
     assert_eq!(
         env.tagged(),
         Vec::<String>::new(),
@@ -1096,7 +1122,22 @@ fn with_fixed_masters_up_manages_the_worker_pools_only() {
     env.edit_spec("name: general", "name: batch");
     let o = env.ok(&["up"]);
     assert_has(&stderr(&o), &["warning: auto scaling group onprem-worker-general is tagged haimg:cluster=onprem but is not in the spec any more"]);
-    let o = env.ok(&["down", "--yes", "--poll", "100ms"]);
+    let o = env.ok(&["down", "--yes", "--poll", "100ms", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut groups: Vec<String> = v["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "auto scaling group")
+        .map(|r| s(&r["name"]))
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        ["onprem-worker-batch", "onprem-worker-general"],
+        "{v}"
+    );
+    assert_eq!(v["leftAlone"], json!([]), "{v}");
     assert_has(
         &stderr(&o),
         &["auto scaling group onprem-worker-general (and its instances)"],

@@ -497,21 +497,7 @@ fn bad_recipes_and_missing_tools_are_named() {
 #[test]
 fn a_local_directory_mirror_with_its_own_key_bakes_the_recipe() {
     let sources = kube_artifacts();
-    let recipe = haimg::recipe::load_from(Some("debian-12"), Some(&sources))
-        .unwrap()
-        .recipe;
-    let mut wanted: Vec<String> = haimg::bake::local::BASE_PACKAGES
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
-    wanted.extend(recipe.packages.iter().map(|(p, v)| format!("{p}={v}")));
-    let o = run({
-        let mut c = Command::new(repo().join("scripts/local-mirror.sh"));
-        c.arg(&sources).args(&wanted);
-        c
-    });
-    assert!(o.status.success(), "local-mirror.sh: {}", stderr(&o));
-    let out = PathBuf::from(stdout(&o).trim());
+    let (recipe, out) = frozen_mirror(&sources);
     let key = out.join("key.gpg");
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");

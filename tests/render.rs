@@ -8,19 +8,6 @@ use base64::Engine;
 use common::tree::*;
 use common::*;
 
-/// Renders the whole tree of `spec` into a temporary directory.
-fn render_all(spec: &Path) -> tempfile::TempDir {
-    let out = tempfile::tempdir().unwrap();
-    let mut cmd = haimg();
-    cmd.args(["render", "--all", "-c"])
-        .arg(spec)
-        .arg("--out")
-        .arg(out.path());
-    let o = run(cmd);
-    assert!(o.status.success(), "render failed: {}", stderr(&o));
-    out
-}
-
 #[test]
 fn example_tree_matches_golden_and_passes_validators() {
     let out = render_all(&repo().join("examples/cluster.yaml"));

@@ -10,18 +10,6 @@ use std::process::Command;
 use common::tree::*;
 use common::*;
 
-fn render_all(spec: &Path) -> tempfile::TempDir {
-    let out = tempfile::tempdir().unwrap();
-    let mut cmd = haimg();
-    cmd.args(["render", "--all", "-c"])
-        .arg(spec)
-        .arg("--out")
-        .arg(out.path());
-    let o = run(cmd);
-    assert!(o.status.success(), "render failed: {}", stderr(&o));
-    out
-}
-
 /// A network namespace with the interfaces keepalived's config names, removed on drop.
 struct Netns(String);
 

@@ -89,8 +89,7 @@ pub struct Created {
 pub type Tracker = Arc<Mutex<Created>>;
 
 fn progress(msg: impl std::fmt::Display) {
-    let mut e = std::io::stderr().lock();
-    let _ = writeln!(e, "haimg bake: {msg}");
+    crate::progress::line("bake", msg);
 }
 
 /// The base AMI id: as pinned, or read from its SSM parameter.
@@ -661,11 +660,6 @@ pub fn commands(plan: &Plan, staged: &Staged) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-fn is_invalid_instance<E: std::fmt::Debug>(e: &E) -> bool {
-    let s = format!("{e:?}");
-    s.contains("InvalidInstanceId")
-}
-
 async fn run_script(
     sdk: &SdkConfig,
     instance: &str,
@@ -700,7 +694,11 @@ async fn run_script(
                     .map(str::to_string)
                     .ok_or_else(|| Error::Runtime("SendCommand returned no command id".into()))?
             }
-            Err(e) if is_invalid_instance(&e) && Instant::now() < deadline => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_invalid_instance_id())
+                    && Instant::now() < deadline =>
+            {
                 progress(format!("waiting for the SSM agent on {instance}"));
                 tokio::time::sleep(opts.poll).await;
             }
@@ -720,7 +718,10 @@ async fn run_script(
         let inv = match inv {
             Ok(i) => i,
             // Right after SendCommand the invocation may not exist yet.
-            Err(e) if format!("{e:?}").contains("InvocationDoesNotExist") => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_invocation_does_not_exist()) =>
+            {
                 tokio::time::sleep(opts.poll).await;
                 continue;
             }
@@ -1185,8 +1186,10 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
         }
     }
     if let Some(b) = &created.bucket {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
         let s3 = s3_client(sdk);
-        let gone = |e: &str| e.contains("NoSuchBucket");
+        // S3 has no typed variant for it on these calls: its error code says so.
+        let gone = |code: Option<&str>| code == Some("NoSuchBucket");
         for k in created
             .object
             .iter()
@@ -1194,20 +1197,21 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
             .chain(created.archive_objects.iter())
         {
             if let Err(e) = s3.delete_object().bucket(b).key(k).send().await {
-                let e = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
-                if !gone(&e) {
-                    left.push(format!("staged object s3://{b}/{k}: {e}"));
+                if !gone(e.code()) {
+                    left.push(format!(
+                        "staged object s3://{b}/{k}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ));
                 }
             }
         }
         match s3.delete_bucket().bucket(b).send().await {
             Ok(_) => progress(format!("removed staging bucket {b}")),
-            Err(e) => {
-                let e = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
-                if !gone(&e) {
-                    left.push(format!("staging bucket {b}: {e}"));
-                }
-            }
+            Err(e) if gone(e.code()) => {}
+            Err(e) => left.push(format!(
+                "staging bucket {b}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )),
         }
     }
     left

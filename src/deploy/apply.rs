@@ -464,17 +464,7 @@ async fn apply_one(c: &Clients, change: &Change, refs: &mut Observed) -> Result<
             .await?;
         }
         Change::DeleteLeftovers { names } => {
-            for chunk in names.chunks(10) {
-                c.ssm
-                    .delete_parameters()
-                    .set_names(Some(chunk.to_vec()))
-                    .send()
-                    .await
-                    .map_err(Error::aws(format!(
-                        "ssm DeleteParameters {}",
-                        chunk.join(",")
-                    )))?;
-            }
+            crate::aws::delete_parameters(&c.ssm, names, |_| {}).await?;
         }
         Change::CreateGroup(g) => {
             let name = &g.auto_scaling_group_name;
@@ -648,12 +638,12 @@ pub async fn apply(
         }
         let line = change.to_string();
         let head = line.lines().next().unwrap_or_default();
-        eprintln!(
+        crate::progress::raw(format!(
             "[{}/{}] {head} ({} ms)",
             i + 1,
             changes.len(),
             started.elapsed().as_millis()
-        );
+        ));
         progress.lock().unwrap().push(head.to_string());
     }
     Ok(())

@@ -45,6 +45,10 @@ pub struct UpArgs {
     /// Poll interval of --wait (tests shorten it).
     #[arg(long, hide = true, default_value = "10s", value_parser = humantime::parse_duration)]
     pub poll: Duration,
+    /// `json`: the plan (or what was applied) as one document on stdout
+    /// ({cluster, dryRun, changes: [{action, resource, summary, diff}], applied, healthy}).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
 }
 
 pub use crate::cli::Output;
@@ -69,6 +73,10 @@ pub struct DownArgs {
     pub timeout: Duration,
     #[arg(long, hide = true, default_value = "10s", value_parser = humantime::parse_duration)]
     pub poll: Duration,
+    /// `json`: what was deleted as one document on stdout ({cluster, deleted: [{kind, name,
+    /// id}], leftAlone}).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
 }
 
 struct Cluster {
@@ -178,6 +186,19 @@ pub fn up(args: UpArgs) -> Result<()> {
                 super::desired::CLUSTER_TAG
             );
         }
+        let report = |applied: Option<usize>, healthy: Option<bool>| {
+            let v = serde_json::json!({
+                "cluster": name,
+                "dryRun": args.dry_run,
+                "changes": changes.iter().map(plan::Change::report).collect::<Vec<_>>(),
+                "applied": applied,
+                "healthy": healthy,
+            });
+            out(&(serde_json::to_string_pretty(&v).expect("plain data") + "\n"))
+        };
+        if args.dry_run && args.output == Output::Json {
+            return report(None, None);
+        }
         if args.dry_run {
             let mut text = String::new();
             for ch in &changes {
@@ -195,9 +216,9 @@ pub fn up(args: UpArgs) -> Result<()> {
             return out(&text);
         }
         if changes.is_empty() {
-            eprintln!("cluster {name}: up to date, no changes");
+            crate::progress::raw(format!("cluster {name}: up to date, no changes"));
         } else {
-            eprintln!("cluster {name}: {} change(s)", changes.len());
+            crate::progress::raw(format!("cluster {name}: {} change(s)", changes.len()));
         }
         let progress = Progress::default();
         let result = tokio::select! {
@@ -217,6 +238,9 @@ pub fn up(args: UpArgs) -> Result<()> {
         result?;
         if args.wait {
             wait_healthy(&c, &desired, &cluster.region, cluster.masters, &args).await?;
+        }
+        if args.output == Output::Json {
+            return report(Some(changes.len()), args.wait.then_some(true));
         }
         out(&format!(
             "cluster {name}: {} change(s) applied{}\n",
@@ -241,13 +265,16 @@ async fn wait_healthy(
         async move {
             let s = status::read(c, d, region, masters).await?;
             if s.healthy {
-                eprintln!("  healthy after {}s", started.elapsed().as_secs());
+                crate::progress::raw(format!("  healthy after {}s", started.elapsed().as_secs()));
                 return Ok(None);
             }
             let line = s.problems.join("; ");
             let mut last = last.lock().unwrap();
             if *last != line {
-                eprintln!("  [{:>4}s] waiting: {line}", started.elapsed().as_secs());
+                crate::progress::raw(format!(
+                    "  [{:>4}s] waiting: {line}",
+                    started.elapsed().as_secs()
+                ));
                 *last = line.clone();
             }
             Ok(Some(format!("not healthy ({line})")))
@@ -297,13 +324,23 @@ pub fn down(args: DownArgs) -> Result<()> {
                 d.cluster
             );
         }
+        let report = |deleted: &[down::Resource]| {
+            let v = serde_json::json!({"cluster": d.cluster, "deleted": deleted, "leftAlone": inv.foreign});
+            out(&(serde_json::to_string_pretty(&v).expect("plain data") + "\n"))
+        };
         if inv.is_empty() {
+            if args.output == Output::Json {
+                return report(&[]);
+            }
             return out(&format!("cluster {}: nothing to delete\n", d.cluster));
         }
         let lines = inv.lines();
-        eprintln!("cluster {}: deleting {} resource(s):", d.cluster, lines.len());
-        for l in &lines {
-            eprintln!("  {l}");
+        // The list is what a confirmation is asked for: shown unless --quiet with --yes.
+        if !(args.yes && crate::progress::quiet()) {
+            eprintln!("cluster {}: deleting {} resource(s):", d.cluster, lines.len());
+            for l in &lines {
+                eprintln!("  {l}");
+            }
         }
         if !args.yes {
             confirm(&d.cluster)?;
@@ -319,6 +356,9 @@ pub fn down(args: DownArgs) -> Result<()> {
                 d.cluster
             ))
         })?;
+        if args.output == Output::Json {
+            return report(&inv.resources());
+        }
         out(&format!(
             "cluster {}: deleted {} resource(s)\n",
             d.cluster,

@@ -29,6 +29,15 @@ pub struct Inventory {
     pub foreign: Vec<String>,
 }
 
+/// A resource `down` deletes: its kind, name and (where AWS names it so) id or ARN.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Resource {
+    pub kind: &'static str,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
 impl Inventory {
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
@@ -38,6 +47,36 @@ impl Inventory {
             && self.target_group.is_none()
             && self.parameters.is_empty()
     }
+    /// Each resource as `down --output json` reports it, in deletion order.
+    pub fn resources(&self) -> Vec<Resource> {
+        let r = |kind: &'static str, name: &str, id: Option<&str>| Resource {
+            kind,
+            name: name.to_string(),
+            id: id.map(str::to_string),
+        };
+        let mut v: Vec<Resource> = self
+            .groups
+            .iter()
+            .map(|g| r("auto scaling group", g, None))
+            .collect();
+        v.extend(
+            self.launch_templates
+                .iter()
+                .map(|(id, n)| r("launch template", n, Some(id))),
+        );
+        if let Some(l) = &self.listener {
+            v.push(r("listener", l, Some(l)));
+        }
+        if let Some((n, arn)) = &self.load_balancer {
+            v.push(r("load balancer", n, Some(arn)));
+        }
+        if let Some((n, arn)) = &self.target_group {
+            v.push(r("target group", n, Some(arn)));
+        }
+        v.extend(self.parameters.iter().map(|p| r("ssm parameter", p, None)));
+        v
+    }
+
     /// One line per resource, in deletion order.
     pub fn lines(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -181,7 +220,7 @@ fn gone<E: ProvideErrorMetadata>(e: &E) -> bool {
 /// Deletes the inventory in reverse dependency order, waiting (bounded by `timeout`) for the
 /// groups' instances to go before what they use. Returns the lines of what was deleted.
 pub async fn delete(c: &Clients, inv: &Inventory, timeout: Duration, poll: Duration) -> Result<()> {
-    let step = |what: String| eprintln!("- deleted {what}");
+    let step = |what: String| crate::progress::raw(format!("- deleted {what}"));
     for g in &inv.groups {
         match c
             .asg
@@ -206,10 +245,10 @@ pub async fn delete(c: &Clients, inv: &Inventory, timeout: Duration, poll: Durat
         }
     }
     if !inv.groups.is_empty() {
-        eprintln!(
+        crate::progress::raw(format!(
             "  waiting for {} group(s) and their instances to go…",
             inv.groups.len()
-        );
+        ));
         crate::aws::wait_until(timeout, poll, "auto scaling group deletion", || async {
             let left = observe::groups(c, &inv.groups).await?;
             Ok((!left.is_empty()).then(|| {
@@ -285,19 +324,11 @@ pub async fn delete(c: &Clients, inv: &Inventory, timeout: Duration, poll: Durat
         .await?;
         step(format!("target group {name}"));
     }
-    for chunk in inv.parameters.chunks(10) {
-        c.ssm
-            .delete_parameters()
-            .set_names(Some(chunk.to_vec()))
-            .send()
-            .await
-            .map_err(Error::aws(format!(
-                "ssm DeleteParameters {}",
-                chunk.join(",")
-            )))?;
+    crate::aws::delete_parameters(&c.ssm, &inv.parameters, |chunk| {
         for p in chunk {
             step(format!("ssm parameter {p}"));
         }
-    }
+    })
+    .await?;
     Ok(())
 }

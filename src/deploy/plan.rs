@@ -229,11 +229,40 @@ impl Change {
     }
 }
 
-impl fmt::Display for Change {
-    /// One line (`+` create, `~` change, `-` delete), then the changed fields indented.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// A change as `up --output json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangeReport {
+    /// `create`, `change` or `delete`.
+    pub action: &'static str,
+    /// `<kind> <name>`, as in the text plan.
+    pub resource: String,
+    /// The text plan's line, without its sign.
+    pub summary: String,
+    /// The fields that change (long values by size and digest).
+    pub diff: Vec<Diff>,
+}
+
+impl Change {
+    pub fn report(&self) -> ChangeReport {
+        let (line, diff) = self.line_and_diff();
+        let (sign, summary) = line.split_at(1);
+        let action = match sign {
+            "+" => "create",
+            "-" => "delete",
+            _ => "change",
+        };
+        ChangeReport {
+            action,
+            resource: self.resource(),
+            summary: summary.trim_start().to_string(),
+            diff: diff.to_vec(),
+        }
+    }
+
+    /// The plan's line (`+` create, `~` change, `-` delete) and the fields that change.
+    fn line_and_diff(&self) -> (String, &[Diff]) {
         let r = self.resource();
-        let (line, diff): (String, &[Diff]) = match self {
+        match self {
             Change::CreateLoadBalancer(lb) => (
                 format!(
                     "+ {r}: {} {}, subnets {}",
@@ -328,7 +357,14 @@ impl fmt::Display for Change {
             Change::WriteMarker { cluster, .. } => {
                 (format!("+ {r}: owned by cluster {cluster}"), &[])
             }
-        };
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    /// One line (`+` create, `~` change, `-` delete), then the changed fields indented.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (line, diff) = self.line_and_diff();
         write!(f, "{line}")?;
         for d in diff {
             write!(f, "\n    {}: {} → {}", d.field, d.from, d.to)?;
@@ -772,6 +808,52 @@ pub fn resolve_ref(s: &str, o: &Observed) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_reports_as_its_text_line_says() {
+        let ch = Change::SetAttributes {
+            target_group: "demo-api".into(),
+            attributes: vec![],
+            diff: ch_diff(),
+        };
+        assert_eq!(
+            ch.to_string(),
+            "~ target group demo-api: attributes\n    max_size: 3 → 5"
+        );
+        let r = ch.report();
+        assert_eq!(
+            (r.action, r.resource.as_str(), r.summary.as_str()),
+            (
+                "change",
+                "target group demo-api",
+                "target group demo-api: attributes"
+            )
+        );
+        assert_eq!(r.diff, ch_diff());
+        let del = Change::DeleteLeftovers {
+            names: vec!["/haimg/demo/state".into()],
+        };
+        assert_eq!(del.report().action, "delete");
+        let add = Change::WriteMarker {
+            name: "/haimg/demo/cluster".into(),
+            cluster: "demo".into(),
+        };
+        assert_eq!(
+            (add.report().action, add.report().summary),
+            (
+                "create",
+                "ssm parameter /haimg/demo/cluster: owned by cluster demo".to_string()
+            )
+        );
+    }
+
+    fn ch_diff() -> Vec<Diff> {
+        vec![Diff {
+            field: "max_size".into(),
+            from: "3".into(),
+            to: "5".into(),
+        }]
+    }
     use crate::deploy::desired::Desired;
     use crate::render::{render, templates::Templates, Selection};
 

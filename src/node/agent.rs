@@ -210,19 +210,11 @@ pub async fn run_tool(program: &Path, args: &[&str], timeout: Duration) -> Resul
 
 /// Writes a file readable by root only, creating it with mode 0600 (never briefly wider).
 pub fn write_secret_file(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     }
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(Error::io(path))?;
-    f.write_all(contents.as_bytes()).map_err(Error::io(path))
+    crate::files::create_secret(path, contents.as_bytes())
 }
 
 /// Removes a secret file when dropped, on every path out of the scope that wrote it.

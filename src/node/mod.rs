@@ -77,15 +77,5 @@ pub fn run(args: Args) -> Result<()> {
 /// One logging facade: tracing to stderr (the journal under systemd). `HAIMG_LOG` sets
 /// the filter (default `info`); `NO_COLOR` turns colour off.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HAIMG_LOG")
-        .unwrap_or_else(|_| "info,aws=warn,hyper=warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::env::var_os("NO_COLOR").is_none()
-                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        )
-        .with_target(false)
-        .try_init();
+    crate::progress::init_tracing("info,aws=warn,hyper=warn");
 }

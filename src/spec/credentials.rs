@@ -170,23 +170,11 @@ pub fn load_or_create(file: &str, spec_dir: &Path) -> Result<(StaticMaterial, Pa
                  # out of version control; `haimg render` writes it into node user-data.\n",
             );
             text.push_str(&crate::yaml::to_string(&m));
-            write_create_only_0600(&path, &text)?;
+            crate::files::create_secret(&path, text.as_bytes())?;
             Ok((m, path, true))
         }
         Err(e) => Err(Error::io(&path)(e)),
     }
-}
-
-fn write_create_only_0600(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(Error::io(path))?;
-    f.write_all(text.as_bytes()).map_err(Error::io(path))
 }
 
 #[cfg(test)]

@@ -34,6 +34,45 @@ pub fn kube_artifacts() -> PathBuf {
     PathBuf::from(stdout(&o).trim())
 }
 
+/// The debian-12 recipe (with `sources`) and a local mirror frozen with exactly what its
+/// bake installs, as scripts/local-mirror.sh makes it (made once for the same packages,
+/// cached): the directory holding `mirror/` and `key.gpg`.
+pub fn frozen_mirror(sources: &Path) -> (haimg::recipe::Recipe, PathBuf) {
+    let recipe = haimg::recipe::load_from(Some("debian-12"), Some(sources))
+        .unwrap()
+        .recipe;
+    let mut wanted: Vec<String> = haimg::bake::local::BASE_PACKAGES
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    wanted.extend(recipe.packages.iter().map(|(p, v)| format!("{p}={v}")));
+    let o = run({
+        let mut c = Command::new(repo().join("scripts/local-mirror.sh"));
+        c.arg(sources).args(&wanted);
+        c
+    });
+    assert!(o.status.success(), "local-mirror.sh: {}", stderr(&o));
+    (recipe, PathBuf::from(stdout(&o).trim()))
+}
+
+/// `haimg render --all` of `spec` into `out`.
+pub fn render_all_into(spec: &Path, out: &Path) {
+    let mut cmd = haimg();
+    cmd.args(["render", "--all", "-c"])
+        .arg(spec)
+        .arg("--out")
+        .arg(out);
+    let o = run(cmd);
+    assert!(o.status.success(), "render failed: {}", stderr(&o));
+}
+
+/// `haimg render --all` of `spec` into a temporary directory.
+pub fn render_all(spec: &Path) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    render_all_into(spec, out.path());
+    out
+}
+
 pub fn run(mut cmd: Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))

@@ -55,7 +55,7 @@ pub struct Phases {
 }
 
 fn progress(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "haimg bake: {msg}");
+    crate::progress::line("bake", msg);
 }
 
 /// The tools a local bake runs, each named when missing (before anything is made).
