@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::fleet::*;
-use haimg::node::config::AgentSettings;
+use haimg::contract::node_config::AgentSettings;
 
 fn log_time_of(log: &str, needle: &str) -> Option<SystemTime> {
     log.lines().find(|l| l.contains(needle)).and_then(|l| {
@@ -29,7 +29,7 @@ async fn main() {
         .unwrap_or(100);
     let c = cluster(1, n as i32).await;
     let f = &c.fleet;
-    let production = |cfg: &mut haimg::node::config::NodeConfig| {
+    let production = |cfg: &mut haimg::contract::node_config::NodeConfig| {
         cfg.agent = AgentSettings {
             join_timeout_seconds: 1800,
             ..AgentSettings::default()

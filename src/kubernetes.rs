@@ -1,7 +1,7 @@
 //! What haimg knows about Kubernetes releases: which ones it supports, which kubeadm
 //! config API each one speaks, and known-bad patch releases.
 
-use crate::spec::types::KubernetesVersion;
+use crate::contract::types::KubernetesVersion;
 
 /// Oldest and newest supported minor releases (of major 1).
 ///

@@ -2,6 +2,7 @@
 //! clusters for AWS.
 //!
 //! Modules are cut by domain:
+//! * [`contract`]: the documents haimg's parts exchange and their types (a leaf);
 //! * [`spec`]: the cluster spec, its validation and JSON Schema;
 //! * [`render`]: user-data, launch templates, Auto Scaling groups, NLB and IAM policies;
 //! * [`recipe`]: image recipes (what goes into a node image, pinned);
@@ -18,6 +19,7 @@ pub mod aws;
 pub mod bake;
 pub mod cache;
 pub mod cli;
+pub mod contract;
 pub mod deploy;
 pub mod docs;
 pub mod error;

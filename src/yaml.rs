@@ -347,9 +347,36 @@ fn resolve_plain(s: &str) -> Value {
     Value::String(s.to_string())
 }
 
+/// `/spec/workerPools/0/name` → `spec.workerPools[0].name`.
+pub fn dotted(pointer: &str) -> String {
+    let mut out = String::new();
+    for seg in pointer.split('/').skip(1) {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dotted_paths() {
+        assert_eq!(
+            dotted("/spec/workerPools/0/name"),
+            "spec.workerPools[0].name"
+        );
+        assert_eq!(dotted(""), "");
+        assert_eq!(dotted("/spec/tags/a~1b"), "spec.tags.a/b");
+    }
 
     #[test]
     fn positions_of_keys_and_values() {

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::EtcdCluster;
-use haimg::node::config::EtcdSettings;
+use haimg::contract::node_config::EtcdSettings;
 use haimg::node::etcd::Etcd;
 
 fn client(c: &EtcdCluster, i: usize) -> Etcd {

@@ -731,7 +731,7 @@ fn node_from_user_data(f: &Fleet, name: &str, id: Identity, user_data: &str) -> 
         .iter()
         .find(|w| w["path"] == "/etc/haimg/node.yaml")
         .unwrap();
-    let mut cfg = haimg::node::config::NodeConfig::from_yaml(
+    let mut cfg = haimg::contract::node_config::NodeConfig::from_yaml(
         node_yaml["content"].as_str().unwrap(),
         "node.yaml",
     )

@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use haimg::contract::secret;
 use haimg::node::kubeadm::{init_config, join_config, NodeIdentity};
-use haimg::node::secret;
 use haimg::render::Group;
 
 fn validate(kubeadm: &str, text: &str, what: &str) {
@@ -62,7 +62,7 @@ fn check_spec(spec_file: &str, version: &str, kubeadm: &str) {
         let cfg = haimg::render::node_config(&spec, g);
         assert_eq!(cfg.kubernetes.version.to_string(), version);
         let what = |kind: &str| format!("{spec_file} {version} {kind} ({:?})", cfg.role);
-        if matches!(cfg.role, haimg::node::config::Role::Master) {
+        if matches!(cfg.role, haimg::contract::node_config::Role::Master) {
             let ttl = Duration::from_secs(cfg.agent.token_ttl_seconds);
             validate(
                 kubeadm,

@@ -77,7 +77,7 @@ fn with(
     name: &str,
     id: &Identity,
     master: bool,
-    tweak: impl FnOnce(&mut haimg::node::config::NodeConfig),
+    tweak: impl FnOnce(&mut haimg::contract::node_config::NodeConfig),
     env: &[(&str, String)],
 ) -> Node {
     let mut n = f.node(name, id.clone(), &node_yaml(master, tweak));
@@ -87,7 +87,7 @@ fn with(
 }
 
 /// A node config tweak: this init lease.
-fn init_lease(secs: u64) -> impl Fn(&mut haimg::node::config::NodeConfig) + Copy {
+fn init_lease(secs: u64) -> impl Fn(&mut haimg::contract::node_config::NodeConfig) + Copy {
     move |cfg| cfg.agent.init_lease_seconds = secs
 }
 
@@ -244,7 +244,8 @@ async fn a_slow_rotation_keeps_its_lease_and_never_publishes_over_a_newer_genera
     let c = cluster(2, 0).await;
     let f = &c.fleet;
     let lease = Duration::from_secs(2);
-    let short = |cfg: &mut haimg::node::config::NodeConfig| cfg.agent.rotation_lease_seconds = 2;
+    let short =
+        |cfg: &mut haimg::contract::node_config::NodeConfig| cfg.agent.rotation_lease_seconds = 2;
     let g = gate(f, "upload");
     let m0 = with(
         f,
@@ -530,7 +531,7 @@ async fn an_init_holder_that_fails_releases_its_lease_at_once() {
     let c = cluster(2, 0).await;
     let f = &c.fleet;
     // A lease far longer than this test may take: only a release lets m1 in.
-    let long = |cfg: &mut haimg::node::config::NodeConfig| {
+    let long = |cfg: &mut haimg::contract::node_config::NodeConfig| {
         cfg.agent.init_lease_seconds = 3600;
         cfg.agent.kubeadm_attempts = 1;
     };

@@ -181,7 +181,7 @@ fn check_vip_tree(root: &Path, nodes: &[&str], haproxy: bool) {
             assert_eq!(v["metadata"]["namespace"], "kube-system");
         }
         let node_yaml = content("/etc/haimg/node.yaml").unwrap();
-        let cfg = haimg::node::config::NodeConfig::from_yaml(&node_yaml, node).unwrap();
+        let cfg = haimg::contract::node_config::NodeConfig::from_yaml(&node_yaml, node).unwrap();
         assert_eq!(cfg.node.as_ref().map(|n| n.name.as_str()), Some(*node));
         assert!(
             cfg.autoscaling.is_none(),
@@ -339,10 +339,13 @@ fn check_external_masters(root: &Path, masters: &[&str], port: u16) {
             .iter()
             .find(|f| f["path"] == "/etc/haimg/node.yaml")
             .unwrap();
-        let cfg = haimg::node::config::NodeConfig::from_yaml(node["content"].as_str().unwrap(), m)
-            .unwrap();
+        let cfg = haimg::contract::node_config::NodeConfig::from_yaml(
+            node["content"].as_str().unwrap(),
+            m,
+        )
+        .unwrap();
         match cfg.endpoint {
-            haimg::node::config::NodeEndpoint::Vip {
+            haimg::contract::node_config::NodeEndpoint::Vip {
                 port: p,
                 api_server_bind_port,
                 static_pods,
@@ -451,9 +454,11 @@ fn external_nginx_with_static_credentials() {
             node["permissions"], "0600",
             "{file}: node.yaml holds the token"
         );
-        let cfg =
-            haimg::node::config::NodeConfig::from_yaml(node["content"].as_str().unwrap(), file)
-                .unwrap();
+        let cfg = haimg::contract::node_config::NodeConfig::from_yaml(
+            node["content"].as_str().unwrap(),
+            file,
+        )
+        .unwrap();
         let st = cfg.credentials.unwrap();
         assert_eq!(st.token, creds.token);
         assert_eq!(st.ca_cert_hashes, vec![creds.ca_cert_hash()]);

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     for r in &args.copy_to {
-        crate::spec::types::Region::try_from(r.as_str())
+        crate::contract::types::Region::try_from(r.as_str())
             .map_err(|e| Error::Usage(format!("--copy-to: {e}")))?;
     }
     let binary = match &args.haimg_binary {

@@ -111,7 +111,7 @@ pub async fn resolve_base(sdk: &SdkConfig, recipe: &Recipe) -> Result<String> {
                     "ssm GetParameter {p} (the recipe's base image)"
                 )))?;
             let id = out.parameter().and_then(|p| p.value()).unwrap_or_default();
-            crate::spec::types::AmiId::try_from(id)
+            crate::contract::types::AmiId::try_from(id)
                 .map(|a| a.to_string())
                 .map_err(|e| Error::Runtime(format!("base image parameter {p}: {e}")))
         }

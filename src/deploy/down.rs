@@ -194,7 +194,9 @@ pub async fn inventory(c: &Clients, d: &Desired) -> Result<Inventory> {
             _ => {
                 let mut names = observe::layout_parameters(c, prefix).await?;
                 // The marker goes last: while it exists, the prefix is still known as ours.
-                names.sort_by_key(|n| n.ends_with("/cluster"));
+                names.sort_by_key(|n| {
+                    n.ends_with(&format!("/{}", crate::contract::layout::CLUSTER))
+                });
                 inv.parameters = names;
             }
         }

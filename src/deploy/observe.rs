@@ -527,7 +527,7 @@ pub async fn tagged_groups(c: &Clients, cluster: &str) -> Result<Vec<String>> {
 
 /// `P/cluster`'s owner, if the marker exists.
 pub async fn marker(c: &Clients, prefix: &str) -> Result<Option<String>> {
-    let name = format!("{prefix}/cluster");
+    let name = format!("{prefix}/{}", crate::contract::layout::CLUSTER);
     match c.ssm.get_parameter().name(&name).send().await {
         Ok(o) => {
             let v = o.parameter().and_then(|p| p.value()).unwrap_or_default();
@@ -547,7 +547,7 @@ pub async fn marker(c: &Clients, prefix: &str) -> Result<Option<String>> {
     }
 }
 
-/// haimg's parameters under the prefix (full names), by [`crate::node::store::is_layout_name`].
+/// haimg's parameters under the prefix (full names), by [`crate::contract::layout::is_layout_name`].
 pub async fn layout_parameters(c: &Clients, prefix: &str) -> Result<Vec<String>> {
     let mut names = Vec::new();
     let mut pages = c
@@ -562,7 +562,7 @@ pub async fn layout_parameters(c: &Clients, prefix: &str) -> Result<Vec<String>>
         for p in page.parameters() {
             let name = p.name().unwrap_or_default();
             if let Some(rel) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) {
-                if crate::node::store::is_layout_name(rel) {
+                if crate::contract::layout::is_layout_name(rel) {
                     names.push(name.to_string());
                 }
             }
@@ -622,7 +622,7 @@ pub async fn observe(c: &Clients, d: &Desired) -> Result<Observed> {
             o.ssm.leftovers = layout_parameters(c, prefix)
                 .await?
                 .into_iter()
-                .filter(|n| !n.ends_with("/cluster"))
+                .filter(|n| !n.ends_with(&format!("/{}", crate::contract::layout::CLUSTER)))
                 .collect();
         }
     }

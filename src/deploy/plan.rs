@@ -736,7 +736,7 @@ pub fn plan(d: &Desired, o: &Observed) -> Result<Vec<Change>> {
     }
 
     if let Some(prefix) = &d.ssm_prefix {
-        let name = format!("{prefix}/cluster");
+        let name = format!("{prefix}/{}", crate::contract::layout::CLUSTER);
         match &o.ssm.marker {
             None => out.push(Change::WriteMarker {
                 name,

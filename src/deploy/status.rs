@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use super::desired::Desired;
 use super::observe::{self, Clients};
+use crate::contract::join::{PublishedTimes, State};
+use crate::contract::layout;
 use crate::error::{Error, Result};
-use crate::node::join::{PublishedTimes, State};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -73,9 +74,9 @@ impl TargetGroup {
 #[serde(rename_all = "camelCase")]
 pub struct JoinTimes {
     pub parameter: String,
-    #[serde(with = "crate::node::join::rfc3339")]
+    #[serde(with = "crate::contract::join::rfc3339")]
     pub issued_at: SystemTime,
-    #[serde(with = "crate::node::join::rfc3339")]
+    #[serde(with = "crate::contract::join::rfc3339")]
     pub expires_at: SystemTime,
     pub generation: u64,
 }
@@ -198,11 +199,14 @@ pub async fn read(c: &Clients, d: &Desired, region: &str, master_count: usize) -
     let mut join = Vec::new();
     if let Some(prefix) = &d.ssm_prefix {
         let store = crate::node::store::Store::new(c.ssm.clone(), prefix, "");
-        state = store.get_plain::<State>("state").await?;
-        if let Some(t) = store.get_plain::<PublishedTimes>("join/times").await? {
+        state = store.get_plain::<State>(layout::STATE).await?;
+        if let Some(t) = store
+            .get_plain::<PublishedTimes>(layout::JOIN_TIMES)
+            .await?
+        {
             for (rel, expires_at) in [
-                ("join/control-plane", t.control_plane_expires_at),
-                ("join/worker", t.worker_expires_at),
+                (layout::JOIN_CONTROL_PLANE, t.control_plane_expires_at),
+                (layout::JOIN_WORKER, t.worker_expires_at),
             ] {
                 join.push(JoinTimes {
                     parameter: store.name(rel),
@@ -265,7 +269,7 @@ pub fn problems(s: &Snapshot, master_count: usize, now: SystemTime) -> Vec<Strin
         match &s.state {
             None => p.push("no cluster state yet: no control-plane node has initialized".into()),
             Some(st) => {
-                if st.phase != crate::node::join::Phase::Ready {
+                if st.phase != crate::contract::join::Phase::Ready {
                     p.push(format!(
                         "phase {} (by {} since {})",
                         phase_name(st),
@@ -282,9 +286,9 @@ pub fn problems(s: &Snapshot, master_count: usize, now: SystemTime) -> Vec<Strin
         }
         if s.state
             .as_ref()
-            .is_some_and(|st| st.phase == crate::node::join::Phase::Ready)
+            .is_some_and(|st| st.phase == crate::contract::join::Phase::Ready)
         {
-            for want in ["join/control-plane", "join/worker"] {
+            for want in [layout::JOIN_CONTROL_PLANE, layout::JOIN_WORKER] {
                 match s.join.iter().find(|j| j.parameter.ends_with(want)) {
                     None => p.push(format!("no {want} material: nodes cannot join")),
                     Some(j) if j.expires_at <= now => p.push(format!(
@@ -301,8 +305,8 @@ pub fn problems(s: &Snapshot, master_count: usize, now: SystemTime) -> Vec<Strin
 
 fn phase_name(s: &State) -> &'static str {
     match s.phase {
-        crate::node::join::Phase::Initializing => "initializing",
-        crate::node::join::Phase::Ready => "ready",
+        crate::contract::join::Phase::Initializing => "initializing",
+        crate::contract::join::Phase::Ready => "ready",
     }
 }
 
@@ -428,7 +432,7 @@ pub fn text(s: &Snapshot, now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::join::{EtcdHealth, Phase};
+    use crate::contract::join::{EtcdHealth, Phase};
     use std::time::Duration;
 
     fn snapshot() -> Snapshot {

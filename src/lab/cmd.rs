@@ -228,26 +228,10 @@ fn lab_plan(spec: &crate::spec::ClusterSpec, source: &Source) -> Result<LabPlan>
         Error::Invalid(crate::error::Diagnostics(vec![crate::error::Diagnostic {
             file: source.name.clone(),
             pos,
-            path: dotted(&p.pointer),
+            path: crate::yaml::dotted(&p.pointer),
             message: format!("lab: {}", p.message),
         }]))
     })
-}
-
-/// `/spec/workerPools/0/name` as the spec's messages name it: `spec.workerPools[0].name`.
-fn dotted(pointer: &str) -> String {
-    let mut out = String::new();
-    for seg in pointer.split('/').filter(|s| !s.is_empty()) {
-        if seg.chars().all(|c| c.is_ascii_digit()) {
-            out.push_str(&format!("[{seg}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(seg);
-        }
-    }
-    out
 }
 
 fn say(msg: &str) {
@@ -854,7 +838,7 @@ fn fetch_kubeconfig(l: &Layout, nodes: &[plan::LabNode]) -> bool {
     }
     for m in nodes
         .iter()
-        .filter(|n| n.role == crate::node::config::Role::Master)
+        .filter(|n| n.role == crate::contract::node_config::Role::Master)
     {
         let src = l.root(&m.key).join("etc/kubernetes/admin.conf");
         if let Ok(b) = std::fs::read(&src) {
@@ -1507,15 +1491,6 @@ mod tests {
             not_ready_report(&["m1"], &Err("connection refused".into())),
             "the API server never answered the lab: connection refused"
         );
-    }
-
-    #[test]
-    fn pointers_read_as_the_specs_messages_name_fields() {
-        assert_eq!(
-            dotted("/spec/controlPlane/endpoint/nodes/2/address"),
-            "spec.controlPlane.endpoint.nodes[2].address"
-        );
-        assert_eq!(dotted(""), "");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::contract::node_config::Role;
 use crate::error::{Error, Result};
-use crate::node::config::Role;
 use crate::render::templates::Templates;
 use crate::render::{self, Group};
 use crate::spec::{ClusterSpec, Endpoint};

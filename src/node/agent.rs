@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::config::NodeConfig;
 use super::kubeadm::NodeIdentity;
 use super::store::Store;
+use crate::contract::node_config::NodeConfig;
 use crate::error::{Error, Result};
 
 /// The seams that let the agent run on a laptop (DESIGN §7).
@@ -30,7 +30,9 @@ impl Seams {
             .unwrap_or_else(|| PathBuf::from("/"));
         let node_config = std::env::var_os("HAIMG_NODE_CONFIG")
             .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(super::config::NODE_CONFIG_PATH.trim_start_matches('/')));
+            .unwrap_or_else(|| {
+                root.join(crate::contract::node_config::NODE_CONFIG_PATH.trim_start_matches('/'))
+            });
         Self {
             kubeadm: std::env::var_os("HAIMG_KUBEADM")
                 .map(PathBuf::from)

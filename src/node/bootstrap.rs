@@ -30,10 +30,12 @@ use std::time::{Duration, SystemTime};
 
 use super::agent::{paths, write_secret_file, Agent, SecretFile};
 use super::backoff::Backoff;
-use super::config::{NodeEndpoint, Role, StaticJoin, STATIC_TOKEN_TTL};
-use super::join::{EtcdHealth, JoinMaterial, MemberRecord, Phase, PublishedTimes, State};
+use super::kubeadm;
 use super::store::{Acquired, Created, Election, Held};
-use super::{kubeadm, pki, secret};
+use crate::contract::join::{EtcdHealth, JoinMaterial, MemberRecord, Phase, PublishedTimes, State};
+use crate::contract::layout;
+use crate::contract::node_config::{NodeEndpoint, Role, StaticJoin, STATIC_TOKEN_TTL};
+use crate::contract::{pki, secret};
 use crate::error::{Error, Result};
 
 pub async fn run(agent: &Agent) -> Result<()> {
@@ -209,7 +211,7 @@ enum Step {
 }
 
 async fn worker_step(agent: &Agent, margin: Duration) -> Result<Step> {
-    match agent.store.get::<JoinMaterial>("join/worker").await? {
+    match agent.store.get::<JoinMaterial>(layout::JOIN_WORKER).await? {
         Some(m) if m.usable(super::clock::now(), margin) => {
             join(agent, &m, None).await?;
             Ok(Step::Done)
@@ -225,7 +227,7 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
     let now = super::clock::now();
     if let Some(m) = agent
         .store
-        .get::<JoinMaterial>("join/control-plane")
+        .get::<JoinMaterial>(layout::JOIN_CONTROL_PLANE)
         .await?
     {
         if !m.usable(now, margin) {
@@ -248,7 +250,7 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
             Err(e) => Err(e),
         };
     }
-    if let Some(state) = agent.store.get::<State>("state").await? {
+    if let Some(state) = agent.store.get::<State>(layout::STATE).await? {
         if state.phase == Phase::Ready {
             return Ok(Step::Wait("the cluster is ready but publishes no control-plane join material; waiting for `haimg node refresh`".into()));
         }
@@ -256,7 +258,7 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
     let lease = Duration::from_secs(agent.cfg.agent.init_lease_seconds);
     let election = Election {
         store: &agent.store,
-        dir: "init".into(),
+        dir: layout::INIT_LOCKS.into(),
         lease,
     };
     match election.try_acquire(&agent.id.instance_id, now).await? {
@@ -285,7 +287,7 @@ async fn master_step(agent: &Agent, margin: Duration, boot: SystemTime) -> Resul
 async fn rotated_during_join(agent: &Agent, used: &JoinMaterial, e: Error) -> Result<Step> {
     let now = agent
         .store
-        .get::<JoinMaterial>("join/control-plane")
+        .get::<JoinMaterial>(layout::JOIN_CONTROL_PLANE)
         .await?;
     match now {
         Some(n) if n.generation != used.generation => Ok(Step::Again(format!(
@@ -310,12 +312,7 @@ async fn record_member(agent: &Agent) -> Result<()> {
     };
     agent
         .store
-        .put(
-            &format!("members/{}", agent.id.instance_id),
-            &record,
-            false,
-            true,
-        )
+        .put(&layout::member(&agent.id.instance_id), &record, false, true)
         .await?;
     Ok(())
 }
@@ -329,7 +326,7 @@ async fn record_member(agent: &Agent) -> Result<()> {
 async fn membership_blocks_join(agent: &Agent, boot: SystemTime) -> Result<Option<String>> {
     let health = agent
         .store
-        .get::<State>("state")
+        .get::<State>(layout::STATE)
         .await?
         .and_then(|s| s.etcd);
     if let Some(h) = &health {
@@ -398,7 +395,7 @@ async fn init(agent: &Agent, held: &Held) -> Result<Step> {
     };
     // Create-only: a holder that took over never overwrites what its predecessor wrote,
     // and only the master whose publication wins writes `P/state` again (ready).
-    agent.store.put("state", &state, false, false).await?;
+    agent.store.put(layout::STATE, &state, false, false).await?;
     record_member(agent).await?;
 
     let token = secret::bootstrap_token();
@@ -414,7 +411,7 @@ async fn init(agent: &Agent, held: &Held) -> Result<Step> {
         let material = material(agent, &endpoint, token, key, 1)?;
         let created = agent
             .store
-            .put("join/control-plane", &material, true, false)
+            .put(layout::JOIN_CONTROL_PLANE, &material, true, false)
             .await?;
         Ok::<_, Error>((material, created))
     }
@@ -463,7 +460,7 @@ async fn init(agent: &Agent, held: &Held) -> Result<Step> {
         etcd: Some(health),
         ..state
     };
-    agent.store.put("state", &ready, false, true).await?;
+    agent.store.put(layout::STATE, &ready, false, true).await?;
     tracing::info!(endpoint = %endpoint, "cluster initialized; join material published");
     Ok(Step::Done)
 }
@@ -550,14 +547,20 @@ pub fn material(
 pub async fn publish_worker(agent: &Agent, m: &JoinMaterial) -> Result<()> {
     let worker =
         m.for_workers(m.issued_at + Duration::from_secs(agent.cfg.agent.token_ttl_seconds));
-    agent.store.put("join/worker", &worker, true, true).await?;
+    agent
+        .store
+        .put(layout::JOIN_WORKER, &worker, true, true)
+        .await?;
     let times = PublishedTimes {
         generation: m.generation,
         issued_at: m.issued_at,
         control_plane_expires_at: m.expires_at,
         worker_expires_at: worker.expires_at,
     };
-    agent.store.put("join/times", &times, false, true).await?;
+    agent
+        .store
+        .put(layout::JOIN_TIMES, &times, false, true)
+        .await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
-use super::config::EtcdSettings;
+use crate::contract::node_config::EtcdSettings;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

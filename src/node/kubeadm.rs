@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::config::NodeConfig;
-use super::secret::Secret;
+use crate::contract::node_config::NodeConfig;
+use crate::contract::secret::Secret;
 use crate::kubernetes::kubeadm_api_version;
 
 /// What the agent knows about this node (from IMDS).

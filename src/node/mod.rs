@@ -5,16 +5,12 @@ pub mod agent;
 pub mod backoff;
 pub mod bootstrap;
 pub mod clock;
-pub mod config;
 pub mod etcd;
 pub mod evict;
-pub mod join;
 pub mod kubeadm;
-pub mod pki;
 pub mod preflight;
 pub mod reconcile;
 pub mod refresh;
-pub mod secret;
 pub mod store;
 pub mod watch;
 
@@ -56,7 +52,7 @@ pub fn run(args: Args) -> Result<()> {
             let settings = if seams.node_config.exists() {
                 agent::load_config(&seams)?.agent
             } else {
-                config::AgentSettings::default()
+                crate::contract::node_config::AgentSettings::default()
             };
             let bound = std::time::Duration::from_secs(settings.cri_wait_seconds);
             return preflight::run(&seams, bound).await;

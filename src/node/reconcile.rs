@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use super::agent::Agent;
 use super::etcd::{removal_keeps_quorum, Etcd, Member};
-use super::join::{EtcdHealth, MemberRecord, State};
+use crate::contract::join::{EtcdHealth, MemberRecord, State};
+use crate::contract::layout;
 use crate::error::{Error, Result};
 
 /// An EC2 instance of this cluster, as reconcile sees it.
@@ -244,19 +245,16 @@ pub async fn run(agent: &Agent) -> Result<()> {
             .iter()
             .any(|i| i.id == r.instance_id && i.state == "terminated")
     }) {
-        agent
-            .store
-            .delete(&format!("members/{}", r.instance_id))
-            .await?;
+        agent.store.delete(&layout::member(&r.instance_id)).await?;
     }
-    if let Some(mut state) = agent.store.get::<State>("state").await? {
+    if let Some(mut state) = agent.store.get::<State>(layout::STATE).await? {
         state.etcd = Some(EtcdHealth {
             members: after.len(),
             dead,
             checked_at: super::clock::now(),
             checked_by: agent.id.instance_id.clone(),
         });
-        agent.store.put("state", &state, false, true).await?;
+        agent.store.put(layout::STATE, &state, false, true).await?;
     }
     Ok(())
 }

@@ -36,10 +36,11 @@ use std::time::Duration;
 
 use super::agent::{paths, write_secret_file, Agent, SecretFile};
 use super::bootstrap::{material, publish_worker, resolve_endpoint};
-use super::join::JoinMaterial;
 use super::kubeadm;
-use super::secret::{self, Secret};
 use super::store::{Acquired, Election, Held};
+use crate::contract::join::JoinMaterial;
+use crate::contract::layout;
+use crate::contract::secret::{self, Secret};
 use crate::error::{Error, Result};
 
 pub async fn run(agent: &Agent) -> Result<()> {
@@ -50,7 +51,7 @@ pub async fn run(agent: &Agent) -> Result<()> {
     let now = super::clock::now();
     let current = agent
         .store
-        .get::<JoinMaterial>("join/control-plane")
+        .get::<JoinMaterial>(layout::JOIN_CONTROL_PLANE)
         .await?;
     if current.is_none() {
         // admin.conf is written early in `kubeadm init` (its kubeconfig phase), long before
@@ -60,9 +61,9 @@ pub async fn run(agent: &Agent) -> Result<()> {
         // first generation is for a cluster that is Ready and lost its material only.
         let ready = agent
             .store
-            .get::<super::join::State>("state")
+            .get::<crate::contract::join::State>(layout::STATE)
             .await?
-            .is_some_and(|s| s.phase == super::join::Phase::Ready);
+            .is_some_and(|s| s.phase == crate::contract::join::Phase::Ready);
         if !ready {
             tracing::info!(
                 "the cluster is not initialized yet (P/state is not Ready): nothing to refresh"
@@ -73,7 +74,7 @@ pub async fn run(agent: &Agent) -> Result<()> {
     let generation = current.as_ref().map(|m| m.generation + 1).unwrap_or(1);
     let election = Election {
         store: &agent.store,
-        dir: format!("rotation/{generation}"),
+        dir: layout::rotation_locks(generation),
         lease: Duration::from_secs(agent.cfg.agent.rotation_lease_seconds),
     };
     if let Some(m) = &current {
@@ -176,7 +177,7 @@ async fn rotate(
     held.check().await?;
     if let Some(newer) = agent
         .store
-        .get::<JoinMaterial>("join/control-plane")
+        .get::<JoinMaterial>(layout::JOIN_CONTROL_PLANE)
         .await?
         .filter(|p| p.generation >= generation)
     {
@@ -189,7 +190,7 @@ async fn rotate(
     }
     agent
         .store
-        .put("join/control-plane", &m, true, true)
+        .put(layout::JOIN_CONTROL_PLANE, &m, true, true)
         .await?;
     publish_worker(agent, &m).await?;
     tracing::info!(generation, "join material rotated");

@@ -8,7 +8,7 @@ use aws_sdk_ssm::types::ParameterType;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::join::Lock;
+use crate::contract::join::Lock;
 use crate::error::{Error, Result};
 
 #[derive(Clone)]
@@ -150,29 +150,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-}
-
-/// Whether `rel` (a name relative to `P`) is one of the parameters haimg writes (DESIGN §6):
-/// `state`, `cluster` (written by `haimg up`), `join/control-plane`, `join/worker`,
-/// `members/<instance-id>`, `init/lock-<epoch>` and `rotation/<generation>/lock-<epoch>`. `haimg down` deletes these
-/// and nothing else, so a prefix shared by mistake never loses a stranger's parameter.
-pub fn is_layout_name(rel: &str) -> bool {
-    let lock = |s: &str| {
-        s.strip_prefix("lock-")
-            .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
-    };
-    match rel.split('/').collect::<Vec<_>>().as_slice() {
-        ["state" | "cluster"] => true,
-        ["members", id] => {
-            id.starts_with("i-")
-                && id[2..].bytes().all(|b| b.is_ascii_alphanumeric())
-                && id.len() > 2
-        }
-        ["join", "control-plane" | "worker" | "times"] => true,
-        ["init", l] => lock(l),
-        ["rotation", g, l] => !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) && lock(l),
-        _ => false,
     }
 }
 
@@ -358,45 +335,5 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.renewer.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_layout_name;
-
-    #[test]
-    fn layout_names_are_exactly_what_haimg_writes() {
-        for n in [
-            "state",
-            "cluster",
-            "join/control-plane",
-            "join/worker",
-            "join/times",
-            "init/lock-1",
-            "init/lock-12",
-            "rotation/3/lock-1",
-            "members/i-0123456789abcdef0",
-        ] {
-            assert!(is_layout_name(n), "{n}");
-        }
-        for n in [
-            "",
-            "states",
-            "join",
-            "join/other",
-            "init/lock-",
-            "init/lock-x",
-            "init/lock-1/x",
-            "rotation/x/lock-1",
-            "rotation//lock-1",
-            "images/ubuntu/latest",
-            "members/",
-            "members/i-",
-            "members/node-1",
-            "members/i-1/x",
-        ] {
-            assert!(!is_layout_name(n), "{n}");
-        }
     }
 }

@@ -22,9 +22,9 @@
 use std::time::Duration;
 
 use super::agent::{paths, Agent};
-use super::config::Role;
 use super::etcd::Etcd;
 use super::evict::{self, Api, Kubeconfig};
+use crate::contract::node_config::Role;
 use crate::error::{Error, Result};
 
 pub async fn run(agent: &Agent) -> Result<()> {
@@ -55,7 +55,7 @@ pub async fn run(agent: &Agent) -> Result<()> {
     }
 }
 
-async fn leave(agent: &Agent, asg: &super::config::NodeAutoscaling) -> Result<()> {
+async fn leave(agent: &Agent, asg: &crate::contract::node_config::NodeAutoscaling) -> Result<()> {
     if agent.has_joined() || agent.is_control_plane_ready() {
         if let Err(e) = drain(agent, asg).await {
             tracing::error!(error = %e, "draining failed; leaving anyway");
@@ -88,7 +88,7 @@ async fn leave(agent: &Agent, asg: &super::config::NodeAutoscaling) -> Result<()
 /// Evicts this node's pods through the Eviction API with the node's own credentials
 /// (`kubectl drain` needs to read DaemonSets, which a kubelet may not), heartbeating the
 /// lifecycle action while a disruption budget or a grace period makes it wait.
-async fn drain(agent: &Agent, asg: &super::config::NodeAutoscaling) -> Result<()> {
+async fn drain(agent: &Agent, asg: &crate::contract::node_config::NodeAutoscaling) -> Result<()> {
     let conf = if agent.is_control_plane_ready() {
         paths::ADMIN_CONF
     } else {

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::contract::types::{AmiId, AmiParameter, ImageRef, KubernetesVersion};
 use crate::error::{Diagnostic, Diagnostics, Error};
 use crate::spec::resolve::Ctx;
-use crate::spec::types::{AmiId, AmiParameter, ImageRef, KubernetesVersion};
 
 pub const DEFAULT_NAME: &str = "ubuntu-20.04";
 /// Recipes shipped in the binary, by name (`haimg bake ubuntu-22.04` works air-gapped).
@@ -426,7 +426,7 @@ fn load_files(text: &str, source: &str, files: Files) -> Result<Loaded, Error> {
         Error::Invalid(Diagnostics(vec![Diagnostic {
             file: source.into(),
             pos: doc.value_pos(&pointer),
-            path: crate::spec::schema::dotted(&pointer),
+            path: crate::yaml::dotted(&pointer),
             message: msg,
         }]))
     })?;

@@ -471,13 +471,13 @@ fn release(cx: &mut Ctx, s: &SpecFile) -> Option<Os> {
 }
 
 pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe> {
-    if f.api_version != crate::spec::wire::API_VERSION {
+    if f.api_version != crate::contract::API_VERSION {
         cx.error(
             "/apiVersion",
             format!(
                 "`{}` is not supported: use {}",
                 f.api_version,
-                crate::spec::wire::API_VERSION
+                crate::contract::API_VERSION
             ),
         );
     }

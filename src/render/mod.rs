@@ -27,12 +27,13 @@ mod vip;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::Result;
-use crate::node::config::{
+use crate::contract::layout;
+use crate::contract::node_config::{
     FixedIdentity, NodeAutoscaling, NodeConfig, NodeEndpoint, NodeKubernetes, NodeSsm, Role,
     StaticJoin, NODE_CONFIG_KIND,
 };
-use crate::spec::types::PoolName;
+use crate::contract::types::PoolName;
+use crate::error::Result;
 use crate::spec::{ClusterSpec, Credentials, Endpoint, ImageSource, VipNode, WorkerPool};
 use templates::Templates;
 pub use userdata::{UserData, USER_DATA_LIMIT};
@@ -109,7 +110,7 @@ pub fn node_config(spec: &ClusterSpec, group: Group) -> NodeConfig {
         }
     };
     NodeConfig {
-        api_version: crate::spec::wire::API_VERSION.into(),
+        api_version: crate::contract::API_VERSION.into(),
         kind: NODE_CONFIG_KIND.into(),
         cluster: spec.name.clone(),
         role: group.role(),
@@ -469,7 +470,7 @@ pub fn status_policy(spec: &ClusterSpec) -> iam::Policy {
     let region = &spec.region;
     let prefix = spec.ssm.prefix.as_str();
     let arns = if matches!(spec.credentials, crate::spec::Credentials::Ssm) {
-        ["state", "join/times"]
+        [layout::STATE, layout::JOIN_TIMES]
             .iter()
             .map(|rel| format!("arn:{part}:ssm:{region}:*:parameter{prefix}/{rel}"))
             .collect()

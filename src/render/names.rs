@@ -3,7 +3,7 @@
 //! A cluster name is at most 20 characters, so every name here fits its AWS limit
 //! (load balancers and target groups: 32).
 
-use crate::spec::types::{ClusterName, PoolName};
+use crate::contract::types::{ClusterName, PoolName};
 
 /// The termination lifecycle hook on every Auto Scaling group.
 pub const LIFECYCLE_HOOK: &str = "haimg-drain";

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::templates::Templates;
 use super::{node_config, Group};
+use crate::contract::node_config::StaticJoin;
 use crate::error::{Error, Result};
-use crate::node::config::StaticJoin;
 use crate::spec::{ClusterSpec, Credentials};
 
 /// EC2 accepts at most 16 KB of user-data, measured before base64.
@@ -50,7 +50,7 @@ struct Ctx {
 pub fn render(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<UserData> {
     let node = node_config(spec, group);
     let mut files = vec![super::vip::NodeFile {
-        path: crate::node::config::NODE_CONFIG_PATH.into(),
+        path: crate::contract::node_config::NODE_CONFIG_PATH.into(),
         // With static credentials the node config holds the token: root only.
         permissions: if node.credentials.is_some() {
             "0600"
@@ -85,7 +85,7 @@ pub fn render(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<UserDat
     let ca_key = files.iter().any(|f| f.path.ends_with("/ca.key"));
     let ctx = Ctx {
         ssm_credentials: node.credentials.is_none(),
-        role_master: group.role() == crate::node::config::Role::Master,
+        role_master: group.role() == crate::contract::node_config::Role::Master,
         ca_key,
         description: format!(
             "haimg {} user-data: cluster {}, {}",

@@ -20,9 +20,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::secret::Secret;
+use crate::contract::{pki, secret};
 use crate::error::{Diagnostic, Diagnostics, Error, Result};
-use crate::node::secret::Secret;
-use crate::node::{pki, secret};
 
 pub const KIND: &str = "StaticCredentials";
 
@@ -79,7 +79,7 @@ pub fn generate(now: SystemTime) -> Result<StaticMaterial> {
     params.not_after = rcgen::date_time_ymd(y + 10, m, d.min(28));
     let cert = params.self_signed(&key).map_err(fail)?;
     Ok(StaticMaterial {
-        api_version: crate::spec::wire::API_VERSION.into(),
+        api_version: crate::contract::API_VERSION.into(),
         kind: KIND.into(),
         created_at,
         token: secret::bootstrap_token(),
@@ -107,19 +107,15 @@ pub fn parse(text: &str, file: &str) -> Result<StaticMaterial> {
     let doc = crate::yaml::parse(text)
         .map_err(|e| invalid(e.pos, "", format!("invalid YAML: {}", e.message)))?;
     let m: StaticMaterial = crate::yaml::from_document(&doc).map_err(|(pointer, msg)| {
-        invalid(
-            doc.value_pos(&pointer),
-            &crate::spec::schema::dotted(&pointer),
-            msg,
-        )
+        invalid(doc.value_pos(&pointer), &crate::yaml::dotted(&pointer), msg)
     })?;
-    if m.api_version != crate::spec::wire::API_VERSION || m.kind != KIND {
+    if m.api_version != crate::contract::API_VERSION || m.kind != KIND {
         return Err(invalid(
             doc.value_pos("/kind"),
             "kind",
             format!(
                 "expected apiVersion {} and kind {KIND}",
-                crate::spec::wire::API_VERSION
+                crate::contract::API_VERSION
             ),
         ));
     }

@@ -12,15 +12,14 @@
 pub mod credentials;
 pub(crate) mod resolve;
 pub mod schema;
-pub mod types;
 pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::contract::types::*;
 use crate::error::{Diagnostic, Diagnostics, Error};
 pub use resolve::resolve;
-use types::*;
 
 /// The example cluster embedded in the binary: the default when no `cluster.yaml` exists.
 pub const EXAMPLE: &str = include_str!("../../examples/cluster.yaml");
@@ -246,7 +245,7 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, Error> {
             d.0.push(Diagnostic {
                 file: file.into(),
                 pos: doc.value_pos(&pointer),
-                path: schema::dotted(&pointer),
+                path: crate::yaml::dotted(&pointer),
                 message,
             });
             d.sort();

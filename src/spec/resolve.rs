@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::schema::dotted;
-use super::types::*;
 use super::wire::{self, API_VERSION};
 use super::*;
+use crate::contract::types::*;
 use crate::error::Diagnostic;
+use crate::yaml::dotted;
 use crate::yaml::{escape, Document};
 
 pub struct Outcome {

@@ -10,8 +10,8 @@ use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::types::JsonType;
 use serde_json::Value;
 
-use super::types::explain_pattern;
 use super::wire::ClusterFile;
+use crate::contract::types::explain_pattern;
 use crate::error::Diagnostic;
 use crate::yaml::{self, Document};
 
@@ -82,7 +82,7 @@ pub fn check(doc: &Document, file: &str) -> Structural {
         let where_ = if parent.is_empty() {
             "the document".to_string()
         } else {
-            format!("`{}`", dotted(&parent))
+            format!("`{}`", crate::yaml::dotted(&parent))
         };
         let message = format!("missing required field `{name}` in {where_}");
         out.diagnostics.push((
@@ -90,7 +90,7 @@ pub fn check(doc: &Document, file: &str) -> Structural {
             Diagnostic {
                 file: file.to_string(),
                 pos: doc.value_pos(&parent),
-                path: dotted(&pointer),
+                path: crate::yaml::dotted(&pointer),
                 message,
             },
         ));
@@ -118,7 +118,7 @@ fn handle(
     let diag = |pointer: &str, pos, message: String| Diagnostic {
         file: file.to_string(),
         pos,
-        path: dotted(pointer),
+        path: crate::yaml::dotted(pointer),
         message,
     };
     match &err.kind {
@@ -260,23 +260,6 @@ fn handle(
     }
 }
 
-/// `/spec/workerPools/0/name` → `spec.workerPools[0].name`.
-pub fn dotted(pointer: &str) -> String {
-    let mut out = String::new();
-    for seg in pointer.split('/').skip(1) {
-        let seg = seg.replace("~1", "/").replace("~0", "~");
-        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-            out.push_str(&format!("[{seg}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&seg);
-        }
-    }
-    out
-}
-
 fn type_word(t: JsonType) -> &'static str {
     match t {
         JsonType::Array => "a list",
@@ -396,16 +379,6 @@ fn expand<'a>(root: &'a Value, node: &'a Value) -> Vec<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dotted_paths() {
-        assert_eq!(
-            dotted("/spec/workerPools/0/name"),
-            "spec.workerPools[0].name"
-        );
-        assert_eq!(dotted(""), "");
-        assert_eq!(dotted("/spec/tags/a~1b"), "spec.tags.a/b");
-    }
 
     #[test]
     fn suggestions() {

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::types::*;
+use crate::contract::types::*;
 
-pub const API_VERSION: &str = "haimg.dev/v1alpha1";
+pub use crate::contract::API_VERSION;
 
 /// A highly-available kubeadm cluster on AWS, rendered and applied by haimg.
 #[derive(Debug, Deserialize, JsonSchema)]

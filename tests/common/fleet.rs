@@ -446,7 +446,7 @@ pub const COMPLETE_LIFECYCLE_ACTION_RESPONSE: &str = r#"<CompleteLifecycleAction
 
 // ---- a simulated cluster: what `haimg up` would have created in moto ----
 
-use haimg::node::config::{AgentSettings, NodeConfig};
+use haimg::contract::node_config::{AgentSettings, NodeConfig};
 use haimg::render::Group;
 
 pub struct Cluster {

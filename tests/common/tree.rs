@@ -123,7 +123,8 @@ pub fn check_node_yaml(rel: &str, text: &str) {
         .find(|f| f["path"] == "/etc/haimg/node.yaml")
         .unwrap_or_else(|| panic!("{rel}: no node.yaml"));
     let cfg =
-        haimg::node::config::NodeConfig::from_yaml(node["content"].as_str().unwrap(), rel).unwrap();
+        haimg::contract::node_config::NodeConfig::from_yaml(node["content"].as_str().unwrap(), rel)
+            .unwrap();
     assert_eq!(
         cfg.role.as_str(),
         if rel.contains("master") {

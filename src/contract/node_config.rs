@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Diagnostic, Diagnostics, Error};
-use crate::spec::types::{
+use crate::contract::types::{
     Cidr, ClusterName, KmsKeyId, KubernetesVersion, PoolName, Region, SsmPath,
 };
+use crate::error::{Diagnostic, Diagnostics, Error};
 
 pub const NODE_CONFIG_KIND: &str = "NodeConfig";
 /// Where cloud-init writes the node config.
@@ -33,19 +33,15 @@ impl NodeConfig {
         let doc = crate::yaml::parse(text)
             .map_err(|e| invalid(e.pos, String::new(), format!("invalid YAML: {}", e.message)))?;
         let cfg: NodeConfig = crate::yaml::from_document(&doc).map_err(|(pointer, msg)| {
-            invalid(
-                doc.value_pos(&pointer),
-                crate::spec::schema::dotted(&pointer),
-                msg,
-            )
+            invalid(doc.value_pos(&pointer), crate::yaml::dotted(&pointer), msg)
         })?;
-        if cfg.api_version != crate::spec::wire::API_VERSION || cfg.kind != NODE_CONFIG_KIND {
+        if cfg.api_version != crate::contract::API_VERSION || cfg.kind != NODE_CONFIG_KIND {
             return Err(invalid(
                 doc.value_pos("/apiVersion"),
                 "apiVersion".into(),
                 format!(
                     "expected apiVersion {} and kind {NODE_CONFIG_KIND}",
-                    crate::spec::wire::API_VERSION
+                    crate::contract::API_VERSION
                 ),
             ));
         }

@@ -1,0 +1,84 @@
+//! The module layering the crate documents (src/lib.rs), checked on the source itself: a
+//! dependency that points the wrong way fails here, not in a reviewer's head.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(sources(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every `crate::<module>` a file names, with its line number.
+fn crate_paths(text: &str) -> Vec<(usize, String)> {
+    let mut out = vec![];
+    for (n, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find("crate::") {
+            let tail = &rest[at + "crate::".len()..];
+            let name: String = tail
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            out.push((n + 1, name));
+            rest = tail;
+        }
+    }
+    out
+}
+
+fn src(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(rel)
+}
+
+/// Which of haimg's modules `files` use beyond `allowed`, as `file:line: crate::name`.
+fn uses_beyond(files: &[PathBuf], allowed: &[&str]) -> Vec<String> {
+    let mut bad = vec![];
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (line, name) in crate_paths(&text) {
+            if !allowed.contains(&name.as_str()) {
+                bad.push(format!("{}:{line}: crate::{name}", f.display()));
+            }
+        }
+        if text.contains("super::super") {
+            bad.push(format!("{}: super::super", f.display()));
+        }
+    }
+    bad
+}
+
+#[test]
+fn the_contracts_use_nothing_of_haimg_but_errors_and_yaml() {
+    let files = sources(&src("contract"));
+    assert!(files.len() >= 6, "{files:?}");
+    let bad = uses_beyond(&files, &["contract", "error", "yaml"]);
+    assert!(
+        bad.is_empty(),
+        "the contract module must stay a leaf:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn errors_and_yaml_use_nothing_of_haimg() {
+    let bad = uses_beyond(&[src("error.rs"), src("yaml.rs")], &["error"]);
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn the_layering_check_sees_a_wrong_way_dependency() {
+    let text = "use crate::error::Error;\nfn f() { crate::node::run(); }\n";
+    assert_eq!(
+        crate_paths(text),
+        vec![(1, "error".to_string()), (2, "node".to_string())]
+    );
+}
