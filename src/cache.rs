@@ -65,8 +65,17 @@ pub fn file_sha256_in(store: Option<&Path>, path: &Path, now: SystemTime) -> io:
 fn hash(path: &Path) -> io::Result<String> {
     let mut f = fs::File::open(path)?;
     let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    Ok(crate::bake::hex(&h.finalize()))
+    // sha2 0.11 no longer implements `io::Write`: feed it in 1 MiB reads.
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match io::Read::read(&mut f, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// The entry's name: a digest of where the file is and every stat field a write changes.
@@ -83,7 +92,7 @@ fn stat_key(path: &Path, m: &fs::Metadata) -> String {
         m.ctime(),
         m.ctime_nsec()
     );
-    crate::bake::hex(&Sha256::digest(key.as_bytes()))[..32].to_string()
+    hex::encode(&Sha256::digest(key.as_bytes()))[..32].to_string()
 }
 
 fn settled(m: &fs::Metadata, now: SystemTime) -> bool {
@@ -128,7 +137,7 @@ mod tests {
     const LATER: Duration = Duration::from_secs(3600);
 
     fn sha(data: &[u8]) -> String {
-        crate::bake::hex(&Sha256::digest(data))
+        hex::encode(&Sha256::digest(data))
     }
 
     #[test]

@@ -5,7 +5,12 @@
 //! point at the exact spot in the user's file. Plain scalars are resolved with the YAML 1.2
 //! core schema (`yes`/`no` are strings, as in serde_yaml). Duplicate keys are errors.
 //!
-//! Writing: serde_yaml (deprecated upstream; swapping it only touches this file).
+//! Writing: [`to_string`], a small block-style emitter of our own. Its readers are PyYAML
+//! (cloud-init, YAML 1.1) and Go's YAML (kubeadm), so a string is written plain only when it
+//! reads back as that same string under YAML 1.1 and 1.2 alike (`1.30.4`, `/haimg/demo`,
+//! `IfNotPresent`); any other string is written as a JSON string, which both read as a
+//! double-quoted scalar. (serde_yaml, used before, is deprecated upstream; yaml-rust2's emitter
+//! leaves YAML 1.1 dates and `1_000` unquoted.)
 
 use std::collections::HashMap;
 
@@ -130,10 +135,121 @@ pub fn from_document<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Serializes a value as YAML.
+/// Serializes a value as block-style YAML (see the module's documentation for quoting).
 pub fn to_string<T: serde::Serialize>(value: &T) -> String {
-    // Serializing plain data structs (no maps with non-string keys) cannot fail.
-    serde_yaml::to_string(value).expect("YAML serialization of plain data")
+    // Plain data structs (string keys only) always convert to a JSON value.
+    let v = serde_json::to_value(value).expect("YAML serialization of plain data");
+    let mut out = String::new();
+    match &v {
+        Value::Object(m) if !m.is_empty() => emit_map(&mut out, m, 0, false),
+        Value::Array(a) if !a.is_empty() => emit_seq(&mut out, a, 0, false),
+        scalar => {
+            out.push_str(&inline(scalar));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A scalar, or an empty collection, as it is written after `key: ` or `- `.
+fn inline(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => scalar(s),
+        Value::Array(_) => "[]".into(),
+        Value::Object(_) => "{}".into(),
+    }
+}
+
+fn is_block(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => !m.is_empty(),
+        _ => false,
+    }
+}
+
+/// `indent` spaces before every line but the first when `inline_first` (after `- `).
+fn emit_map(out: &mut String, m: &Map<String, Value>, indent: usize, inline_first: bool) {
+    for (i, (k, v)) in m.iter().enumerate() {
+        if i > 0 || !inline_first {
+            out.push_str(&" ".repeat(indent));
+        }
+        out.push_str(&scalar(k));
+        out.push(':');
+        match v {
+            Value::Object(m) if is_block(v) => {
+                out.push('\n');
+                emit_map(out, m, indent + 2, false);
+            }
+            Value::Array(a) if is_block(v) => {
+                out.push('\n');
+                emit_seq(out, a, indent + 2, false);
+            }
+            _ => {
+                out.push(' ');
+                out.push_str(&inline(v));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn emit_seq(out: &mut String, a: &[Value], indent: usize, inline_first: bool) {
+    for (i, v) in a.iter().enumerate() {
+        if i > 0 || !inline_first {
+            out.push_str(&" ".repeat(indent));
+        }
+        out.push_str("- ");
+        match v {
+            Value::Object(m) if is_block(v) => emit_map(out, m, indent + 2, true),
+            Value::Array(a) if is_block(v) => emit_seq(out, a, indent + 2, true),
+            _ => {
+                out.push_str(&inline(v));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// A string plain when YAML 1.1 and 1.2 both read it back as itself, else JSON-quoted.
+fn scalar(s: &str) -> String {
+    if plain_is_safe(s) {
+        s.to_string()
+    } else {
+        serde_json::to_string(s).expect("a string serializes")
+    }
+}
+
+/// Conservative on purpose: words, paths, versions and addresses stay readable; anything a
+/// YAML 1.1 reader might take for a bool, null, number, date or indicator is quoted.
+fn plain_is_safe(s: &str) -> bool {
+    let Some(first) = s.chars().next() else {
+        return false;
+    };
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))
+    {
+        return false;
+    }
+    if first.is_ascii_digit() {
+        // Only digits, slashes and two or more dots (1.30.4, 10.0.0.1, 10.96.0.0/12): no int,
+        // float or date reads that way. `1_000`, `1e5`, `2026-12-04` and `0x1f` are quoted.
+        return s
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '/')
+            && s.matches('.').count() >= 2;
+    }
+    if !(first.is_ascii_alphabetic() || first == '/' || first == '_') {
+        return false; // `-x`, `.inf`
+    }
+    const KEYWORDS: [&str; 11] = [
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "nan", "inf",
+    ];
+    !KEYWORDS.contains(&s.to_ascii_lowercase().as_str())
 }
 
 /// Escapes a JSON pointer segment (RFC 6901).
@@ -367,6 +483,41 @@ pub fn dotted(pointer: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emitted_yaml_reads_back_as_the_same_value() {
+        let v = serde_json::json!({
+            "plain": ["IfNotPresent", "/haimg/demo", "alias/aws/ssm", "1.30.4", "10.0.0.1", "10.96.0.0/12", "haimg.dev/v1alpha1"],
+            "quoted": ["", "yes", "No", "on", "OFF", "y", "null", "~", "true", "1", "1.5", "1e5", "1_000",
+                       "0x1f", "0o17", "2026-12-04", "2026-12-04T16:55:48Z", "1:20", ".inf", "-x", "a b",
+                       "a: b", "#c", "it's", "say \"hi\"", "two\nlines", "tab\there", "é", "root:root", "0644"],
+            "numbers": [0, -3, 2.5, 6443],
+            "bools": [true, false],
+            "nothing": null,
+            "empty": {"map": {}, "list": []},
+            "nested": [{"name": "a", "args": ["x", {"k": "v"}], "more": {"deep": [1, [2, 3]]}}],
+            "odd key: yes": "v"
+        });
+        let text = to_string(&v);
+        assert_eq!(parse(&text).unwrap().value, v, "{text}");
+        for line in [
+            "  - IfNotPresent",
+            "  - 1.30.4",
+            "  - 10.96.0.0/12",
+            "  - \"yes\"",
+            "  - \"1_000\"",
+            "  - \"2026-12-04\"",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.starts_with("plain:\n  - IfNotPresent\n"), "{text}");
+        assert!(
+            text.contains("nested:\n  - name: a\n    args:\n      - x\n      - k: v\n"),
+            "{text}"
+        );
+        assert_eq!(to_string(&serde_json::json!("x")), "x\n");
+        assert_eq!(to_string(&serde_json::json!({})), "{}\n");
+    }
 
     #[test]
     fn dotted_paths() {

@@ -403,16 +403,12 @@ pub fn recipe_hash(recipe: &Recipe, base_ami: &str, script: &str) -> String {
         format: "haimg.dev/recipe-hash/v1",
         recipe,
         resolved_base_ami: base_ami,
-        script_sha256: hex(&Sha256::digest(script.as_bytes())),
+        script_sha256: hex::encode(Sha256::digest(script.as_bytes())),
         haimg_version: env!("CARGO_PKG_VERSION"),
     };
     // Struct fields serialize in declaration order and maps are BTreeMaps: canonical.
     let bytes = serde_json::to_vec(&c).expect("plain data serializes");
-    hex(&Sha256::digest(&bytes))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(&bytes))
 }
 
 /// The plan for a recipe whose base AMI is `base_ami`, baking the haimg binary whose

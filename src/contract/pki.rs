@@ -9,13 +9,7 @@ use sha2::{Digest, Sha256};
 pub fn ca_cert_hash(pem: &str) -> Result<String, String> {
     let der = pem_to_der(pem)?;
     let spki = subject_public_key_info(&der)?;
-    Ok(format!(
-        "sha256:{}",
-        Sha256::digest(spki)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ))
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(spki))))
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, String> {

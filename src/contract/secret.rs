@@ -63,12 +63,7 @@ pub fn bootstrap_token() -> Secret {
 
 /// A kubeadm certificate key: 32 random bytes, hex (AES-256 key for the kubeadm-certs Secret).
 pub fn certificate_key() -> Secret {
-    Secret(
-        random_bytes::<32>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
+    Secret(hex::encode(random_bytes::<32>()))
 }
 
 /// Whether `s` has the shape of a bootstrap token.

@@ -378,7 +378,7 @@ fn show(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) if s.len() > 64 => {
             let digest = Sha256::digest(s.as_bytes());
-            let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+            let hex = hex::encode(&digest[..6]);
             format!("<{} bytes, sha256 {hex}…>", s.len())
         }
         serde_json::Value::Null => "(none)".into(),

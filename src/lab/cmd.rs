@@ -854,7 +854,7 @@ fn fetch_kubeconfig(l: &Layout, nodes: &[plan::LabNode]) -> bool {
 /// last thing kubeadm writes) decodes to a complete PEM block, final newline included.
 fn whole_kubeconfig(text: &str) -> bool {
     use base64::Engine;
-    let Ok(v) = serde_yaml::from_str::<serde_json::Value>(text) else {
+    let Ok(v) = crate::yaml::parse(text).map(|d| d.value) else {
         return false;
     };
     let server = v["clusters"][0]["cluster"]["server"].as_str();

@@ -270,7 +270,7 @@ pub fn ec2_private_dns_name(address: Ipv4Addr, region: &str) -> String {
 fn instance_id(cluster: &str, node: &str) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(format!("haimg-lab/{cluster}/{node}").as_bytes());
-    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(d);
     format!("i-{}", &hex[..17])
 }
 

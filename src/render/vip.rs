@@ -161,7 +161,7 @@ pub(super) fn keepalived(
     // VRRP PASS authentication is at most 8 characters and travels in clear: derive it from
     // the cluster and router id, so it separates clusters without pretending to be a secret.
     let digest = Sha256::digest(format!("haimg/{}/{}", spec.name, router_id));
-    let auth_pass: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let auth_pass = hex::encode(&digest[..4]);
     let prefix = if address.is_ipv4() { 32 } else { 128 };
     let ctx = KeepalivedCtx {
         description: description.to_string(),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{hex, Platform};
+use super::Platform;
 use crate::error::Result;
 use crate::recipe::{Os, Recipe};
 use crate::render::templates::Templates;
@@ -128,7 +128,7 @@ pub fn base_key(recipe: &Recipe, mirror: &MirrorState) -> String {
         packages: BASE_PACKAGES,
         variant: "minbase",
     };
-    hex(&Sha256::digest(
+    hex::encode(Sha256::digest(
         serde_json::to_vec(&k).expect("plain data serializes"),
     ))
 }
