@@ -1025,6 +1025,10 @@ fn keep_logs(l: &Layout, keys: &[String]) {
             dir.join(format!("{k}.processes.txt")),
             host::processes(l, k),
         );
+        let _ = std::fs::write(
+            dir.join(format!("{k}.systemd.txt")),
+            host::systemd_state(l, k),
+        );
     }
     for k in keys {
         let journal = l.root(k).join("var/log/journal");
@@ -1036,6 +1040,7 @@ fn keep_logs(l: &Layout, keys: &[String]) {
             &["-p", "warning"][..],
             &["-u", "kubelet"],
             &["-u", "containerd"],
+            &["-u", "cloud-config", "-u", "cloud-final"],
         ] {
             let mut args = vec!["--directory", journal.to_str().unwrap_or_default()];
             args.extend(["--no-pager", "-o", "short-monotonic", "-n", "40"]);

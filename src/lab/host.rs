@@ -354,6 +354,64 @@ pub fn processes(l: &Layout, key: &str) -> String {
     out
 }
 
+/// The node's systemd (PID 1 inside it): the process in its `init.scope`.
+fn node_init(l: &Layout, key: &str) -> Option<i32> {
+    processes(l, key).lines().find_map(|line| {
+        let mut cols = line.split_whitespace();
+        let pid = cols.next()?.parse().ok()?;
+        let _state = cols.next()?;
+        cols.next()?.ends_with("/init.scope").then_some(pid)
+    })
+}
+
+/// What the node's systemd is still doing: its queued jobs and every unit not settled or
+/// failed, asked through its own socket inside the node (for a failed `up`'s logs: a unit
+/// that never finished holds back everything ordered after it, as cloud-final after
+/// cloud-config). Bounded: a stuck PID 1 does not hold up the teardown.
+pub fn systemd_state(l: &Layout, key: &str) -> String {
+    let Some(pid) = node_init(l, key) else {
+        return "no systemd in the node\n".into();
+    };
+    let pid = pid.to_string();
+    let mut out = String::new();
+    for args in [
+        &["list-jobs"][..],
+        &[
+            "list-units",
+            "--all",
+            "--state=activating,deactivating,reloading,failed",
+        ],
+        &["status", "cloud-config.service", "cloud-final.service"],
+    ] {
+        out.push_str(&format!("$ systemctl {}\n", args.join(" ")));
+        let mut cmd = vec![
+            "10",
+            "nsenter",
+            "--target",
+            &pid,
+            "--mount",
+            "--pid",
+            "--",
+            "systemctl",
+        ];
+        cmd.extend(["--no-pager", "--full"]);
+        cmd.extend(args);
+        // `systemctl status` exits 3 for a unit that is not active: its text still says why.
+        let o = Command::new("timeout")
+            .args(&cmd)
+            .stdin(Stdio::null())
+            .output();
+        match o {
+            Ok(o) => {
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+                out.push_str(&String::from_utf8_lossy(&o.stderr));
+            }
+            Err(e) => out.push_str(&format!("cannot run systemctl: {e}\n")),
+        }
+    }
+    out
+}
+
 fn pids_below(dir: &Path) -> Vec<i32> {
     let mut pids = vec![];
     if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {

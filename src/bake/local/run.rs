@@ -394,9 +394,22 @@ pub async fn provision(
     Ok(text)
 }
 
+/// What a plain base's cloud-init is told at its first boot (the provisioning script tells
+/// a baked image the same): the minimal base has no `en_US.UTF-8`, the locale cloud-init
+/// sets by default, so its locale module would fail, and with it cloud-config.service, on
+/// every boot.
+pub const PLAIN_CLOUD_CFG: (&str, &str) = (
+    "etc/cloud/cloud.cfg.d/91-haimg-base-locale.cfg",
+    "# haimg: this base carries no en_US.UTF-8 (no locales package); keep its C.UTF-8.\nlocale: false\n",
+);
+
 /// What the script's last step does to an image, for a plain base no script ran in: an
-/// empty machine id (each node makes its own at first boot), dbus's pointing at it.
+/// empty machine id (each node makes its own at first boot), dbus's pointing at it; and
+/// cloud-init's locale left alone ([`PLAIN_CLOUD_CFG`]).
 pub fn clean_plain(root: &Path) -> Result<()> {
+    let (cfg, text) = PLAIN_CLOUD_CFG;
+    let cfg = root.join(cfg);
+    std::fs::write(&cfg, text).map_err(Error::io(&cfg))?;
     let mid = root.join("etc/machine-id");
     std::fs::write(&mid, b"").map_err(Error::io(&mid))?;
     let dbus = root.join("var/lib/dbus/machine-id");
