@@ -92,7 +92,7 @@ fn stat_key(path: &Path, m: &fs::Metadata) -> String {
         m.ctime(),
         m.ctime_nsec()
     );
-    hex::encode(&Sha256::digest(key.as_bytes()))[..32].to_string()
+    hex::encode(Sha256::digest(key.as_bytes()))[..32].to_string()
 }
 
 fn settled(m: &fs::Metadata, now: SystemTime) -> bool {
@@ -137,7 +137,7 @@ mod tests {
     const LATER: Duration = Duration::from_secs(3600);
 
     fn sha(data: &[u8]) -> String {
-        hex::encode(&Sha256::digest(data))
+        hex::encode(Sha256::digest(data))
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn root_tarball() -> PathBuf {
     std::fs::create_dir_all(&cache).unwrap();
     let tar = cache.join(format!(
         "debian-12-{}.tar",
-        &hex::encode(&sha2_of(PACKAGES.as_bytes()))[..12]
+        &hex::encode(sha2_of(PACKAGES.as_bytes()))[..12]
     ));
     if !tar.is_file() {
         let part = tar.with_extension("part.tar");

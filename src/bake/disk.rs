@@ -322,7 +322,7 @@ fn random_uuid() -> Result<String> {
     getrandom::fill(&mut b).map_err(|e| Error::Runtime(format!("no randomness: {e}")))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(&b);
+    let h = hex::encode(b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

@@ -877,7 +877,7 @@ async fn image_named(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<Str
 fn random_hex<const N: usize>() -> Result<String> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|e| Error::Runtime(format!("random: {e}")))?;
-    Ok(hex::encode(&b))
+    Ok(hex::encode(b))
 }
 
 async fn snapshots_of(ec2: &aws_sdk_ec2::Client, image: &str) -> Result<Vec<String>> {

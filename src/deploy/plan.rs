@@ -9,9 +9,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::desired::{
-    missing_tags, owned_by, AsgSettings, Attribute, AutoScalingGroup, Desired, HealthCheck,
-    LaunchTemplate, LaunchTemplateData, LifecycleHook, Listener, LoadBalancer, Tag, TargetGroup,
-    TargetGroupIdentity, CLUSTER_TAG,
+    missing_tags, owned_by, Api, AsgSettings, Attribute, AutoScalingGroup, Desired, Group,
+    HealthCheck, LaunchTemplate, LaunchTemplateData, LifecycleHook, Listener, LoadBalancer, Tag,
+    TargetGroup, TargetGroupIdentity, CLUSTER_TAG,
 };
 use crate::error::{Error, Result};
 
@@ -483,172 +483,213 @@ fn not_ours(kind: Kind, name: &str, cluster: &str) -> Error {
 pub fn plan(d: &Desired, o: &Observed) -> Result<Vec<Change>> {
     let mut out = Vec::new();
     let cluster = d.cluster.as_str();
-
     if let Some(api) = &d.api {
-        let lb = &api.load_balancer;
-        match &o.load_balancer {
-            None => out.push(Change::CreateLoadBalancer(lb.clone())),
-            Some(have) => {
-                if !owned_by(&have.tags, cluster) {
-                    return Err(not_ours(Kind::LoadBalancer, &lb.name, cluster));
-                }
-                let mut want_subnets = lb.subnets.clone();
-                want_subnets.sort();
-                let mut have_subnets = have.subnets.clone();
-                have_subnets.sort();
-                if have.r#type != lb.r#type
-                    || have.scheme != lb.scheme
-                    || have_subnets != want_subnets
-                {
-                    return Err(Error::Runtime(format!(
-                        "load balancer {} is {} {} in {}, the spec wants {} {} in {}: these are fixed at creation; run `haimg down` and `haimg up` to replace it",
-                        lb.name, have.scheme, have.r#type, have_subnets.join(","), lb.scheme, lb.r#type, want_subnets.join(",")
-                    )));
-                }
-                push_tags(
-                    &mut out,
-                    Kind::LoadBalancer,
-                    &lb.name,
-                    &have.arn,
-                    &lb.tags,
-                    &have.tags,
-                );
-            }
-        }
-        let tg = &api.target_group;
-        match &o.target_group {
-            None => out.push(Change::CreateTargetGroup(tg.clone())),
-            Some(have) => {
-                if !owned_by(&have.tags, cluster) {
-                    return Err(not_ours(Kind::TargetGroup, &tg.name, cluster));
-                }
-                if have.identity != tg.identity() {
-                    return Err(Error::Runtime(format!(
-                        "target group {} differs in settings fixed at creation ({}); run `haimg down` and `haimg up` to replace it",
-                        tg.name,
-                        diff(&have.identity, &tg.identity())
-                            .iter()
-                            .map(|d| format!("{} {} → {}", d.field, d.from, d.to))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-                let hc = tg.health_check();
-                if have.health_check != hc {
-                    out.push(Change::ModifyHealthCheck {
-                        target_group: tg.name.clone(),
-                        diff: diff(&have.health_check, &hc),
-                        to: hc,
-                    });
-                }
-                push_tags(
-                    &mut out,
-                    Kind::TargetGroup,
-                    &tg.name,
-                    &have.arn,
-                    &tg.tags,
-                    &have.tags,
-                );
-            }
-        }
-        // Attributes: after a create, or whenever one differs.
-        let have_attrs: &[Attribute] = o
-            .target_group
-            .as_ref()
-            .map(|t| t.attributes.as_slice())
-            .unwrap_or(&[]);
-        let mut from = BTreeMap::new();
-        let mut to = BTreeMap::new();
-        for a in &api.attributes.attributes {
-            let current = have_attrs
-                .iter()
-                .find(|h| h.key == a.key)
-                .map(|h| h.value.clone());
-            if current.as_deref() != Some(a.value.as_str()) {
-                from.insert(a.key.clone(), current);
-                to.insert(a.key.clone(), Some(a.value.clone()));
-            }
-        }
-        if !to.is_empty() {
-            out.push(Change::SetAttributes {
-                target_group: tg.name.clone(),
-                attributes: api.attributes.attributes.clone(),
-                diff: diff(&from, &to),
-            });
-        }
-        let l = &api.listener;
-        match &o.listener {
-            None => out.push(Change::CreateListener(l.clone())),
-            Some(have) => {
-                let tg_arn = o.target_group.as_ref().map(|t| t.arn.clone());
-                let forwards_ok = tg_arn
-                    .as_ref()
-                    .is_some_and(|a| have.target_group_arns == [a.clone()]);
-                if have.protocol != l.protocol || !forwards_ok {
-                    #[derive(Serialize)]
-                    struct View<'a> {
-                        protocol: &'a str,
-                        forward: Vec<String>,
-                    }
-                    out.push(Change::ModifyListener {
-                        arn: have.arn.clone(),
-                        diff: diff(
-                            &View {
-                                protocol: &have.protocol,
-                                forward: have.target_group_arns.clone(),
-                            },
-                            &View {
-                                protocol: &l.protocol,
-                                forward: vec![tg_arn.unwrap_or_else(|| tg.name.clone())],
-                            },
-                        ),
-                        to: l.clone(),
-                    });
-                }
-                push_tags(
-                    &mut out,
-                    Kind::Listener,
-                    &format!("{}/{}", l.protocol, l.port),
-                    &have.arn,
-                    &l.tags,
-                    &have.tags,
-                );
-            }
-        }
+        plan_load_balancer(&mut out, api, o, cluster)?;
+        plan_target_group(&mut out, api, o, cluster)?;
+        plan_attributes(&mut out, api, o)?;
+        plan_listener(&mut out, api, o)?;
     }
-
     for g in &d.groups {
-        let lt = &g.launch_template;
-        let name = &lt.launch_template_name;
-        match o.launch_templates.get(name) {
-            None => out.push(Change::CreateLaunchTemplate(lt.clone())),
-            Some(have) => {
-                if !owned_by(&have.tags, cluster) {
-                    return Err(not_ours(Kind::LaunchTemplate, name, cluster));
-                }
-                let (a, w) = comparable(&have.default_data, &lt.launch_template_data);
-                if a != w {
-                    out.push(Change::NewLaunchTemplateVersion {
-                        name: name.clone(),
-                        from: have.default_version,
-                        next: have.latest_version + 1,
-                        description: lt.version_description.clone(),
-                        data: lt.launch_template_data.clone(),
-                        diff: diff(&a, &w),
-                    });
-                }
-                push_tags(
-                    &mut out,
-                    Kind::LaunchTemplate,
-                    name,
-                    &have.id,
-                    &lt.tags(),
-                    &have.tags,
-                );
+        plan_launch_template(&mut out, g, o, cluster)?;
+    }
+    plan_leftovers(&mut out, d, o)?;
+    for g in &d.groups {
+        plan_group(&mut out, g, o, cluster)?;
+    }
+    plan_marker(&mut out, d, o, cluster)?;
+    Ok(out)
+}
+
+/// The load balancer: created, or checked for what is fixed at creation and retagged.
+fn plan_load_balancer(out: &mut Vec<Change>, api: &Api, o: &Observed, cluster: &str) -> Result<()> {
+    let lb = &api.load_balancer;
+    match &o.load_balancer {
+        None => out.push(Change::CreateLoadBalancer(lb.clone())),
+        Some(have) => {
+            if !owned_by(&have.tags, cluster) {
+                return Err(not_ours(Kind::LoadBalancer, &lb.name, cluster));
             }
+            let mut want_subnets = lb.subnets.clone();
+            want_subnets.sort();
+            let mut have_subnets = have.subnets.clone();
+            have_subnets.sort();
+            if have.r#type != lb.r#type || have.scheme != lb.scheme || have_subnets != want_subnets
+            {
+                return Err(Error::Runtime(format!(
+                    "load balancer {} is {} {} in {}, the spec wants {} {} in {}: these are fixed at creation; run `haimg down` and `haimg up` to replace it",
+                    lb.name, have.scheme, have.r#type, have_subnets.join(","), lb.scheme, lb.r#type, want_subnets.join(",")
+                )));
+            }
+            push_tags(
+                out,
+                Kind::LoadBalancer,
+                &lb.name,
+                &have.arn,
+                &lb.tags,
+                &have.tags,
+            );
         }
     }
+    Ok(())
+}
 
+/// The target group: created, or checked, its health check and tags brought in line.
+fn plan_target_group(out: &mut Vec<Change>, api: &Api, o: &Observed, cluster: &str) -> Result<()> {
+    let tg = &api.target_group;
+    match &o.target_group {
+        None => out.push(Change::CreateTargetGroup(tg.clone())),
+        Some(have) => {
+            if !owned_by(&have.tags, cluster) {
+                return Err(not_ours(Kind::TargetGroup, &tg.name, cluster));
+            }
+            if have.identity != tg.identity() {
+                return Err(Error::Runtime(format!(
+                    "target group {} differs in settings fixed at creation ({}); run `haimg down` and `haimg up` to replace it",
+                    tg.name,
+                    diff(&have.identity, &tg.identity())
+                        .iter()
+                        .map(|d| format!("{} {} → {}", d.field, d.from, d.to))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let hc = tg.health_check();
+            if have.health_check != hc {
+                out.push(Change::ModifyHealthCheck {
+                    target_group: tg.name.clone(),
+                    diff: diff(&have.health_check, &hc),
+                    to: hc,
+                });
+            }
+            push_tags(
+                out,
+                Kind::TargetGroup,
+                &tg.name,
+                &have.arn,
+                &tg.tags,
+                &have.tags,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The target group's attributes: after a create, or whenever one differs.
+fn plan_attributes(out: &mut Vec<Change>, api: &Api, o: &Observed) -> Result<()> {
+    let tg = &api.target_group;
+    let have_attrs: &[Attribute] = o
+        .target_group
+        .as_ref()
+        .map(|t| t.attributes.as_slice())
+        .unwrap_or(&[]);
+    let mut from = BTreeMap::new();
+    let mut to = BTreeMap::new();
+    for a in &api.attributes.attributes {
+        let current = have_attrs
+            .iter()
+            .find(|h| h.key == a.key)
+            .map(|h| h.value.clone());
+        if current.as_deref() != Some(a.value.as_str()) {
+            from.insert(a.key.clone(), current);
+            to.insert(a.key.clone(), Some(a.value.clone()));
+        }
+    }
+    if !to.is_empty() {
+        out.push(Change::SetAttributes {
+            target_group: tg.name.clone(),
+            attributes: api.attributes.attributes.clone(),
+            diff: diff(&from, &to),
+        });
+    }
+    Ok(())
+}
+
+/// The listener: created, or modified when its protocol or forward differs.
+fn plan_listener(out: &mut Vec<Change>, api: &Api, o: &Observed) -> Result<()> {
+    let l = &api.listener;
+    let tg = &api.target_group;
+    match &o.listener {
+        None => out.push(Change::CreateListener(l.clone())),
+        Some(have) => {
+            let tg_arn = o.target_group.as_ref().map(|t| t.arn.clone());
+            let forwards_ok = tg_arn
+                .as_ref()
+                .is_some_and(|a| have.target_group_arns == [a.clone()]);
+            if have.protocol != l.protocol || !forwards_ok {
+                #[derive(Serialize)]
+                struct View<'a> {
+                    protocol: &'a str,
+                    forward: Vec<String>,
+                }
+                out.push(Change::ModifyListener {
+                    arn: have.arn.clone(),
+                    diff: diff(
+                        &View {
+                            protocol: &have.protocol,
+                            forward: have.target_group_arns.clone(),
+                        },
+                        &View {
+                            protocol: &l.protocol,
+                            forward: vec![tg_arn.unwrap_or_else(|| tg.name.clone())],
+                        },
+                    ),
+                    to: l.clone(),
+                });
+            }
+            push_tags(
+                out,
+                Kind::Listener,
+                &format!("{}/{}", l.protocol, l.port),
+                &have.arn,
+                &l.tags,
+                &have.tags,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One pool's launch template: created, or a new default version when its data differs.
+fn plan_launch_template(
+    out: &mut Vec<Change>,
+    g: &Group,
+    o: &Observed,
+    cluster: &str,
+) -> Result<()> {
+    let lt = &g.launch_template;
+    let name = &lt.launch_template_name;
+    match o.launch_templates.get(name) {
+        None => out.push(Change::CreateLaunchTemplate(lt.clone())),
+        Some(have) => {
+            if !owned_by(&have.tags, cluster) {
+                return Err(not_ours(Kind::LaunchTemplate, name, cluster));
+            }
+            let (a, w) = comparable(&have.default_data, &lt.launch_template_data);
+            if a != w {
+                out.push(Change::NewLaunchTemplateVersion {
+                    name: name.clone(),
+                    from: have.default_version,
+                    next: have.latest_version + 1,
+                    description: lt.version_description.clone(),
+                    data: lt.launch_template_data.clone(),
+                    diff: diff(&a, &w),
+                });
+            }
+            push_tags(
+                out,
+                Kind::LaunchTemplate,
+                name,
+                &have.id,
+                &lt.tags(),
+                &have.tags,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An earlier cluster's parameters under the prefix go before the first master can boot.
+fn plan_leftovers(out: &mut Vec<Change>, d: &Desired, o: &Observed) -> Result<()> {
     let master_group_exists = d
         .groups
         .iter()
@@ -662,79 +703,85 @@ pub fn plan(d: &Desired, o: &Observed) -> Result<Vec<Change>> {
             names: o.ssm.leftovers.clone(),
         });
     }
+    Ok(())
+}
 
-    for g in &d.groups {
-        let asg = &g.asg;
-        let name = &asg.auto_scaling_group_name;
-        match o.groups.get(name) {
-            None => {
-                out.push(Change::CreateGroup(asg.clone()));
-                if asg.is_master() {
-                    out.push(Change::SuspendAzRebalance {
-                        group: name.clone(),
-                    });
-                }
-            }
-            Some(have) => {
-                if !owned_by(&have.tags, cluster) {
-                    return Err(not_ours(Kind::AutoScalingGroup, name, cluster));
-                }
-                if let Some(status) = &have.status {
-                    return Err(Error::Runtime(format!(
-                        "auto scaling group {name} is being deleted ({status}); wait for `haimg down` to finish, then run `haimg up` again"
-                    )));
-                }
-                let mut a = have.settings.clone();
-                a.vpc_zone_identifier = sorted_zones(&a.vpc_zone_identifier);
-                let mut w = asg.settings();
-                w.vpc_zone_identifier = sorted_zones(&w.vpc_zone_identifier);
-                if a != w {
-                    out.push(Change::UpdateGroup {
-                        name: name.clone(),
-                        diff: diff(&a, &w),
-                        to: asg.settings(),
-                    });
-                }
-                let missing: Vec<String> = asg
-                    .target_group_arns
-                    .iter()
-                    .filter(|want| {
-                        let resolved = resolve_ref(want, o).ok();
-                        !resolved.is_some_and(|r| have.target_group_arns.contains(&r))
-                    })
-                    .cloned()
-                    .collect();
-                if !missing.is_empty() {
-                    out.push(Change::AttachTargetGroups {
-                        group: name.clone(),
-                        arns: missing,
-                    });
-                }
-                for hook in &asg.lifecycle_hook_specification_list {
-                    if !have.hooks.contains(hook) {
-                        out.push(Change::PutLifecycleHook {
-                            group: name.clone(),
-                            hook: hook.clone(),
-                        });
-                    }
-                }
-                if asg.is_master() && !have.suspended.iter().any(|p| p == "AZRebalance") {
-                    out.push(Change::SuspendAzRebalance {
-                        group: name.clone(),
-                    });
-                }
-                push_tags(
-                    &mut out,
-                    Kind::AutoScalingGroup,
-                    name,
-                    name,
-                    &asg.tags(),
-                    &have.tags,
-                );
+/// One pool's group: created (the control plane's never rebalancing), or brought in line.
+fn plan_group(out: &mut Vec<Change>, g: &Group, o: &Observed, cluster: &str) -> Result<()> {
+    let asg = &g.asg;
+    let name = &asg.auto_scaling_group_name;
+    match o.groups.get(name) {
+        None => {
+            out.push(Change::CreateGroup(asg.clone()));
+            if asg.is_master() {
+                out.push(Change::SuspendAzRebalance {
+                    group: name.clone(),
+                });
             }
         }
+        Some(have) => {
+            if !owned_by(&have.tags, cluster) {
+                return Err(not_ours(Kind::AutoScalingGroup, name, cluster));
+            }
+            if let Some(status) = &have.status {
+                return Err(Error::Runtime(format!(
+                    "auto scaling group {name} is being deleted ({status}); wait for `haimg down` to finish, then run `haimg up` again"
+                )));
+            }
+            let mut a = have.settings.clone();
+            a.vpc_zone_identifier = sorted_zones(&a.vpc_zone_identifier);
+            let mut w = asg.settings();
+            w.vpc_zone_identifier = sorted_zones(&w.vpc_zone_identifier);
+            if a != w {
+                out.push(Change::UpdateGroup {
+                    name: name.clone(),
+                    diff: diff(&a, &w),
+                    to: asg.settings(),
+                });
+            }
+            let missing: Vec<String> = asg
+                .target_group_arns
+                .iter()
+                .filter(|want| {
+                    let resolved = resolve_ref(want, o).ok();
+                    !resolved.is_some_and(|r| have.target_group_arns.contains(&r))
+                })
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                out.push(Change::AttachTargetGroups {
+                    group: name.clone(),
+                    arns: missing,
+                });
+            }
+            for hook in &asg.lifecycle_hook_specification_list {
+                if !have.hooks.contains(hook) {
+                    out.push(Change::PutLifecycleHook {
+                        group: name.clone(),
+                        hook: hook.clone(),
+                    });
+                }
+            }
+            if asg.is_master() && !have.suspended.iter().any(|p| p == "AZRebalance") {
+                out.push(Change::SuspendAzRebalance {
+                    group: name.clone(),
+                });
+            }
+            push_tags(
+                out,
+                Kind::AutoScalingGroup,
+                name,
+                name,
+                &asg.tags(),
+                &have.tags,
+            );
+        }
     }
+    Ok(())
+}
 
+/// `P/cluster`: written once, and refused when another cluster owns the prefix.
+fn plan_marker(out: &mut Vec<Change>, d: &Desired, o: &Observed, cluster: &str) -> Result<()> {
     if let Some(prefix) = &d.ssm_prefix {
         let name = format!("{prefix}/{}", crate::contract::layout::CLUSTER);
         match &o.ssm.marker {
@@ -750,7 +797,7 @@ pub fn plan(d: &Desired, o: &Observed) -> Result<Vec<Change>> {
             Some(_) => {}
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn push_tags(

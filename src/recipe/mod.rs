@@ -336,7 +336,7 @@ impl Files<'_> {
     pub fn sha256(&self, file: &str) -> std::io::Result<String> {
         use sha2::Digest;
         match self.locate(file) {
-            Located::Bytes(b) => Ok(hex::encode(&sha2::Sha256::digest(b))),
+            Located::Bytes(b) => Ok(hex::encode(sha2::Sha256::digest(b))),
             // Remembered across runs: a second bake of the same inputs is a cache hit in
             // well under a second, not a rehash of every archive.
             Located::Path(p) => crate::cache::file_sha256(&p),
@@ -490,7 +490,7 @@ spec:
         std::fs::write(dir.path().join("pause.tar"), b"an archive").unwrap();
         let sha = {
             use sha2::Digest;
-            hex::encode(&sha2::Sha256::digest(b"an archive"))
+            hex::encode(sha2::Sha256::digest(b"an archive"))
         };
         let base = r#"apiVersion: haimg.dev/v1alpha1
 kind: ImageRecipe
@@ -569,7 +569,7 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let sha = |p: &str| {
             use sha2::Digest;
-            hex::encode(&sha2::Sha256::digest(
+            hex::encode(sha2::Sha256::digest(
                 std::fs::read(dir.path().join(p)).unwrap(),
             ))
         };

@@ -163,7 +163,7 @@ pub fn run(args: Args) -> Result<()> {
         written.push(Written {
             path: &a.path,
             bytes: a.contents.len(),
-            sha256: hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
                 a.contents.as_bytes(),
             )),
             secret,

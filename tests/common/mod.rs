@@ -228,5 +228,5 @@ pub fn shared_tool(name: &str) -> PathBuf {
 /// The sha256 of a file, lowercase hex (what recipes pin).
 pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(std::fs::read(path).unwrap()))
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }

@@ -164,7 +164,7 @@ async fn in_release(
     use sha2::Digest;
     Ok((
         format!("{url} {suite}"),
-        hex::encode(&sha2::Sha256::digest(&data)),
+        hex::encode(sha2::Sha256::digest(&data)),
     ))
 }
 
