@@ -7,10 +7,13 @@ use crate::error::Result;
 #[derive(Debug, Parser)]
 #[command(name = "haimg", version, about = "Bake air-gapped Kubernetes node images and render self-joining HA kubeadm clusters for AWS", long_about = None)]
 pub struct Cli {
-    /// No progress lines on stderr (warnings, errors and results still print). Logs:
+    /// No progress on stderr (warnings, errors and results still print). Logs:
     /// HAIMG_LOG sets the tracing filter; NO_COLOR turns colour off.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Progress as plain lines, one per step, even on a terminal (no spinner).
+    #[arg(long, global = true)]
+    no_progress: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,7 +59,7 @@ pub enum Output {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
-        crate::progress::set_quiet(self.quiet);
+        crate::progress::configure(self.quiet, self.no_progress);
         // The agent sets up its own (info: its lines are the node's journal).
         if !matches!(self.command, Command::Node(_)) {
             // The SDK's own warnings (a retried request, say) are haimg's to report, in

@@ -8,7 +8,10 @@ use haimg::error::Error;
 
 fn main() -> ExitCode {
     let cli = haimg::cli::Cli::parse();
-    match cli.run() {
+    let result = cli.run();
+    // The last step's line, and no spinner, before anything else is printed.
+    haimg::progress::finish();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match &e {

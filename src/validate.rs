@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<()> {
         match crate::spec::load(args.config.as_deref()) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
-                    eprintln!("warning: {w}");
+                    crate::progress::warn(w);
                 }
                 eprintln!("{}: valid", loaded.source);
                 checked.push(Checked {
@@ -88,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
         match crate::recipe::load_from(Some(r), args.sources.as_deref()) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
-                    eprintln!("warning: {w}");
+                    crate::progress::warn(w);
                 }
                 eprintln!("{}: valid", loaded.source);
                 checked.push(Checked {

@@ -82,3 +82,59 @@ fn the_layering_check_sees_a_wrong_way_dependency() {
         vec![(1, "error".to_string()), (2, "node".to_string())]
     );
 }
+
+/// Every `aws_sdk_<service>::<item>` a file names outside `src/aws/`, beyond a client
+/// (`aws_sdk_ec2::Client`), as `file:line: path`: SDK types, builders, errors and
+/// operations belong to the edge.
+fn sdk_beyond_clients(files: &[PathBuf]) -> Vec<String> {
+    let mut bad = vec![];
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let mut rest = line;
+            while let Some(at) = rest.find("aws_sdk_") {
+                let tail = &rest[at..];
+                let path: String = tail
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                    .collect();
+                let item = path.split("::").nth(1).unwrap_or("");
+                if item != "Client" {
+                    bad.push(format!("{}:{}: {path}", f.display(), n + 1));
+                }
+                rest = &tail["aws_sdk_".len()..];
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn sdk_calls_and_types_live_in_the_aws_module() {
+    let files: Vec<PathBuf> = sources(&src(""))
+        .into_iter()
+        .filter(|f| !f.starts_with(src("aws")) && *f != src("error.rs"))
+        .collect();
+    assert!(files.len() > 40, "{}", files.len());
+    let bad = sdk_beyond_clients(&files);
+    assert!(
+        bad.is_empty(),
+        "the AWS SDK beyond its clients outside src/aws:\n{}",
+        bad.join("\n")
+    );
+    // The scanner sees a wrong one.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("x.rs");
+    std::fs::write(
+        &f,
+        "let c = aws_sdk_ec2::Client::new(&sdk);\nlet t = aws_sdk_ec2::types::Tag::builder();\n",
+    )
+    .unwrap();
+    assert_eq!(
+        sdk_beyond_clients(&[f.clone()]),
+        [format!(
+            "{}:2: aws_sdk_ec2::types::Tag::builder",
+            f.display()
+        )]
+    );
+}

@@ -1148,3 +1148,130 @@ fn with_fixed_masters_up_manages_the_worker_pools_only() {
     );
     assert_eq!(env.tagged(), Vec::<String>::new());
 }
+
+/// Runs `cmd` with a terminal for its stdin, stdout and stderr (util-linux `script`), as a
+/// person at a shell runs it; returns every byte the terminal received and the exit code.
+fn on_terminal(cmd: Command) -> (Vec<u8>, i32) {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    // A terminal of 200 columns and 60 rows, as a window gives one (script sizes its own
+    // after its stdin, which here is no terminal: 0 by 0).
+    let line = format!("stty cols 200 rows 60 && exec {line}");
+    let mut script = Command::new("script");
+    script.args([
+        "--quiet",
+        "--return",
+        "--flush",
+        "--command",
+        &line,
+        "/dev/null",
+    ]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    script
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
+    let o = run(script);
+    (o.stdout, o.status.code().unwrap_or(-1))
+}
+
+/// What is on a 200-column terminal after those bytes: the lines a person reads.
+fn screen(bytes: &[u8]) -> Vec<String> {
+    let mut term = vt100::Parser::new(60, 200, 0);
+    term.process(bytes);
+    // Row by row: a line drawn to the last column continues on the next row as far as
+    // the emulator's text is concerned, though a person sees two lines.
+    term.screen()
+        .rows(0, 200)
+        .map(|l| l.trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+const SPINNER_FRAMES: &str = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏";
+
+#[test]
+fn on_a_terminal_progress_is_a_spinner_unless_no_progress_or_quiet() {
+    let env = setup();
+    let (bytes, code) = on_terminal(env.cmd(&["up"]));
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.chars().any(|c| SPINNER_FRAMES.contains(c)),
+        "a spinner was drawn: {text:?}"
+    );
+    let lines = screen(&bytes);
+    // Each change, once done, is a line of its own with the time it took, in order; the
+    // result follows, and no spinner is left on the screen.
+    let steps: Vec<&String> = lines.iter().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(steps.len(), 10, "{lines:#?}");
+    for (i, l) in steps.iter().enumerate() {
+        assert!(l.starts_with(&format!("[{}/10] ", i + 1)), "{lines:#?}");
+        let time = l.rsplit_once(" (").map(|(_, t)| t).unwrap_or("");
+        assert!(
+            time.ends_with("s)") && time[..time.len() - 2].parse::<f64>().is_ok(),
+            "no time on {l:?}: {lines:#?}"
+        );
+    }
+    assert!(steps[0].contains("+ load balancer demo-api"), "{lines:#?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("cluster demo: 10 change(s) applied"),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.chars().any(|c| SPINNER_FRAMES.contains(c))),
+        "{lines:#?}"
+    );
+
+    // --no-progress: the same steps as plain lines, nothing redrawn.
+    let (bytes, code) = on_terminal(env.cmd(&["up", "--no-progress"]));
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains('\x1b'), "no escape sequences: {text:?}");
+    assert_eq!(
+        screen(&bytes),
+        [
+            "cluster demo: up to date, no changes",
+            "cluster demo: 0 change(s) applied"
+        ],
+        "{text}"
+    );
+    let (bytes, code) = on_terminal(env.cmd(&["down", "--yes", "--no-progress"]));
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains('\x1b'), "no escape sequences: {text:?}");
+    assert!(
+        !text.chars().any(|c| SPINNER_FRAMES.contains(c)),
+        "{text:?}"
+    );
+    assert_has(
+        &text,
+        &[
+            "- deleted auto scaling group demo-master",
+            "- deleted load balancer",
+        ],
+    );
+
+    // --quiet on a terminal: the result only.
+    let (bytes, code) = on_terminal(env.cmd(&["up", "--quiet"]));
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        screen(&bytes),
+        ["cluster demo: 10 change(s) applied"],
+        "{text}"
+    );
+    env.ok(&["down", "--yes", "--quiet"]);
+}

@@ -88,7 +88,7 @@ pub enum Target {
 pub fn run(args: Args) -> Result<()> {
     let loaded = crate::recipe::load_from(args.recipe.as_deref(), args.sources.as_deref())?;
     for w in &loaded.warnings {
-        eprintln!("warning: {w}");
+        crate::progress::warn(w);
     }
     let recipe = loaded.recipe;
     if args.plain && args.target != Target::Qemu {
@@ -132,7 +132,7 @@ pub fn run(args: Args) -> Result<()> {
     ) {
         // A dry run only prints the plan: say it, but show the plan.
         if args.dry_run {
-            eprintln!("warning: {what} cannot be the image's agent: {why}");
+            crate::progress::warn(format_args!("{what} cannot be the image's agent: {why}"));
         } else {
             return Err(Error::Usage(format!(
                 "{what} cannot be the image's agent: {why}"
@@ -220,6 +220,7 @@ pub fn run(args: Args) -> Result<()> {
             Output::Json => serde_json::to_string(&outcome).expect("plain data") + "\n",
             Output::Text => format!("{}\n", outcome.image_id),
         };
+        crate::progress::finish();
         stdout
             .write_all(text.as_bytes())
             .map_err(Error::io("<stdout>"))

@@ -17,13 +17,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
-use aws_sdk_ec2::types as ec2t;
+
 use base64::Engine;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::Serialize;
 
 use super::Plan;
+use crate::aws::s3::{self, Body};
+use crate::aws::{ec2, ssm};
+use crate::contract::artifacts::Tag;
 use crate::error::{Error, Result};
 use crate::recipe::{Base, Recipe};
 
@@ -101,17 +104,13 @@ pub async fn resolve_base(sdk: &SdkConfig, recipe: &Recipe) -> Result<String> {
         ))),
         Some(Base::Ami(id)) => Ok(id.to_string()),
         Some(Base::SsmParameter(p)) => {
-            let ssm = aws_sdk_ssm::Client::new(sdk);
-            let out = ssm
-                .get_parameter()
-                .name(p.as_str())
-                .send()
-                .await
-                .map_err(Error::aws(format!(
-                    "ssm GetParameter {p} (the recipe's base image)"
-                )))?;
-            let id = out.parameter().and_then(|p| p.value()).unwrap_or_default();
-            crate::contract::types::AmiId::try_from(id)
+            let client = aws_sdk_ssm::Client::new(sdk);
+            let id = ssm::get(&client, p.as_str()).await?.ok_or_else(|| {
+                Error::Runtime(format!(
+                    "the recipe's base image parameter {p} does not exist in this region"
+                ))
+            })?;
+            crate::contract::types::AmiId::try_from(id.as_str())
                 .map(|a| a.to_string())
                 .map_err(|e| Error::Runtime(format!("base image parameter {p}: {e}")))
         }
@@ -120,33 +119,7 @@ pub async fn resolve_base(sdk: &SdkConfig, recipe: &Recipe) -> Result<String> {
 
 /// An available image of ours with this recipe hash.
 pub async fn find_cached(ec2: &aws_sdk_ec2::Client, hash: &str) -> Result<Option<String>> {
-    let out = ec2
-        .describe_images()
-        .owners("self")
-        .filters(
-            ec2t::Filter::builder()
-                .name("tag:haimg:recipe-sha256")
-                .values(hash)
-                .build(),
-        )
-        .filters(
-            ec2t::Filter::builder()
-                .name("state")
-                .values("available")
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(Error::aws(format!(
-            "ec2 DescribeImages tag:haimg:recipe-sha256={hash}"
-        )))?;
-    let mut images: Vec<_> = out
-        .images()
-        .iter()
-        .filter_map(|i| Some((i.creation_date()?.to_string(), i.image_id()?.to_string())))
-        .collect();
-    images.sort();
-    Ok(images.pop().map(|(_, id)| id))
+    ec2::newest_image_tagged(ec2, "haimg:recipe-sha256", hash).await
 }
 
 /// The whole bake after planning. Records what it creates in `created`.
@@ -192,7 +165,7 @@ pub async fn run(
     // Image names are unique per region: a forced rebake of a hash that has an image gets
     // a suffix.
     let mut ami_name = plan.ami_name.clone();
-    if opts.force && image_named(&ec2, &ami_name).await?.is_some() {
+    if opts.force && ec2::image_named(&ec2, &ami_name).await?.is_some() {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -220,12 +193,8 @@ pub async fn run(
     run_script(sdk, &instance, commands, opts, &staged).await?;
 
     step("stopping the builder");
-    ec2.stop_instances()
-        .instance_ids(&instance)
-        .send()
-        .await
-        .map_err(Error::aws(format!("ec2 StopInstances {instance}")))?;
-    wait_instance_state(&ec2, &instance, "stopped", opts).await?;
+    ec2::stop(&ec2, &instance).await?;
+    ec2::wait_stopped(&ec2, &instance, opts.wait_timeout).await?;
 
     step(&format!("creating image {ami_name}"));
     {
@@ -235,28 +204,14 @@ pub async fn run(
             .chain(opts.copy_to.iter().cloned())
             .collect();
     }
-    let image = ec2
-        .create_image()
-        .instance_id(&instance)
-        .name(&ami_name)
-        .description(format!(
-            "haimg recipe {} sha256 {}",
-            plan.recipe, plan.recipe_hash
-        ))
-        .send()
-        .await
-        .map_err(Error::aws(format!("ec2 CreateImage from {instance}")))?
-        .image_id()
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::Runtime(format!("CreateImage from {instance} returned no image id"))
-        })?;
+    let description = format!("haimg recipe {} sha256 {}", plan.recipe, plan.recipe_hash);
+    let image = ec2::create_image(&ec2, &instance, &ami_name, &description).await?;
     created
         .lock()
         .unwrap()
         .unfinished_images
         .push((region.clone(), image.clone()));
-    wait_image(&ec2, &image, opts).await?;
+    ec2::wait_image_available(&ec2, &image, opts.wait_timeout).await?;
 
     step("tagging the image and its snapshots");
     tag_image(&ec2, &image, &plan.tags).await?;
@@ -290,15 +245,6 @@ pub async fn run(
     })
 }
 
-fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
-    // Path-style addressing where an endpoint is overridden (S3-compatible servers and
-    // emulators have no per-bucket host names).
-    let conf = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(sdk.endpoint_url().is_some())
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 /// What the builder gets from the staging bucket: the binary (a presigned GET) and a place
 /// for the script's whole log (a presigned PUT). SSM keeps only 24,000 characters of stdout
 /// and 8,000 of stderr, and nothing while the command runs; the log has it all, as it grows.
@@ -315,53 +261,19 @@ const LOG_KEY: &str = "provision.log";
 /// Stages the binary in a bucket of its own (removed with its objects by [`cleanup`]) and
 /// presigns its URLs for the length of the bake.
 async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) -> Result<Staged> {
-    let s3 = s3_client(sdk);
+    let s3 = s3::client(sdk);
     let bucket = format!("haimg-bake-{}-{}", plan.short_hash(), random_hex::<4>()?);
     // Recorded before the call: a bucket created by a request that Ctrl-C interrupted is
     // still removed (deleting one that was never made is not an error).
     created.lock().unwrap().bucket = Some(bucket.clone());
-    let mut create = s3.create_bucket().bucket(&bucket);
-    if let Some(r) = sdk
-        .region()
-        .map(|r| r.to_string())
-        .filter(|r| r != "us-east-1")
-    {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
-                    r.as_str(),
-                ))
-                .build(),
-        );
-    }
-    create
-        .send()
-        .await
-        .map_err(Error::aws(format!("s3 CreateBucket {bucket}")))?;
+    s3::create_bucket(&s3, &bucket, sdk.region().map(|r| r.as_ref())).await?;
     let key = format!("haimg-{}", env!("CARGO_PKG_VERSION"));
-    let body = aws_sdk_s3::primitives::ByteStream::from_path(&opts.binary)
-        .await
-        .map_err(|e| Error::Runtime(format!("reading {}: {e}", opts.binary.display())))?;
     // Recorded first for the same reason as the bucket.
     created.lock().unwrap().object = Some(key.clone());
-    s3.put_object()
-        .bucket(&bucket)
-        .key(&key)
-        .body(body)
-        .send()
-        .await
-        .map_err(Error::aws(format!("s3 PutObject s3://{bucket}/{key}")))?;
-    let presigning = aws_sdk_s3::presigning::PresigningConfig::expires_in(
-        opts.script_timeout + Duration::from_secs(600),
-    )
-    .map_err(|e| Error::Runtime(format!("presigning: {e}")))?;
-    let req = s3
-        .get_object()
-        .bucket(&bucket)
-        .key(&key)
-        .presigned(presigning.clone())
-        .await
-        .map_err(Error::aws(format!("presigning s3://{bucket}/{key}")))?;
+    s3::put(&s3, &bucket, &key, Body::Path(&opts.binary), "the agent").await?;
+    // Valid for the whole script and its retries of the last uploads.
+    let presigning = s3::presigning(opts.script_timeout + Duration::from_secs(600))?;
+    let binary_url = s3::presign_get(&s3, &bucket, &key, &presigning).await?;
     let mut archive_urls = Vec::new();
     for (i, a) in plan.archives.iter().enumerate() {
         let key = format!("images/{i}-{}.tar", &a.sha256[..12]);
@@ -371,7 +283,7 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
                 &s3,
                 &bucket,
                 &key,
-                Local::Path(&a.archive),
+                Body::Path(&a.archive),
                 &what,
                 &presigning,
                 created,
@@ -385,7 +297,7 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
                 &s3,
                 &bucket,
                 "apt-mirror-key",
-                Local::Bytes(&m.key_data),
+                Body::Bytes(&m.key_data),
                 "the apt mirror's key",
                 &presigning,
                 created,
@@ -400,7 +312,7 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
                 &s3,
                 &bucket,
                 "cni-manifest.yaml",
-                Local::Bytes(data),
+                Body::Bytes(data),
                 "the CNI manifest",
                 &presigning,
                 created,
@@ -418,7 +330,7 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
                 &s3,
                 &bucket,
                 &key,
-                Local::Path(&d.path),
+                Body::Path(&d.path),
                 &what,
                 &presigning,
                 created,
@@ -427,18 +339,11 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
         );
     }
     created.lock().unwrap().log_object = Some(LOG_KEY.to_string());
-    let log = s3
-        .put_object()
-        .bucket(&bucket)
-        .key(LOG_KEY)
-        .content_type("text/plain")
-        .presigned(presigning)
-        .await
-        .map_err(Error::aws(format!("presigning s3://{bucket}/{LOG_KEY}")))?;
+    let log_url = s3::presign_put_text(&s3, &bucket, LOG_KEY, &presigning).await?;
     Ok(Staged {
         inputs: super::Inputs {
-            binary_url: req.uri().to_string(),
-            log_url: Some(log.uri().to_string()),
+            binary_url,
+            log_url: Some(log_url),
             archive_urls,
             deb_urls,
             apt_key_url,
@@ -450,68 +355,29 @@ async fn stage(sdk: &SdkConfig, plan: &Plan, opts: &Options, created: &Tracker) 
     })
 }
 
-/// What a staged file is made of: a file on this machine, or bytes the recipe carries.
-enum Local<'a> {
-    Path(&'a std::path::Path),
-    Bytes(&'a [u8]),
-}
-
 /// Uploads one file the builder needs (recorded first, so cleanup removes it even when an
 /// interrupt cuts the upload short) and presigns its GET.
 async fn stage_file(
-    s3: &aws_sdk_s3::Client,
+    c: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-    local: Local<'_>,
+    body: Body<'_>,
     what: &str,
-    presigning: &aws_sdk_s3::presigning::PresigningConfig,
+    presigning: &s3::PresigningConfig,
     created: &Tracker,
 ) -> Result<String> {
-    let body = match local {
-        Local::Path(path) => aws_sdk_s3::primitives::ByteStream::from_path(path)
-            .await
-            .map_err(|e| Error::Runtime(format!("reading {}: {e}", path.display())))?,
-        Local::Bytes(b) => aws_sdk_s3::primitives::ByteStream::from(b.to_vec()),
-    };
     created
         .lock()
         .unwrap()
         .archive_objects
         .push(key.to_string());
-    s3.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(body)
-        .send()
-        .await
-        .map_err(Error::aws(format!(
-            "s3 PutObject s3://{bucket}/{key} ({what})"
-        )))?;
-    let url = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .presigned(presigning.clone())
-        .await
-        .map_err(Error::aws(format!("presigning s3://{bucket}/{key}")))?;
-    Ok(url.uri().to_string())
+    s3::put(c, bucket, key, body, what).await?;
+    s3::presign_get(c, bucket, key, presigning).await
 }
 
 /// The builder's log so far (empty until its first upload).
-async fn read_log(s3: &aws_sdk_s3::Client, staged: &Staged) -> String {
-    let got = s3
-        .get_object()
-        .bucket(&staged.bucket)
-        .key(&staged.log_key)
-        .send()
-        .await;
-    match got {
-        Ok(o) => match o.body.collect().await {
-            Ok(b) => String::from_utf8_lossy(&b.into_bytes()).into_owned(),
-            Err(_) => String::new(),
-        },
-        Err(_) => String::new(),
-    }
+async fn read_log(c: &aws_sdk_s3::Client, staged: &Staged) -> String {
+    s3::text_or_empty(c, &staged.bucket, &staged.log_key).await
 }
 
 /// `text` with every presigned URL (one carrying an `X-Amz-Signature`, `-Credential` or
@@ -554,86 +420,31 @@ pub fn tail(text: &str, n: usize) -> String {
 }
 
 async fn launch(
-    ec2: &aws_sdk_ec2::Client,
+    c: &aws_sdk_ec2::Client,
     plan: &Plan,
     opts: &Options,
     run_id: &str,
 ) -> Result<String> {
-    let tags = |rt: ec2t::ResourceType| {
-        ec2t::TagSpecification::builder()
-            .resource_type(rt)
-            .tags(
-                ec2t::Tag::builder()
-                    .key("Name")
-                    .value(format!("haimg-bake-{}", plan.short_hash()))
-                    .build(),
-            )
-            .tags(
-                ec2t::Tag::builder()
-                    .key("haimg:bake")
-                    .value(&plan.recipe_hash)
-                    .build(),
-            )
-            .tags(
-                ec2t::Tag::builder()
-                    .key("haimg:recipe")
-                    .value(&plan.recipe)
-                    .build(),
-            )
-            .tags(
-                ec2t::Tag::builder()
-                    .key("haimg:bake-run")
-                    .value(run_id)
-                    .build(),
-            )
-            .build()
+    let tag = |key: &str, value: &str| Tag {
+        key: key.into(),
+        value: value.into(),
     };
-    let mut req = ec2
-        .run_instances()
-        .image_id(&plan.base_image)
-        .instance_type(ec2t::InstanceType::from(opts.instance_type.as_str()))
-        .min_count(1)
-        .max_count(1)
-        .iam_instance_profile(
-            ec2t::IamInstanceProfileSpecification::builder()
-                .name(&opts.instance_profile)
-                .build(),
-        )
-        .metadata_options(
-            ec2t::InstanceMetadataOptionsRequest::builder()
-                .http_tokens(ec2t::HttpTokensState::Required)
-                .http_put_response_hop_limit(1)
-                .http_endpoint(ec2t::InstanceMetadataEndpointState::Enabled)
-                .build(),
-        )
-        .block_device_mappings(
-            ec2t::BlockDeviceMapping::builder()
-                .device_name("/dev/sda1")
-                .ebs(
-                    ec2t::EbsBlockDevice::builder()
-                        .volume_size(20)
-                        .volume_type(ec2t::VolumeType::Gp3)
-                        .encrypted(true)
-                        .delete_on_termination(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .instance_initiated_shutdown_behavior(ec2t::ShutdownBehavior::Stop)
-        .tag_specifications(tags(ec2t::ResourceType::Instance))
-        .tag_specifications(tags(ec2t::ResourceType::Volume));
-    if let Some(s) = &opts.subnet_id {
-        req = req.subnet_id(s);
-    }
-    let out = req.send().await.map_err(Error::aws(format!(
-        "ec2 RunInstances (builder from {})",
-        plan.base_image
-    )))?;
-    out.instances()
-        .first()
-        .and_then(|i| i.instance_id())
-        .map(str::to_string)
-        .ok_or_else(|| Error::Runtime("RunInstances returned no instance".into()))
+    ec2::run_builder(
+        c,
+        &ec2::Builder {
+            image_id: &plan.base_image,
+            instance_type: &opts.instance_type,
+            instance_profile: &opts.instance_profile,
+            subnet_id: opts.subnet_id.as_deref(),
+            tags: vec![
+                tag("Name", &format!("haimg-bake-{}", plan.short_hash())),
+                tag("haimg:bake", &plan.recipe_hash),
+                tag("haimg:recipe", &plan.recipe),
+                tag("haimg:bake-run", run_id),
+            ],
+        },
+    )
+    .await
 }
 
 /// The Run Command lines: run-time inputs, then the script, gzipped and base64-encoded so
@@ -667,80 +478,39 @@ async fn run_script(
     opts: &Options,
     staged: &Staged,
 ) -> Result<()> {
-    let ssm = aws_sdk_ssm::Client::new(sdk);
-    let s3 = s3_client(sdk);
+    let client = aws_sdk_ssm::Client::new(sdk);
+    let s3 = s3::client(sdk);
     // The SSM agent registers a minute or so after boot: SendCommand answers
     // InvalidInstanceId until then (the real-world way to wait for it).
     let deadline = Instant::now() + opts.wait_timeout;
     let command_id = loop {
-        let sent = ssm
-            .send_command()
-            .instance_ids(instance)
-            .document_name("AWS-RunShellScript")
-            .comment("haimg bake")
-            .timeout_seconds(600)
-            .parameters("commands", commands.clone())
-            .parameters(
-                "executionTimeout",
-                vec![opts.script_timeout.as_secs().to_string()],
-            )
-            .send()
-            .await;
-        match sent {
-            Ok(out) => {
-                break out
-                    .command()
-                    .and_then(|c| c.command_id())
-                    .map(str::to_string)
-                    .ok_or_else(|| Error::Runtime("SendCommand returned no command id".into()))?
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_invalid_instance_id())
-                    && Instant::now() < deadline =>
-            {
+        match ssm::run_shell_script(&client, instance, &commands, opts.script_timeout).await? {
+            ssm::Sent::Command(id) => break id,
+            ssm::Sent::AgentNotReady if Instant::now() < deadline => {
                 progress(format!("waiting for the SSM agent on {instance}"));
                 tokio::time::sleep(opts.poll).await;
             }
-            Err(e) => return Err(Error::aws(format!("ssm SendCommand to {instance}"))(e)),
+            ssm::Sent::AgentNotReady => {
+                return Err(Error::Timeout(format!(
+                    "the SSM agent on {instance} did not register within {}s (SendCommand: InvalidInstanceId); is the instance profile's role allowed AmazonSSMManagedInstanceCore?",
+                    opts.wait_timeout.as_secs()
+                )))
+            }
         }
     };
     progress(format!("command {command_id} sent to {instance}"));
     let deadline = Instant::now() + opts.script_timeout;
     let mut shown = 0usize;
     loop {
-        let inv = ssm
-            .get_command_invocation()
-            .command_id(&command_id)
-            .instance_id(instance)
-            .send()
-            .await;
-        let inv = match inv {
-            Ok(i) => i,
-            // Right after SendCommand the invocation may not exist yet.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_invocation_does_not_exist()) =>
-            {
-                tokio::time::sleep(opts.poll).await;
-                continue;
-            }
-            Err(e) => {
-                return Err(Error::aws(format!(
-                    "ssm GetCommandInvocation {command_id} on {instance}"
-                ))(e))
-            }
+        // Right after SendCommand the invocation may not exist yet.
+        let Some(inv) = ssm::invocation(&client, &command_id, instance).await? else {
+            tokio::time::sleep(opts.poll).await;
+            continue;
         };
         // Progress from the builder's own log as it grows; SSM's copy only at the end,
         // and only when there is no log (an upload that never worked).
         let log = read_log(&s3, staged).await;
-        let out = if log.is_empty() {
-            inv.standard_output_content()
-                .unwrap_or_default()
-                .to_string()
-        } else {
-            log.clone()
-        };
+        let out = if log.is_empty() { &inv.stdout } else { &log };
         if out.len() > shown && out.is_char_boundary(shown) {
             for line in out[shown..].lines() {
                 if line.starts_with("==> ") {
@@ -749,18 +519,14 @@ async fn run_script(
             }
             shown = out.len();
         }
-        use aws_sdk_ssm::types::CommandInvocationStatus as S;
-        match inv.status() {
-            Some(S::Success) => return Ok(()),
-            Some(S::Pending | S::InProgress | S::Delayed) | None => {}
-            Some(other) => {
+        match &inv.status {
+            ssm::CommandStatus::Success => return Ok(()),
+            ssm::CommandStatus::Running => {}
+            ssm::CommandStatus::Ended(how) => {
                 // The builder uploads its log once more as the script exits.
                 let log = read_log(&s3, staged).await;
                 let (source, text) = if log.is_empty() {
-                    (
-                        "SSM's stderr (no log was uploaded)",
-                        inv.standard_error_content().unwrap_or_default().to_string(),
-                    )
+                    ("SSM's stderr (no log was uploaded)", inv.stderr.clone())
                 } else {
                     ("the end of its log", log)
                 };
@@ -770,20 +536,14 @@ async fn run_script(
                     .map(|l| format!(" in step {}", l.trim_start_matches("==> ")))
                     .unwrap_or_default();
                 return Err(Error::Runtime(format!(
-                    "the provisioning script ended {} (exit {}) on {instance}{failed_step}; {source}:\n{}",
-                    other.as_str(),
-                    inv.response_code(),
+                    "the provisioning script ended {how} (exit {}) on {instance}{failed_step}; {source}:\n{}",
+                    inv.exit_code,
                     redact_presigned(&tail(&text, 40))
                 )));
             }
         }
         if Instant::now() >= deadline {
-            let _ = ssm
-                .cancel_command()
-                .command_id(&command_id)
-                .instance_ids(instance)
-                .send()
-                .await;
+            ssm::cancel(&client, &command_id, instance).await;
             return Err(Error::Timeout(format!(
                 "the provisioning script did not finish within {}s on {instance} (command {command_id} cancelled)",
                 opts.script_timeout.as_secs()
@@ -793,123 +553,28 @@ async fn run_script(
     }
 }
 
-async fn wait_until<F, Fut>(opts: &Options, what: &str, probe: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<String>>>,
-{
-    crate::aws::wait_until(opts.wait_timeout, opts.poll, what, probe).await
-}
-
-async fn wait_instance_state(
-    ec2: &aws_sdk_ec2::Client,
-    instance: &str,
-    want: &str,
-    opts: &Options,
-) -> Result<()> {
-    wait_until(
-        opts,
-        &format!("{instance} (waiting for {want})"),
-        || async {
-            let out = ec2
-                .describe_instances()
-                .instance_ids(instance)
-                .send()
-                .await
-                .map_err(Error::aws(format!("ec2 DescribeInstances {instance}")))?;
-            let state = out
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .find_map(|i| {
-                    i.state()
-                        .and_then(|s| s.name())
-                        .map(|n| n.as_str().to_string())
-                })
-                .unwrap_or_else(|| "unknown".into());
-            Ok((state != want).then_some(state))
-        },
-    )
-    .await
-}
-
-async fn wait_image(ec2: &aws_sdk_ec2::Client, image: &str, opts: &Options) -> Result<()> {
-    wait_until(opts, &format!("image {image}"), || async {
-        let out = ec2
-            .describe_images()
-            .image_ids(image)
-            .send()
-            .await
-            .map_err(Error::aws(format!("ec2 DescribeImages {image}")))?;
-        let state = out
-            .images()
-            .first()
-            .and_then(|i| i.state())
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        match state.as_str() {
-            "available" => Ok(None),
-            "failed" | "error" | "invalid" | "deregistered" => {
-                Err(Error::Runtime(format!("image {image} is {state}")))
-            }
-            _ => Ok(Some(state)),
-        }
-    })
-    .await
-}
-
-/// The id of this account's image named `name`, if any.
-async fn image_named(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<String>> {
-    let out = ec2
-        .describe_images()
-        .owners("self")
-        .filters(ec2t::Filter::builder().name("name").values(name).build())
-        .send()
-        .await
-        .map_err(Error::aws(format!("ec2 DescribeImages name={name}")))?;
-    Ok(out
-        .images()
-        .first()
-        .and_then(|i| i.image_id())
-        .map(str::to_string))
-}
-
 fn random_hex<const N: usize>() -> Result<String> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|e| Error::Runtime(format!("random: {e}")))?;
     Ok(hex::encode(b))
 }
 
-async fn snapshots_of(ec2: &aws_sdk_ec2::Client, image: &str) -> Result<Vec<String>> {
-    let out = ec2
-        .describe_images()
-        .image_ids(image)
-        .send()
-        .await
-        .map_err(Error::aws(format!("ec2 DescribeImages {image}")))?;
-    Ok(out
-        .images()
-        .iter()
-        .flat_map(|i| i.block_device_mappings())
-        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
-        .collect())
-}
-
+/// Tags the image and its snapshots.
 async fn tag_image(
-    ec2: &aws_sdk_ec2::Client,
+    c: &aws_sdk_ec2::Client,
     image: &str,
     tags: &BTreeMap<String, String>,
 ) -> Result<()> {
     let mut ids = vec![image.to_string()];
-    ids.extend(snapshots_of(ec2, image).await?);
-    let mut req = ec2.create_tags().set_resources(Some(ids.clone()));
-    for (k, v) in tags {
-        req = req.tags(ec2t::Tag::builder().key(k).value(v).build());
-    }
-    req.send()
-        .await
-        .map_err(Error::aws(format!("ec2 CreateTags on {}", ids.join(", "))))?;
-    Ok(())
+    ids.extend(ec2::snapshots_of(c, image).await?);
+    let tags: Vec<Tag> = tags
+        .iter()
+        .map(|(k, v)| Tag {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect();
+    ec2::tag(c, &ids, &tags).await
 }
 
 /// Copies the image to every region at once; each copy is tagged like the original.
@@ -939,29 +604,19 @@ async fn copy(
             created.clone(),
         );
         set.spawn(async move {
-            let ec2 = aws_sdk_ec2::Client::new(&cfg);
-            let id = ec2
-                .copy_image()
-                .source_region(&src)
-                .source_image_id(&image)
-                .name(&name)
-                .description(format!(
-                    "haimg recipe {} sha256 {} (copy of {src}/{image})",
-                    plan.recipe, plan.recipe_hash
-                ))
-                .send()
-                .await
-                .map_err(Error::aws(format!("ec2 CopyImage {src}/{image} to {r}")))?
-                .image_id()
-                .map(str::to_string)
-                .ok_or_else(|| Error::Runtime(format!("CopyImage to {r} returned no image id")))?;
+            let client = aws_sdk_ec2::Client::new(&cfg);
+            let description = format!(
+                "haimg recipe {} sha256 {} (copy of {src}/{image})",
+                plan.recipe, plan.recipe_hash
+            );
+            let id = ec2::copy_image(&client, &src, &image, &name, &description).await?;
             created
                 .lock()
                 .unwrap()
                 .unfinished_images
                 .push((r.clone(), id.clone()));
-            wait_image(&ec2, &id, &opts).await?;
-            tag_image(&ec2, &id, &plan.tags).await?;
+            ec2::wait_image_available(&client, &id, opts.wait_timeout).await?;
+            tag_image(&client, &id, &plan.tags).await?;
             progress(format!("{r}: {id}"));
             Ok::<_, Error>((r, id))
         });
@@ -981,33 +636,27 @@ async fn publish_all(sdk: &SdkConfig, plan: &Plan, images: &[(String, String)]) 
     let mut done: Vec<(aws_sdk_ssm::Client, String, Option<String>)> = Vec::new();
     let mut failed = None;
     'regions: for (region, image) in images {
-        let ssm = ssm_in(sdk, region);
+        let client = ssm_in(sdk, region);
         for name in plan.parameters() {
-            let before = match parameter_value(&ssm, &name).await {
+            let before = match ssm::get(&client, &name).await {
                 Ok(v) => v,
                 Err(e) => {
                     failed = Some(e);
                     break 'regions;
                 }
             };
-            if let Err(e) = put_image_parameter(&ssm, plan, &name, image).await {
+            if let Err(e) = put_image_parameter(&client, plan, &name, image).await {
                 failed = Some(Error::Runtime(format!("{region}: {e}")));
                 break 'regions;
             }
-            done.push((ssm.clone(), name.to_string(), before));
+            done.push((client.clone(), name.to_string(), before));
         }
     }
     let Some(e) = failed else { return Ok(()) };
-    for (ssm, name, before) in done.into_iter().rev() {
+    for (client, name, before) in done.into_iter().rev() {
         let undone = match &before {
-            Some(v) => put_image_parameter(&ssm, plan, &name, v).await,
-            None => ssm
-                .delete_parameter()
-                .name(&name)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(Error::aws(format!("ssm DeleteParameter {name}"))),
+            Some(v) => put_image_parameter(&client, plan, &name, v).await,
+            None => ssm::delete_one(&client, &name).await,
         };
         match undone {
             Ok(()) => progress(format!(
@@ -1028,80 +677,33 @@ fn ssm_in(sdk: &SdkConfig, region: &str) -> aws_sdk_ssm::Client {
     aws_sdk_ssm::Client::new(&cfg)
 }
 
-async fn parameter_value(ssm: &aws_sdk_ssm::Client, name: &str) -> Result<Option<String>> {
-    match ssm.get_parameter().name(name).send().await {
-        Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_parameter_not_found()) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(Error::aws(format!("ssm GetParameter {name}"))(e)),
-    }
-}
-
 async fn put_image_parameter(
-    ssm: &aws_sdk_ssm::Client,
+    c: &aws_sdk_ssm::Client,
     plan: &Plan,
     name: &str,
     image: &str,
 ) -> Result<()> {
-    ssm.put_parameter()
-        .name(name)
-        .value(image)
-        .r#type(aws_sdk_ssm::types::ParameterType::String)
-        .description(format!(
-            "haimg image, recipe {} sha256 {}",
-            plan.recipe,
-            plan.short_hash()
-        ))
-        .overwrite(true)
-        .send()
-        .await
-        .map_err(Error::aws(format!("ssm PutParameter {name}")))?;
-    Ok(())
+    let description = format!(
+        "haimg image, recipe {} sha256 {}",
+        plan.recipe,
+        plan.short_hash()
+    );
+    ssm::put_string(c, name, image, &description).await
 }
 
 /// Removes what the bake created and does not keep. Best effort per resource, every
 /// resource attempted; returns what could not be removed.
 pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> Vec<String> {
     let mut left = Vec::new();
-    let ec2 = aws_sdk_ec2::Client::new(sdk);
+    let client = aws_sdk_ec2::Client::new(sdk);
     // The recorded builder, and any other instance tagged with this run (one launched by a
     // RunInstances that an interrupt cut short).
     let mut builders: Vec<String> = created.instance.iter().cloned().collect();
     if let Some(run) = &created.run_id {
-        match ec2
-            .describe_instances()
-            .filters(
-                ec2t::Filter::builder()
-                    .name("tag:haimg:bake-run")
-                    .values(run)
-                    .build(),
-            )
-            .filters(
-                ec2t::Filter::builder()
-                    .name("instance-state-name")
-                    .set_values(Some(
-                        ["pending", "running", "stopping", "stopped"]
-                            .map(String::from)
-                            .to_vec(),
-                    ))
-                    .build(),
-            )
-            .send()
-            .await
-        {
-            Ok(out) => builders.extend(
-                out.reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .filter_map(|i| i.instance_id().map(str::to_string)),
-            ),
+        match ec2::live_instances_tagged(&client, "haimg:bake-run", run).await {
+            Ok(ids) => builders.extend(ids),
             Err(e) => left.push(format!(
-                "looking up builders tagged haimg:bake-run={run}: {}",
-                aws_sdk_ec2::error::DisplayErrorContext(&e)
+                "looking up builders tagged haimg:bake-run={run}: {e}"
             )),
         }
     }
@@ -1114,12 +716,9 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
             ));
             continue;
         }
-        match ec2.terminate_instances().instance_ids(i).send().await {
-            Ok(_) => progress(format!("terminated builder {i}")),
-            Err(e) => left.push(format!(
-                "builder instance {i}: {}",
-                aws_sdk_ec2::error::DisplayErrorContext(&e)
-            )),
+        match ec2::terminate(&client, i).await {
+            Ok(()) => progress(format!("terminated builder {i}")),
+            Err(e) => left.push(format!("builder instance {i}: {e}")),
         }
     }
     // Unfinished images: the recorded ids, and any image this run named (a CreateImage or
@@ -1131,7 +730,7 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
                 .to_builder()
                 .region(aws_config::Region::new(region.clone()))
                 .build();
-            match image_named(&aws_sdk_ec2::Client::new(&cfg), name).await {
+            match ec2::image_named(&aws_sdk_ec2::Client::new(&cfg), name).await {
                 Ok(Some(id)) => images.push((region.clone(), id)),
                 Ok(None) => {}
                 Err(e) => left.push(format!("looking up image {region}/{name}: {e}")),
@@ -1145,13 +744,13 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
             .to_builder()
             .region(aws_config::Region::new(region.clone()))
             .build();
-        let ec2 = aws_sdk_ec2::Client::new(&cfg);
+        let client = aws_sdk_ec2::Client::new(&cfg);
         // Never an image a parameter points at (a rollback that failed, a parameter set by
         // hand): nodes launch from it.
-        let ssm = aws_sdk_ssm::Client::new(&cfg);
+        let parameters = aws_sdk_ssm::Client::new(&cfg);
         let mut pointed = None;
         for name in &created.parameters {
-            match parameter_value(&ssm, name).await {
+            match ssm::get(&parameters, name).await {
                 Ok(Some(v)) if v == *image => pointed = Some(name.clone()),
                 Ok(_) => {}
                 Err(e) => {
@@ -1168,51 +767,30 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
             ));
             continue;
         }
-        let snaps = snapshots_of(&ec2, image).await.unwrap_or_default();
-        match ec2.deregister_image().image_id(image).send().await {
-            Ok(_) => progress(format!("deregistered unfinished image {region}/{image}")),
-            Err(e) => left.push(format!(
-                "image {region}/{image}: {}",
-                aws_sdk_ec2::error::DisplayErrorContext(&e)
-            )),
+        let snaps = ec2::snapshots_of(&client, image).await.unwrap_or_default();
+        match ec2::deregister_image(&client, image).await {
+            Ok(()) => progress(format!("deregistered unfinished image {region}/{image}")),
+            Err(e) => left.push(format!("image {region}/{image}: {e}")),
         }
         for s in snaps {
-            if let Err(e) = ec2.delete_snapshot().snapshot_id(&s).send().await {
-                left.push(format!(
-                    "snapshot {region}/{s}: {}",
-                    aws_sdk_ec2::error::DisplayErrorContext(&e)
-                ));
+            if let Err(e) = ec2::delete_snapshot(&client, &s).await {
+                left.push(format!("snapshot {region}/{s}: {e}"));
             }
         }
     }
     if let Some(b) = &created.bucket {
-        use aws_sdk_s3::error::ProvideErrorMetadata;
-        let s3 = s3_client(sdk);
-        // S3 has no typed variant for it on these calls: its error code says so.
-        let gone = |code: Option<&str>| code == Some("NoSuchBucket");
-        for k in created
+        let keys: Vec<String> = created
             .object
             .iter()
             .chain(created.log_object.iter())
             .chain(created.archive_objects.iter())
-        {
-            if let Err(e) = s3.delete_object().bucket(b).key(k).send().await {
-                if !gone(e.code()) {
-                    left.push(format!(
-                        "staged object s3://{b}/{k}: {}",
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    ));
-                }
-            }
+            .cloned()
+            .collect();
+        let (not_removed, removed) = s3::delete_bucket_with(&s3::client(sdk), b, &keys).await;
+        if removed {
+            progress(format!("removed staging bucket {b}"));
         }
-        match s3.delete_bucket().bucket(b).send().await {
-            Ok(_) => progress(format!("removed staging bucket {b}")),
-            Err(e) if gone(e.code()) => {}
-            Err(e) => left.push(format!(
-                "staging bucket {b}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            )),
-        }
+        left.extend(not_removed);
     }
     left
 }

@@ -5,6 +5,7 @@
 //! else of haimg (a test in `tests/cli.rs` keeps it so). `spec` and `render` write these
 //! documents, `deploy` reads them, and the node agent is one more client, not their home.
 //!
+//! * [`artifacts`]: the AWS CLI inputs `render` writes and `up` applies;
 //! * [`types`]: validated domain strings (names, versions, CIDRs, ARNs, SSM paths);
 //! * [`node_config`]: `/etc/haimg/node.yaml`, what cloud-init hands the agent;
 //! * [`join`]: join material, the cluster state and member records kept in SSM;
@@ -12,6 +13,7 @@
 //! * [`secret`]: a value that never reaches a log, a terminal or an error message;
 //! * [`pki`]: the public-key pins and certificate keys kubeadm exchanges.
 
+pub mod artifacts;
 pub mod join;
 pub mod layout;
 pub mod node_config;

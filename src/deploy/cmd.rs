@@ -90,7 +90,7 @@ struct Cluster {
 fn load(t: &Target, may_create_credentials: bool) -> Result<Cluster> {
     let mut loaded = crate::spec::load(t.config.as_deref())?;
     for w in &loaded.warnings {
-        eprintln!("warning: {w}");
+        crate::progress::warn(w);
     }
     let spec_dir = t
         .config
@@ -145,7 +145,9 @@ async fn clients(t: &Target, region: &str) -> Clients {
     Clients::new(&crate::aws::load(Some(region), t.profile.as_deref()).await)
 }
 
+/// The result, on stdout, once the last step's line is on stderr (and no spinner is).
 fn out(text: &str) -> Result<()> {
+    crate::progress::finish();
     std::io::stdout()
         .lock()
         .write_all(text.as_bytes())
@@ -176,15 +178,15 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
         let (observed, tagged) = tokio::try_join!(
             observe::observe(&c, &desired),
-            observe::tagged_groups(&c, &desired.cluster)
+            crate::aws::autoscaling::tagged_groups(&c.asg, &desired.cluster)
         )?;
         let changes = plan::plan(&desired, &observed)?;
         let name = desired.cluster.clone();
         for g in plan::orphans(&desired, &tagged) {
-            eprintln!(
-                "warning: auto scaling group {g} is tagged {}={name} but is not in the spec any more: `up` leaves it running; delete it with `aws autoscaling delete-auto-scaling-group --auto-scaling-group-name {g} --force-delete` (or `haimg down` for the whole cluster)",
+            crate::progress::warn(format_args!(
+                "auto scaling group {g} is tagged {}={name} but is not in the spec any more: `up` leaves it running; delete it with `aws autoscaling delete-auto-scaling-group --auto-scaling-group-name {g} --force-delete` (or `haimg down` for the whole cluster)",
                 super::desired::CLUSTER_TAG
-            );
+            ));
         }
         let report = |applied: Option<usize>, healthy: Option<bool>| {
             let v = serde_json::json!({
@@ -216,9 +218,9 @@ pub fn up(args: UpArgs) -> Result<()> {
             return out(&text);
         }
         if changes.is_empty() {
-            crate::progress::raw(format!("cluster {name}: up to date, no changes"));
+            crate::progress::note(format_args!("cluster {name}: up to date, no changes"));
         } else {
-            crate::progress::raw(format!("cluster {name}: {} change(s)", changes.len()));
+            crate::progress::note(format_args!("cluster {name}: {} change(s)", changes.len()));
         }
         let progress = Progress::default();
         let result = tokio::select! {
@@ -265,13 +267,16 @@ async fn wait_healthy(
         async move {
             let s = status::read(c, d, region, masters).await?;
             if s.healthy {
-                crate::progress::raw(format!("  healthy after {}s", started.elapsed().as_secs()));
+                crate::progress::note(format_args!(
+                    "  healthy after {}s",
+                    started.elapsed().as_secs()
+                ));
                 return Ok(None);
             }
             let line = s.problems.join("; ");
             let mut last = last.lock().unwrap();
             if *last != line {
-                crate::progress::raw(format!(
+                crate::progress::step(format_args!(
                     "  [{:>4}s] waiting: {line}",
                     started.elapsed().as_secs()
                 ));
@@ -318,11 +323,11 @@ pub fn down(args: DownArgs) -> Result<()> {
         let d = &cluster.desired;
         let inv = down::inventory(&c, d).await?;
         for f in &inv.foreign {
-            eprintln!(
-                "warning: {f} is not tagged {}={}: left alone",
+            crate::progress::warn(format_args!(
+                "{f} is not tagged {}={}: left alone",
                 super::desired::CLUSTER_TAG,
                 d.cluster
-            );
+            ));
         }
         let report = |deleted: &[down::Resource]| {
             let v = serde_json::json!({"cluster": d.cluster, "deleted": deleted, "leftAlone": inv.foreign});
@@ -337,9 +342,13 @@ pub fn down(args: DownArgs) -> Result<()> {
         let lines = inv.lines();
         // The list is what a confirmation is asked for: shown unless --quiet with --yes.
         if !(args.yes && crate::progress::quiet()) {
-            eprintln!("cluster {}: deleting {} resource(s):", d.cluster, lines.len());
+            crate::progress::print_above(format_args!(
+                "cluster {}: deleting {} resource(s):",
+                d.cluster,
+                lines.len()
+            ));
             for l in &lines {
-                eprintln!("  {l}");
+                crate::progress::print_above(format_args!("  {l}"));
             }
         }
         if !args.yes {

@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use serde::Serialize;
 
 use super::desired::{owned_by, Desired, CLUSTER_TAG};
 use super::observe::{self, Clients};
-use crate::error::{Error, Result};
+use crate::aws::elb::TargetGroupDelete;
+use crate::aws::{autoscaling, ec2, elb, ssm};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -108,7 +109,7 @@ pub async fn inventory(c: &Clients, d: &Desired) -> Result<Inventory> {
     let cluster = &d.cluster;
     let mut inv = Inventory::default();
     // Groups: by tag, which also finds pools no longer in the spec.
-    let tagged = observe::tagged_groups(c, cluster).await?;
+    let tagged = autoscaling::tagged_groups(&c.asg, cluster).await?;
     let named: Vec<String> = d
         .groups
         .iter()
@@ -117,7 +118,7 @@ pub async fn inventory(c: &Clients, d: &Desired) -> Result<Inventory> {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    for (name, g, _) in observe::groups(c, &named).await? {
+    for (name, g, _) in autoscaling::groups(&c.asg, &named).await? {
         if owned_by(&g.tags, cluster) {
             inv.groups.push(name);
         } else {
@@ -125,38 +126,19 @@ pub async fn inventory(c: &Clients, d: &Desired) -> Result<Inventory> {
         }
     }
     // Launch templates: by tag, and by name to report foreign ones.
-    let out = c
-        .ec2
-        .describe_launch_templates()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name(format!("tag:{CLUSTER_TAG}"))
-                .values(cluster)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(Error::aws(format!(
-            "ec2 DescribeLaunchTemplates {CLUSTER_TAG}={cluster}"
-        )))?;
-    for t in out.launch_templates() {
-        inv.launch_templates.push((
-            t.launch_template_id().unwrap_or_default().into(),
-            t.launch_template_name().unwrap_or_default().into(),
-        ));
-    }
+    inv.launch_templates = ec2::tagged(&c.ec2, CLUSTER_TAG, cluster).await?;
     let lt_names: Vec<String> = d
         .groups
         .iter()
         .map(|g| g.launch_template.launch_template_name.clone())
         .filter(|n| !inv.launch_templates.iter().any(|(_, x)| x == n))
         .collect();
-    for (name, _) in observe::launch_templates(c, &lt_names).await? {
+    for (name, _) in ec2::launch_templates(&c.ec2, &lt_names).await? {
         inv.foreign.push(format!("launch template {name}"));
     }
     if let Some(api) = &d.api {
-        let (lb, tg, listener) = observe::api(
-            c,
+        let (lb, tg, listener) = elb::api(
+            &c.elb,
             &api.load_balancer.name,
             &api.target_group.name,
             api.listener.port,
@@ -192,7 +174,7 @@ pub async fn inventory(c: &Clients, d: &Desired) -> Result<Inventory> {
                 ));
             }
             _ => {
-                let mut names = observe::layout_parameters(c, prefix).await?;
+                let mut names = ssm::layout_parameters(&c.ssm, prefix).await?;
                 // The marker goes last: while it exists, the prefix is still known as ours.
                 names.sort_by_key(|n| {
                     n.ends_with(&format!("/{}", crate::contract::layout::CLUSTER))
@@ -204,58 +186,23 @@ pub async fn inventory(c: &Clients, d: &Desired) -> Result<Inventory> {
     Ok(inv)
 }
 
-fn gone<E: ProvideErrorMetadata>(e: &E) -> bool {
-    matches!(
-        e.code(),
-        Some(
-            "LoadBalancerNotFound"
-                | "TargetGroupNotFound"
-                | "ListenerNotFound"
-                | "InvalidLaunchTemplateId.NotFound"
-                | "InvalidLaunchTemplateName.NotFoundException"
-                | "ParameterNotFound"
-        )
-    ) || (e.code() == Some("ValidationError")
-        && e.message().is_some_and(|m| m.contains("not found")))
-}
-
 /// Deletes the inventory in reverse dependency order, waiting (bounded by `timeout`) for the
 /// groups' instances to go before what they use. Returns the lines of what was deleted.
 pub async fn delete(c: &Clients, inv: &Inventory, timeout: Duration, poll: Duration) -> Result<()> {
-    let step = |what: String| crate::progress::raw(format!("- deleted {what}"));
+    let step = |what: String| crate::progress::note(format_args!("- deleted {what}"));
     for g in &inv.groups {
-        match c
-            .asg
-            .delete_auto_scaling_group()
-            .auto_scaling_group_name(g)
-            .force_delete(true)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if gone(&e) => {}
-            // Already being deleted (a `down` that was interrupted): wait for it below.
-            Err(e)
-                if e.as_service_error().is_some_and(|s| {
-                    s.is_scaling_activity_in_progress_fault() || s.is_resource_in_use_fault()
-                }) => {}
-            Err(e) => {
-                return Err(Error::aws(format!(
-                    "autoscaling DeleteAutoScalingGroup {g}"
-                ))(e))
-            }
-        }
+        autoscaling::delete_group(&c.asg, g).await?;
     }
     if !inv.groups.is_empty() {
-        crate::progress::raw(format!(
+        crate::progress::step(format_args!(
             "  waiting for {} group(s) and their instances to go…",
             inv.groups.len()
         ));
         crate::aws::wait_until(timeout, poll, "auto scaling group deletion", || async {
-            let left = observe::groups(c, &inv.groups).await?;
+            let left = autoscaling::groups(&c.asg, &inv.groups).await?;
             Ok((!left.is_empty()).then(|| {
                 left.iter()
-                    .map(|(n, _, raw)| format!("{n}: {} instance(s)", raw.instances().len()))
+                    .map(|(n, _, instances)| format!("{n}: {} instance(s)", instances.len()))
                     .collect::<Vec<_>>()
                     .join(", ")
             }))
@@ -264,69 +211,35 @@ pub async fn delete(c: &Clients, inv: &Inventory, timeout: Duration, poll: Durat
         for g in &inv.groups {
             step(format!("auto scaling group {g}"));
         }
+        crate::progress::step("  deleting what the groups used");
     }
     for (id, name) in &inv.launch_templates {
-        match c
-            .ec2
-            .delete_launch_template()
-            .launch_template_id(id)
-            .send()
-            .await
-        {
-            Ok(_) => step(format!("launch template {name}")),
-            Err(e) if gone(&e) => {}
-            Err(e) => {
-                return Err(Error::aws(format!(
-                    "ec2 DeleteLaunchTemplate {name} ({id})"
-                ))(e))
-            }
+        if ec2::delete_launch_template(&c.ec2, id, name).await? {
+            step(format!("launch template {name}"));
         }
     }
     if let Some(arn) = &inv.listener {
-        match c.elb.delete_listener().listener_arn(arn).send().await {
-            Ok(_) => step(format!("listener {arn}")),
-            Err(e) if gone(&e) => {}
-            Err(e) => return Err(Error::aws(format!("elbv2 DeleteListener {arn}"))(e)),
+        if elb::delete_listener(&c.elb, arn).await? {
+            step(format!("listener {arn}"));
         }
     }
     if let Some((name, arn)) = &inv.load_balancer {
-        match c
-            .elb
-            .delete_load_balancer()
-            .load_balancer_arn(arn)
-            .send()
-            .await
-        {
-            Ok(_) => step(format!("load balancer {name}")),
-            Err(e) if gone(&e) => {}
-            Err(e) => return Err(Error::aws(format!("elbv2 DeleteLoadBalancer {name}"))(e)),
+        if elb::delete_load_balancer(&c.elb, arn, name).await? {
+            step(format!("load balancer {name}"));
         }
     }
     if let Some((name, arn)) = &inv.target_group {
         // A target group stays "in use" until its load balancer is fully gone.
         crate::aws::wait_until(timeout, poll, &format!("target group {name}"), || async {
-            match c
-                .elb
-                .delete_target_group()
-                .target_group_arn(arn)
-                .send()
-                .await
-            {
-                Ok(_) => Ok(None),
-                Err(e) if gone(&e) => Ok(None),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_resource_in_use_exception()) =>
-                {
-                    Ok(Some("in use by its load balancer".to_string()))
-                }
-                Err(e) => Err(Error::aws(format!("elbv2 DeleteTargetGroup {name}"))(e)),
-            }
+            Ok(match elb::delete_target_group(&c.elb, arn, name).await? {
+                TargetGroupDelete::Done => None,
+                TargetGroupDelete::InUse => Some("in use by its load balancer".to_string()),
+            })
         })
         .await?;
         step(format!("target group {name}"));
     }
-    crate::aws::delete_parameters(&c.ssm, &inv.parameters, |chunk| {
+    ssm::delete(&c.ssm, &inv.parameters, |chunk| {
         for p in chunk {
             step(format!("ssm parameter {p}"));
         }

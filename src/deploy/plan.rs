@@ -11,77 +11,13 @@ use sha2::{Digest, Sha256};
 use super::desired::{
     missing_tags, owned_by, Api, AsgSettings, Attribute, AutoScalingGroup, Desired, Group,
     HealthCheck, LaunchTemplate, LaunchTemplateData, LifecycleHook, Listener, LoadBalancer, Tag,
-    TargetGroup, TargetGroupIdentity, CLUSTER_TAG,
+    TargetGroup, CLUSTER_TAG,
+};
+pub use crate::aws::observed::{
+    Observed, ObservedGroup, ObservedLaunchTemplate, ObservedListener, ObservedLoadBalancer,
+    ObservedSsm, ObservedTargetGroup,
 };
 use crate::error::{Error, Result};
-
-/// What AWS holds now (`observe`), reduced to what the plan compares.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Observed {
-    pub load_balancer: Option<ObservedLoadBalancer>,
-    pub target_group: Option<ObservedTargetGroup>,
-    pub listener: Option<ObservedListener>,
-    pub launch_templates: BTreeMap<String, ObservedLaunchTemplate>,
-    pub groups: BTreeMap<String, ObservedGroup>,
-    pub ssm: ObservedSsm,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObservedLoadBalancer {
-    pub arn: String,
-    pub r#type: String,
-    pub scheme: String,
-    pub subnets: Vec<String>,
-    pub tags: Vec<Tag>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObservedTargetGroup {
-    pub arn: String,
-    pub identity: TargetGroupIdentity,
-    pub health_check: HealthCheck,
-    pub attributes: Vec<Attribute>,
-    pub tags: Vec<Tag>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObservedListener {
-    pub arn: String,
-    pub protocol: String,
-    pub port: i32,
-    /// `forward` targets of its default actions.
-    pub target_group_arns: Vec<String>,
-    pub tags: Vec<Tag>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObservedLaunchTemplate {
-    pub id: String,
-    pub default_version: i64,
-    pub latest_version: i64,
-    pub default_data: LaunchTemplateData,
-    pub tags: Vec<Tag>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObservedGroup {
-    pub settings: AsgSettings,
-    pub target_group_arns: Vec<String>,
-    pub hooks: Vec<LifecycleHook>,
-    pub suspended: Vec<String>,
-    pub tags: Vec<Tag>,
-    /// `Delete in progress` while a deletion runs.
-    pub status: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ObservedSsm {
-    /// The cluster named by `P/cluster`, when it exists.
-    pub marker: Option<String>,
-    /// haimg's parameters under `P` (full names), listed only when no control-plane group
-    /// exists: then they are left over from an earlier cluster.
-    pub leftovers: Vec<String>,
-}
 
 /// One field that changes, for the plan display. Long values (user-data) are shown by
 /// size and digest only: with static credentials they hold secrets.

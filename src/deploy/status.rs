@@ -10,20 +10,11 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::desired::Desired;
-use super::observe::{self, Clients};
+use super::observe::Clients;
+pub use crate::aws::observed::{Instance, Target};
 use crate::contract::join::{PublishedTimes, State};
 use crate::contract::layout;
-use crate::error::{Error, Result};
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Instance {
-    pub id: String,
-    pub availability_zone: String,
-    pub lifecycle_state: String,
-    pub health: String,
-    pub launch_template_version: String,
-}
+use crate::error::Result;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -44,15 +35,6 @@ impl Group {
             .filter(|i| i.lifecycle_state == "InService" && i.health == "Healthy")
             .count()
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Target {
-    pub id: String,
-    pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,7 +88,7 @@ pub async fn read(c: &Clients, d: &Desired, region: &str, master_count: usize) -
         .iter()
         .map(|g| g.asg.auto_scaling_group_name.clone())
         .collect();
-    let found = observe::groups(c, &names).await?;
+    let found = crate::aws::autoscaling::groups(&c.asg, &names).await?;
     let groups = d
         .groups
         .iter()
@@ -122,25 +104,7 @@ pub async fn read(c: &Clients, d: &Desired, region: &str, master_count: usize) -
                 desired_capacity: have
                     .map_or(g.asg.desired_capacity, |h| h.1.settings.desired_capacity),
                 instances: have
-                    .map(|(_, _, raw)| {
-                        raw.instances()
-                            .iter()
-                            .map(|i| Instance {
-                                id: i.instance_id().unwrap_or_default().into(),
-                                availability_zone: i.availability_zone().unwrap_or_default().into(),
-                                lifecycle_state: i
-                                    .lifecycle_state()
-                                    .map(|s| s.as_str().to_string())
-                                    .unwrap_or_default(),
-                                health: i.health_status().unwrap_or_default().into(),
-                                launch_template_version: i
-                                    .launch_template()
-                                    .and_then(|l| l.version())
-                                    .unwrap_or_default()
-                                    .into(),
-                            })
-                            .collect()
-                    })
+                    .map(|(_, _, instances)| instances.clone())
                     .unwrap_or_default(),
             }
         })
@@ -149,56 +113,18 @@ pub async fn read(c: &Clients, d: &Desired, region: &str, master_count: usize) -
         None => None,
         Some(api) => {
             let name = &api.target_group.name;
-            let arn = match c.elb.describe_target_groups().names(name).send().await {
-                Ok(o) => o
-                    .target_groups()
-                    .first()
-                    .and_then(|t| t.target_group_arn())
-                    .map(str::to_string),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_target_group_not_found_exception()) =>
-                {
-                    None
-                }
-                Err(e) => return Err(Error::aws(format!("elbv2 DescribeTargetGroups {name}"))(e)),
-            };
-            let targets = match &arn {
-                None => vec![],
-                Some(arn) => c
-                    .elb
-                    .describe_target_health()
-                    .target_group_arn(arn)
-                    .send()
-                    .await
-                    .map_err(Error::aws(format!("elbv2 DescribeTargetHealth {name}")))?
-                    .target_health_descriptions()
-                    .iter()
-                    .map(|t| Target {
-                        id: t.target().and_then(|t| t.id()).unwrap_or_default().into(),
-                        state: t
-                            .target_health()
-                            .and_then(|h| h.state())
-                            .map(|s| s.as_str().to_string())
-                            .unwrap_or_default(),
-                        reason: t
-                            .target_health()
-                            .and_then(|h| h.reason())
-                            .map(|r| r.as_str().to_string()),
-                    })
-                    .collect(),
-            };
+            let targets = crate::aws::elb::targets(&c.elb, name).await?;
             Some(TargetGroup {
                 name: name.clone(),
-                exists: arn.is_some(),
-                targets,
+                exists: targets.is_some(),
+                targets: targets.unwrap_or_default(),
             })
         }
     };
     let mut state = None;
     let mut join = Vec::new();
     if let Some(prefix) = &d.ssm_prefix {
-        let store = crate::node::store::Store::new(c.ssm.clone(), prefix, "");
+        let store = crate::aws::ssm::Store::new(c.ssm.clone(), prefix, "");
         state = store.get_plain::<State>(layout::STATE).await?;
         if let Some(t) = store
             .get_plain::<PublishedTimes>(layout::JOIN_TIMES)

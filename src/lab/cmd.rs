@@ -196,7 +196,7 @@ fn load_with_source(c: &CommonArgs) -> Result<(crate::spec::ClusterSpec, Layout,
     };
     let mut loaded = crate::spec::load_str(&source.text, &source.name)?;
     for w in &loaded.warnings {
-        eprintln!("warning: {w}");
+        crate::progress::warn(w);
     }
     let cluster = loaded.spec.name.to_string();
     let state = c
@@ -319,7 +319,7 @@ async fn up(a: UpArgs) -> Result<()> {
         blocking.wait_idle(Duration::from_secs(300)).await;
         keep_logs(&l, &keys);
         for left in host::teardown(&l, &keys) {
-            eprintln!("warning: lab down: could not remove {left}");
+            crate::progress::warn(format_args!("lab down: could not remove {left}"));
         }
         return Err(e);
     }

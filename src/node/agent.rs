@@ -73,7 +73,7 @@ pub struct Agent {
     pub id: NodeIdentity,
     pub aws: aws_config::SdkConfig,
     pub store: Store,
-    pub imds: aws_config::imds::Client,
+    pub imds: crate::aws::imds::Client,
 }
 
 impl Agent {
@@ -83,7 +83,7 @@ impl Agent {
         let seams = Seams::from_env();
         let cfg = load_config(&seams)?;
         let aws = crate::aws::load(Some(cfg.region.as_str()), None).await;
-        let imds = aws_config::imds::Client::builder().build();
+        let imds = crate::aws::imds::client();
         let id = match &cfg.node {
             // VIP-mode masters have a fixed name and address (and may run where no IMDS is).
             Some(fixed) => NodeIdentity {
@@ -152,18 +152,8 @@ pub fn load_config(seams: &Seams) -> Result<NodeConfig> {
 }
 
 /// The node's identity, from IMDSv2 (hop limit 1: only the host itself can ask).
-async fn identity(imds: &aws_config::imds::Client) -> Result<NodeIdentity> {
-    let get = |path: &'static str| async move {
-        imds.get(format!("/latest/meta-data/{path}"))
-            .await
-            .map(|s| s.as_ref().trim().to_string())
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "IMDS {path}: {}",
-                    aws_sdk_ssm::error::DisplayErrorContext(&e)
-                ))
-            })
-    };
+async fn identity(imds: &crate::aws::imds::Client) -> Result<NodeIdentity> {
+    let get = |path: &'static str| crate::aws::imds::get(imds, path);
     Ok(NodeIdentity {
         instance_id: get("instance-id").await?,
         hostname: get("local-hostname").await?,

@@ -29,9 +29,9 @@
 use std::time::{Duration, SystemTime};
 
 use super::agent::{paths, write_secret_file, Agent, SecretFile};
-use super::backoff::Backoff;
 use super::kubeadm;
 use super::store::{Acquired, Created, Election, Held};
+use crate::backoff::Backoff;
 use crate::contract::join::{EtcdHealth, JoinMaterial, MemberRecord, Phase, PublishedTimes, State};
 use crate::contract::layout;
 use crate::contract::node_config::{NodeEndpoint, Role, StaticJoin, STATIC_TOKEN_TTL};
@@ -66,16 +66,9 @@ async fn give_up(agent: &Agent, why: &Error) {
         return;
     };
     tracing::error!(error = %why, group = %asg.group_name, "bootstrap failed: marking this instance Unhealthy so its group replaces it");
-    let marked = aws_sdk_autoscaling::Client::new(&agent.aws)
-        .set_instance_health()
-        .instance_id(&agent.id.instance_id)
-        .health_status("Unhealthy")
-        // The group's health check grace period must not protect a node that has given up.
-        .should_respect_grace_period(false)
-        .send()
-        .await;
-    if let Err(e) = marked {
-        tracing::error!(error = %aws_sdk_autoscaling::error::DisplayErrorContext(&e), "SetInstanceHealth failed: the instance stays in service unjoined");
+    let client = aws_sdk_autoscaling::Client::new(&agent.aws);
+    if let Err(e) = crate::aws::autoscaling::mark_unhealthy(&client, &agent.id.instance_id).await {
+        tracing::error!(error = %e, "SetInstanceHealth failed: the instance stays in service unjoined");
     }
 }
 
@@ -358,23 +351,7 @@ pub async fn resolve_endpoint(agent: &Agent) -> Result<String> {
             port,
         } => {
             let elb = aws_sdk_elasticloadbalancingv2::Client::new(&agent.aws);
-            let out = elb
-                .describe_load_balancers()
-                .names(load_balancer_name)
-                .send()
-                .await
-                .map_err(Error::aws(format!(
-                    "elbv2 DescribeLoadBalancers {load_balancer_name}"
-                )))?;
-            let dns = out
-                .load_balancers()
-                .first()
-                .and_then(|lb| lb.dns_name())
-                .ok_or_else(|| {
-                    Error::Runtime(format!(
-                        "load balancer {load_balancer_name} has no DNS name"
-                    ))
-                })?;
+            let dns = crate::aws::elb::dns_name(&elb, load_balancer_name).await?;
             Ok(format!("{dns}:{port}"))
         }
         NodeEndpoint::Vip { address, port, .. } => Ok(match address {

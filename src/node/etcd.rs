@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::backoff::Backoff;
+use crate::backoff::Backoff;
 use crate::contract::node_config::EtcdSettings;
 use crate::error::{Error, Result};
 
@@ -71,14 +71,94 @@ struct RemoveRequest {
     id: String,
 }
 
+/// The gRPC status codes etcd's gateway puts in an error's `code` (and maps to HTTP statuses).
+mod grpc {
+    pub const DEADLINE_EXCEEDED: i64 = 4;
+    pub const NOT_FOUND: i64 = 5;
+    pub const UNAVAILABLE: i64 = 14;
+}
+
+/// A failed call to etcd's gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// The request was not answered: refused, reset or timed out.
+    #[error("etcd {url}{}: {}", if source.is_timeout() { " (timed out)" } else { "" }, crate::error::chain(source))]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// etcd answered with an error: `code` is its gRPC status code.
+    #[error("etcd {path}: {status}: {message}")]
+    Refused {
+        path: String,
+        status: reqwest::StatusCode,
+        code: i64,
+        message: String,
+    },
+    /// The answer was not the JSON it should be.
+    #[error("etcd {what}: {message}")]
+    Malformed { what: String, message: String },
+}
+
+impl EtcdError {
+    /// etcd's "member not found": the member is gone already.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            EtcdError::Refused {
+                code: grpc::NOT_FOUND,
+                ..
+            }
+        )
+    }
+
+    /// Worth asking again: the request was not answered, or etcd is settling after a start
+    /// or a loss ("unhealthy cluster", "leader changed", "request timed out" are all gRPC
+    /// `Unavailable`).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EtcdError::Transport { source, .. } => !source.is_decode(),
+            EtcdError::Refused { code, .. } => {
+                matches!(*code, grpc::UNAVAILABLE | grpc::DEADLINE_EXCEEDED)
+            }
+            EtcdError::Malformed { .. } => false,
+        }
+    }
+}
+
+impl From<EtcdError> for Error {
+    fn from(e: EtcdError) -> Self {
+        Error::Runtime(e.to_string())
+    }
+}
+
+/// The gRPC code of an error answer: its `code` field, else the one its HTTP status stands
+/// for (the gateway maps NotFound to 404 and Unavailable to 503).
+fn grpc_code(status: reqwest::StatusCode, body: &serde_json::Value) -> i64 {
+    body.get("code")
+        .and_then(|c| c.as_i64())
+        .unwrap_or(match status.as_u16() {
+            404 => grpc::NOT_FOUND,
+            503 => grpc::UNAVAILABLE,
+            504 => grpc::DEADLINE_EXCEEDED,
+            _ => 2, // Unknown
+        })
+}
+
 impl Etcd {
     /// A client for `settings.endpoint`; `root` prefixes the certificate paths.
     pub fn new(settings: &EtcdSettings, root: &std::path::Path) -> Result<Self> {
+        Self::at(settings, root, &settings.endpoint)
+    }
+
+    /// A client for another member's `endpoint`, with the same client certificates.
+    pub fn at(settings: &EtcdSettings, root: &std::path::Path, endpoint: &str) -> Result<Self> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .use_rustls_tls();
-        if settings.endpoint.starts_with("https://") {
+        if endpoint.starts_with("https://") {
             let read = |p: &str| {
                 let path = root.join(p.trim_start_matches('/'));
                 std::fs::read(&path).map_err(Error::io(path))
@@ -103,48 +183,65 @@ impl Etcd {
             .map_err(|e| Error::Runtime(format!("etcd client: {e}")))?;
         Ok(Self {
             http,
-            endpoint: settings.endpoint.trim_end_matches('/').to_string(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
         })
     }
 
-    async fn call<B: Serialize>(&self, path: &str, body: &B) -> Result<serde_json::Value> {
+    async fn call<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<serde_json::Value, EtcdError> {
         let url = format!("{}{path}", self.endpoint);
-        let resp = self.http.post(&url).json(body).send().await.map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            let kind = if e.is_timeout() { " (timed out)" } else { "" };
-            Error::Runtime(format!("etcd {url}{kind}: {e}{cause}"))
-        })?;
-        let status = resp.status();
-        let v: serde_json::Value = resp
-            .json()
+        let transport = |source| EtcdError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let resp = self
+            .http
+            .post(&url)
+            .json(body)
+            .send()
             .await
-            .map_err(|e| Error::Runtime(format!("etcd {url}: {e}")))?;
+            .map_err(transport)?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.map_err(transport)?;
         if !status.is_success() {
-            let msg = v
+            let message = v
                 .get("message")
                 .or_else(|| v.get("error"))
                 .and_then(|m| m.as_str())
                 .unwrap_or("")
                 .to_string();
-            return Err(Error::Runtime(format!("etcd {path}: {status}: {msg}")));
+            return Err(EtcdError::Refused {
+                path: path.to_string(),
+                status,
+                code: grpc_code(status, &v),
+                message,
+            });
         }
         Ok(v)
     }
 
-    pub async fn members(&self) -> Result<Vec<Member>> {
+    pub async fn members(&self) -> Result<Vec<Member>, EtcdError> {
         let v = self
             .call("/v3/cluster/member/list", &serde_json::json!({}))
             .await?;
-        let list: MemberList = serde_json::from_value(v)
-            .map_err(|e| Error::Runtime(format!("etcd member list: {e}")))?;
+        let list: MemberList = serde_json::from_value(v).map_err(|e| EtcdError::Malformed {
+            what: "member list".into(),
+            message: e.to_string(),
+        })?;
         Ok(list.members)
     }
 
-    /// Removes a member. etcd refuses changes for a few seconds after a member starts or
-    /// while the cluster looks unhealthy ("unhealthy cluster"): retry, bounded.
-    pub async fn remove(&self, id: u64, timeout: Duration) -> Result<()> {
+    /// Removes a member; one that is gone already counts as removed. etcd refuses changes
+    /// for a few seconds after a member starts or while the cluster looks unhealthy
+    /// ("unhealthy cluster"): retry, bounded by `timeout`.
+    ///
+    /// A member asked to remove itself stops as it applies the change and may answer
+    /// "server stopped" instead of success: remove a member through another one
+    /// ([`remove_through_peers`]).
+    pub async fn remove(&self, id: u64, timeout: Duration) -> Result<(), EtcdError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5), timeout);
         loop {
             match self
@@ -155,9 +252,9 @@ impl Etcd {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e) if e.to_string().contains("member not found") => return Ok(()),
-                Err(e) if is_transient(&e) => {
-                    tracing::info!(member = format!("{id:x}"), error = %e, "etcd: retrying member remove");
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    tracing::info!(endpoint = %self.endpoint, member = format!("{id:x}"), error = %e, "etcd: retrying member remove");
                     if !backoff.wait().await {
                         return Err(e);
                     }
@@ -168,12 +265,12 @@ impl Etcd {
     }
 
     /// [`Self::members`], retried (bounded) while etcd is settling or busy.
-    pub async fn members_retrying(&self, timeout: Duration) -> Result<Vec<Member>> {
+    pub async fn members_retrying(&self, timeout: Duration) -> Result<Vec<Member>, EtcdError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5), timeout);
         loop {
             match self.members().await {
-                Err(e) if is_transient(&e) => {
-                    tracing::info!(error = %e, "etcd: retrying member list");
+                Err(e) if e.is_transient() => {
+                    tracing::info!(endpoint = %self.endpoint, error = %e, "etcd: retrying member list");
                     if !backoff.wait().await {
                         return Err(e);
                     }
@@ -184,19 +281,39 @@ impl Etcd {
     }
 }
 
-/// The cluster is settling after a start or a loss, or the request timed out or could not
-/// be sent while it did (a loaded machine, a restarting gateway).
-fn is_transient(e: &Error) -> bool {
-    let s = e.to_string();
-    [
-        "unhealthy cluster",
-        "timed out",
-        "error sending request",
-        "connection refused",
-        "leader changed",
-    ]
-    .iter()
-    .any(|t| s.contains(t))
+/// Removes `me` from `members` through the other voting members' client endpoints, one
+/// after the other, each bounded by `each`: etcd answers a member's removal of itself
+/// with "server stopped" as often as with success, so only a peer's answer says whether
+/// the change was applied. The local endpoint is the last resort, for a member with no
+/// reachable peer (its answer is then the best there is).
+pub async fn remove_through_peers(
+    settings: &EtcdSettings,
+    root: &std::path::Path,
+    members: &[Member],
+    me: &Member,
+    each: Duration,
+) -> Result<()> {
+    let peers = members
+        .iter()
+        .filter(|m| m.id != me.id && !m.is_learner)
+        .filter_map(|m| m.client_urls.first());
+    let mut last = None;
+    for endpoint in peers {
+        match Etcd::at(settings, root, endpoint)?
+            .remove(me.id, each)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint, error = %e, "etcd: this peer did not remove the member; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    match Etcd::new(settings, root)?.remove(me.id, each).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(last.unwrap_or(e).into()),
+    }
 }
 
 /// Whether removing one more member keeps a majority of the remaining members alive:
@@ -219,6 +336,47 @@ mod tests {
         assert!(removal_keeps_quorum(5, 3));
         assert!(removal_keeps_quorum(4, 3));
         assert!(!removal_keeps_quorum(1, 1));
+    }
+
+    fn refused(status: u16, body: serde_json::Value) -> EtcdError {
+        let status = reqwest::StatusCode::from_u16(status).unwrap();
+        EtcdError::Refused {
+            path: "/v3/cluster/member/remove".into(),
+            status,
+            code: grpc_code(status, &body),
+            message: body["message"].as_str().unwrap_or("").into(),
+        }
+    }
+
+    #[test]
+    fn gateway_errors_are_classified_by_their_grpc_code() {
+        // As etcd 3.5's gateway answers (grpc-gateway v1: error, code, message).
+        let gone = refused(
+            404,
+            serde_json::json!({"error": "etcdserver: member not found", "code": 5, "message": "etcdserver: member not found"}),
+        );
+        assert!(gone.is_not_found() && !gone.is_transient());
+        for msg in [
+            "etcdserver: unhealthy cluster",
+            "etcdserver: server stopped",
+            "etcdserver: leader changed",
+        ] {
+            let e = refused(503, serde_json::json!({"code": 14, "message": msg}));
+            assert!(e.is_transient() && !e.is_not_found(), "{msg}");
+        }
+        // No code in the body: the HTTP status stands for it.
+        assert!(refused(404, serde_json::json!({})).is_not_found());
+        assert!(refused(503, serde_json::json!({})).is_transient());
+        // A refusal that asking again cannot change.
+        let denied = refused(
+            403,
+            serde_json::json!({"code": 7, "message": "etcdserver: permission denied"}),
+        );
+        assert!(!denied.is_transient() && !denied.is_not_found());
+        assert_eq!(
+            denied.to_string(),
+            "etcd /v3/cluster/member/remove: 403 Forbidden: etcdserver: permission denied"
+        );
     }
 
     #[test]

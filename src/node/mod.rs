@@ -2,7 +2,6 @@
 //! runs kubeadm, keeps join material in SSM, joins, rotates and cleans up.
 
 pub mod agent;
-pub mod backoff;
 pub mod bootstrap;
 pub mod clock;
 pub mod etcd;

@@ -32,6 +32,8 @@ use std::time::Duration;
 
 use super::agent::Agent;
 use super::etcd::{removal_keeps_quorum, Etcd, Member};
+use crate::aws::{autoscaling, ec2};
+use crate::contract::artifacts::CLUSTER_TAG;
 use crate::contract::join::{EtcdHealth, MemberRecord, State};
 use crate::contract::layout;
 use crate::error::{Error, Result};
@@ -271,51 +273,23 @@ fn display_name(m: &Member) -> String {
 async fn instances(agent: &Agent, group: &str) -> Result<Vec<Instance>> {
     let ec2 = aws_sdk_ec2::Client::new(&agent.aws);
     let asg = aws_sdk_autoscaling::Client::new(&agent.aws);
-    let groups = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await
-        .map_err(Error::aws(format!(
-            "autoscaling DescribeAutoScalingGroups {group}"
-        )))?;
-    let in_group: HashSet<String> = groups
-        .auto_scaling_groups()
-        .iter()
-        .flat_map(|g| g.instances())
-        .filter_map(|i| i.instance_id().map(str::to_string))
+    let in_group: HashSet<String> = autoscaling::instance_ids(&asg, group)
+        .await?
+        .into_iter()
         .collect();
-    let filter = aws_sdk_ec2::types::Filter::builder()
-        .name("tag:haimg:cluster")
-        .values(agent.cfg.cluster.as_str())
-        .build();
-    let mut pages = ec2
-        .describe_instances()
-        .filters(filter)
-        .into_paginator()
-        .send();
-    let mut out = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(Error::aws(format!(
-            "ec2 DescribeInstances tag:haimg:cluster={}",
-            agent.cfg.cluster
-        )))?;
-        for i in page.reservations().iter().flat_map(|r| r.instances()) {
-            let id = i.instance_id().unwrap_or_default().to_string();
-            out.push(Instance {
-                in_master_group: in_group.contains(&id),
-                private_dns: i.private_dns_name().unwrap_or_default().to_string(),
-                private_ip: i.private_ip_address().unwrap_or_default().to_string(),
-                state: i
-                    .state()
-                    .and_then(|s| s.name())
-                    .map(|n| n.as_str().to_string())
-                    .unwrap_or_default(),
-                id,
-            });
-        }
-    }
-    Ok(out)
+    Ok(
+        ec2::tagged_instances(&ec2, CLUSTER_TAG, agent.cfg.cluster.as_str())
+            .await?
+            .into_iter()
+            .map(|i| Instance {
+                in_master_group: in_group.contains(&i.id),
+                id: i.id,
+                private_dns: i.private_dns,
+                private_ip: i.private_ip,
+                state: i.state,
+            })
+            .collect(),
+    )
 }
 
 async fn member_records(agent: &Agent) -> Result<Vec<MemberRecord>> {

@@ -22,10 +22,11 @@
 use std::time::Duration;
 
 use super::agent::{paths, Agent};
-use super::etcd::Etcd;
+use super::etcd::{remove_through_peers, Etcd};
 use super::evict::{self, Api, Kubeconfig};
+use crate::aws::autoscaling;
 use crate::contract::node_config::Role;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub async fn run(agent: &Agent) -> Result<()> {
     let Some(asg) = agent.cfg.autoscaling.clone() else {
@@ -34,12 +35,8 @@ pub async fn run(agent: &Agent) -> Result<()> {
     };
     let interval = Duration::from_secs(agent.cfg.agent.watch_interval_seconds.max(1));
     loop {
-        match agent
-            .imds
-            .get("/latest/meta-data/autoscaling/target-lifecycle-state")
-            .await
-        {
-            Ok(s) if s.as_ref().trim() == "Terminated" => {
+        match crate::aws::imds::get(&agent.imds, "autoscaling/target-lifecycle-state").await {
+            Ok(s) if s == "Terminated" => {
                 tracing::warn!(
                     "the Auto Scaling group is terminating this instance: leaving the cluster"
                 );
@@ -48,7 +45,7 @@ pub async fn run(agent: &Agent) -> Result<()> {
             Ok(_) => {}
             // 404 until the instance is InService in a group: keep watching.
             Err(e) => {
-                tracing::debug!(error = %aws_sdk_ssm::error::DisplayErrorContext(&e), "lifecycle state not available")
+                tracing::debug!(error = %e, "lifecycle state not available")
             }
         }
         tokio::time::sleep(interval).await;
@@ -69,18 +66,13 @@ async fn leave(agent: &Agent, asg: &crate::contract::node_config::NodeAutoscalin
             }
         }
     }
-    let (group, hook) = (&asg.group_name, &asg.lifecycle_hook_name);
-    aws_sdk_autoscaling::Client::new(&agent.aws)
-        .complete_lifecycle_action()
-        .auto_scaling_group_name(group)
-        .lifecycle_hook_name(hook)
-        .instance_id(&agent.id.instance_id)
-        .lifecycle_action_result("CONTINUE")
-        .send()
-        .await
-        .map_err(Error::aws(format!(
-            "autoscaling CompleteLifecycleAction {group}/{hook}"
-        )))?;
+    autoscaling::complete_lifecycle_action(
+        &aws_sdk_autoscaling::Client::new(&agent.aws),
+        &asg.group_name,
+        &asg.lifecycle_hook_name,
+        &agent.id.instance_id,
+    )
+    .await?;
     tracing::info!("lifecycle action completed");
     Ok(())
 }
@@ -99,18 +91,16 @@ async fn drain(agent: &Agent, asg: &crate::contract::node_config::NodeAutoscalin
     let s = &agent.cfg.agent;
     let client = aws_sdk_autoscaling::Client::new(&agent.aws);
     let heartbeat = || async {
-        let sent = client
-            .record_lifecycle_action_heartbeat()
-            .auto_scaling_group_name(&asg.group_name)
-            .lifecycle_hook_name(&asg.lifecycle_hook_name)
-            .instance_id(&agent.id.instance_id)
-            .send()
-            .await;
+        let sent = autoscaling::record_heartbeat(
+            &client,
+            &asg.group_name,
+            &asg.lifecycle_hook_name,
+            &agent.id.instance_id,
+        )
+        .await;
         match sent {
-            Ok(_) => tracing::info!("lifecycle action heartbeat recorded"),
-            Err(e) => {
-                tracing::warn!(error = %aws_sdk_autoscaling::error::DisplayErrorContext(&e), "lifecycle action heartbeat failed")
-            }
+            Ok(()) => tracing::info!("lifecycle action heartbeat recorded"),
+            Err(e) => tracing::warn!(error = %e, "lifecycle action heartbeat failed"),
         }
     };
     let done = evict::drain(
@@ -126,10 +116,20 @@ async fn drain(agent: &Agent, asg: &crate::contract::node_config::NodeAutoscalin
 }
 
 async fn leave_etcd(agent: &Agent) -> Result<()> {
-    let etcd = Etcd::new(&agent.cfg.agent.etcd, &agent.seams.root)?;
+    let settings = &agent.cfg.agent.etcd;
+    let etcd = Etcd::new(settings, &agent.seams.root)?;
     let members = etcd.members_retrying(Duration::from_secs(60)).await?;
     let Some(me) = members.iter().find(|m| m.name == agent.id.hostname) else {
         return Ok(());
     };
-    etcd.remove(me.id, Duration::from_secs(60)).await
+    // 30 s per peer: etcd settles within seconds after a loss; beyond that the next peer,
+    // and reconcile on the masters that stay, do better than waiting here.
+    remove_through_peers(
+        settings,
+        &agent.seams.root,
+        &members,
+        me,
+        Duration::from_secs(30),
+    )
+    .await
 }

@@ -471,6 +471,55 @@ fn release(cx: &mut Ctx, s: &SpecFile) -> Option<Os> {
 }
 
 pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe> {
+    let name = header(cx, f);
+    let s = &f.spec;
+    let base = base(cx, s);
+    let os = release(cx, s);
+    let architecture = architecture(cx, s);
+    let (kubernetes_version, revision, fingerprint) = kubernetes(cx, s);
+    packages(cx, s);
+    let apt_mirror = apt(cx, s, os, dir);
+    let cni = self::cni(cx, &s.cni, dir);
+    let mut extra_images = Vec::new();
+    for (i, img) in s.extra_images.iter().enumerate() {
+        if let Some(r) = qualified_image(cx, &format!("/spec/extraImages/{i}"), img) {
+            extra_images.push(r);
+        }
+    }
+    let images = image_archives(cx, &s.images, &s.extra_images, dir);
+    let kubernetes_packages = kubernetes_debs(
+        cx,
+        &s.kubernetes_packages,
+        dir,
+        kubernetes_version.map(|v| format!("{v}-{revision}")),
+        architecture,
+    );
+    let registry_mirrors = registry_mirrors(cx, s);
+    hardening(cx, s);
+    Some(Recipe {
+        name: name.clone(),
+        base,
+        os: os?,
+        architecture: architecture?,
+        kubernetes_version: kubernetes_version?,
+        kubernetes_package_revision: revision,
+        kubernetes_key_fingerprint: fingerprint,
+        packages: s.packages.clone(),
+        kubernetes_packages,
+        apt_snapshot: s.apt_snapshot.clone(),
+        apt_mirror,
+        cni: cni?,
+        extra_images,
+        images,
+        registry_mirrors,
+        hardening: Hardening {
+            ssh: s.hardening.ssh.clone(),
+        },
+    })
+}
+
+/// apiVersion, kind and the recipe's name (which names the AMI and a parameter path).
+fn header<'a>(cx: &mut Ctx, f: &'a RecipeFile) -> &'a String {
     if f.api_version != crate::contract::API_VERSION {
         cx.error(
             "/apiVersion",
@@ -496,8 +545,12 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
     if !name_ok {
         cx.error("/metadata/name", format!("`{name}` is not a recipe name: 1-48 lowercase letters, digits, '-' and '.', starting with a letter (it names the AMI and an SSM parameter path)"));
     }
-    let s = &f.spec;
-    let base = match s.base.as_ref().map(|b| (&b.ami, &b.ssm_parameter)) {
+    name
+}
+
+/// The base image: exactly one of an AMI id or an SSM parameter, or none (local only).
+fn base(cx: &mut Ctx, s: &SpecFile) -> Option<Base> {
+    match s.base.as_ref().map(|b| (&b.ami, &b.ssm_parameter)) {
         None => None,
         Some((Some(a), None)) => cx.parse::<AmiId>("/spec/base/ami", a).map(Base::Ami),
         Some((None, Some(p))) => cx
@@ -507,9 +560,11 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
             cx.error("/spec/base", "give exactly one base image: `ami` (an id: reproducible, and `--dry-run` needs no AWS) or `ssmParameter` (e.g. Canonical's /aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id)");
             None
         }
-    };
-    let os = release(cx, s);
-    let architecture = match s.architecture.as_str() {
+    }
+}
+
+fn architecture(cx: &mut Ctx, s: &SpecFile) -> Option<Arch> {
+    match s.architecture.as_str() {
         "amd64" => Some(Arch::Amd64),
         "arm64" => Some(Arch::Arm64),
         other => {
@@ -519,7 +574,12 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
             );
             None
         }
-    };
+    }
+}
+
+/// The Kubernetes version (supported, with its known issues), the packages' Debian
+/// revision and the repository key's fingerprint.
+fn kubernetes(cx: &mut Ctx, s: &SpecFile) -> (Option<KubernetesVersion>, String, String) {
     let kubernetes_version =
         cx.parse::<KubernetesVersion>("/spec/kubernetesVersion", &s.kubernetes_version);
     if let Some(v) = &kubernetes_version {
@@ -551,6 +611,11 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
     if !is_hex(&fingerprint, 40) {
         cx.error("/spec/kubernetesKeyFingerprint", "must be the 40-hex-digit OpenPGP fingerprint of the pkgs.k8s.io signing key: the bake refuses a repository key that does not match it");
     }
+    (kubernetes_version, revision, fingerprint)
+}
+
+/// The pinned packages: every required one, exact versions, none that kubernetesVersion pins.
+fn packages(cx: &mut Ctx, s: &SpecFile) {
     for p in REQUIRED_PACKAGES {
         if !s.packages.contains_key(*p) {
             cx.error("/spec/packages", format!("`{p}` is missing: containerd, keepalived and haproxy are pinned to exact versions"));
@@ -571,6 +636,10 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
             cx.error(&at, format!("`{version}` is not an exact package version: give the full Debian version (e.g. 1.7.12-0ubuntu2~20.04.1), no wildcards or ranges"));
         }
     }
+}
+
+/// The apt source: a snapshot (Ubuntu) or a mirror with its key, never both.
+fn apt(cx: &mut Ctx, s: &SpecFile, os: Option<Os>, dir: Files) -> Option<AptMirror> {
     if s.apt_snapshot.is_some() && os.is_some_and(|o| o.id() != "ubuntu") {
         cx.error("/spec/aptSnapshot", "snapshot.ubuntu.com serves Ubuntu only: for Debian, point aptMirror at a mirror frozen at the versions you pin");
     }
@@ -587,7 +656,7 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
     } else if s.apt_mirror.is_none() {
         cx.warn("/spec", "no aptSnapshot: the pinned versions are taken from the live archive, where superseded versions disappear; pin aptSnapshot for bakes that can be repeated");
     }
-    let apt_mirror = s.apt_mirror.as_ref().and_then(|m| {
+    s.apt_mirror.as_ref().and_then(|m| {
         if s.apt_snapshot.is_some() {
             cx.error("/spec/aptMirror", "give aptSnapshot or aptMirror, not both: a mirror is what it serves (mirror the snapshot to pin versions)");
         }
@@ -628,22 +697,11 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
             key_data,
             security_url: m.security_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
         })
-    });
-    let cni = self::cni(cx, &s.cni, dir);
-    let mut extra_images = Vec::new();
-    for (i, img) in s.extra_images.iter().enumerate() {
-        if let Some(r) = qualified_image(cx, &format!("/spec/extraImages/{i}"), img) {
-            extra_images.push(r);
-        }
-    }
-    let images = image_archives(cx, &s.images, &s.extra_images, dir);
-    let kubernetes_packages = kubernetes_debs(
-        cx,
-        &s.kubernetes_packages,
-        dir,
-        kubernetes_version.map(|v| format!("{v}-{revision}")),
-        architecture,
-    );
+    })
+}
+
+/// containerd's registry mirrors: real host names, https:// mirrors only.
+fn registry_mirrors(cx: &mut Ctx, s: &SpecFile) -> BTreeMap<String, Vec<String>> {
     let mut registry_mirrors = BTreeMap::new();
     for (host, mirrors) in &s.registry_mirrors {
         let at = format!("/spec/registryMirrors/{}", crate::yaml::escape(host));
@@ -673,27 +731,11 @@ pub(super) fn resolve(cx: &mut Ctx, f: &RecipeFile, dir: Files) -> Option<Recipe
         }
         registry_mirrors.insert(host.clone(), mirrors.clone());
     }
+    registry_mirrors
+}
+
+fn hardening(cx: &mut Ctx, s: &SpecFile) {
     if s.hardening.ssh != "disabled" {
         cx.error("/spec/hardening/ssh", format!("`{}`: haimg images have no SSH (the builder is driven by SSM Run Command and nodes by user-data); only `disabled` is accepted", s.hardening.ssh));
     }
-    Some(Recipe {
-        name: name.clone(),
-        base,
-        os: os?,
-        architecture: architecture?,
-        kubernetes_version: kubernetes_version?,
-        kubernetes_package_revision: revision,
-        kubernetes_key_fingerprint: fingerprint,
-        packages: s.packages.clone(),
-        kubernetes_packages,
-        apt_snapshot: s.apt_snapshot.clone(),
-        apt_mirror,
-        cni: cni?,
-        extra_images,
-        images,
-        registry_mirrors,
-        hardening: Hardening {
-            ssh: s.hardening.ssh.clone(),
-        },
-    })
 }

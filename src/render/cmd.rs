@@ -70,7 +70,7 @@ struct Written<'a> {
 pub fn run(args: Args) -> Result<()> {
     let mut loaded = crate::spec::load(args.config.as_deref())?;
     for w in &loaded.warnings {
-        eprintln!("warning: {w}");
+        crate::progress::warn(w);
     }
     let spec_dir = args
         .config
@@ -218,7 +218,7 @@ pub(crate) fn load_static_credentials(
             path.display()
         );
     }
-    eprintln!("warning: STATIC CREDENTIALS: the user-data written now holds a bootstrap token, masters' also the certificate key and the first master's the CA key; masters must join within 2 h and workers within 24 h of the first master's init");
+    crate::progress::warn("STATIC CREDENTIALS: the user-data written now holds a bootstrap token, masters' also the certificate key and the first master's the CA key; masters must join within 2 h and workers within 24 h of the first master's init");
     *material = Some(Box::new(m));
     Ok(true)
 }

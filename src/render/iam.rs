@@ -1,5 +1,7 @@
-//! IAM policies rendered from typed statements (the instance policies are still templates:
-//! see `launch-templates/*-policy.json.tera`).
+//! IAM policies, from typed statements.
+//!
+//! `iam/master-policy.json` and `iam/worker-policy.json`: the instance roles' policies
+//! ([`master_policy`], [`worker_policy`]).
 //!
 //! `iam/operator-policy.json`: the least privilege for whoever runs `bake`, `up`, `status`
 //! and `down` on this cluster: every action one of them calls (checked against the calls
@@ -27,19 +29,59 @@ pub struct Statement {
     pub sid: &'static str,
     pub effect: &'static str,
     pub action: Vec<&'static str>,
-    pub resource: Vec<String>,
+    pub resource: Resource,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub condition: Option<serde_json::Value>,
 }
 
+/// A statement's `Resource`: one ARN (pattern) or a list, as IAM takes either.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Resource {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<Vec<String>> for Resource {
+    fn from(v: Vec<String>) -> Self {
+        Resource::Many(v)
+    }
+}
+
+impl From<String> for Resource {
+    fn from(v: String) -> Self {
+        Resource::One(v)
+    }
+}
+
+impl From<&str> for Resource {
+    fn from(v: &str) -> Self {
+        Resource::One(v.into())
+    }
+}
+
 impl Statement {
-    fn allow(sid: &'static str, action: &[&'static str], resource: Vec<String>) -> Statement {
+    fn allow(
+        sid: &'static str,
+        action: &[&'static str],
+        resource: impl Into<Resource>,
+    ) -> Statement {
         Statement {
             sid,
             effect: "Allow",
             action: action.to_vec(),
-            resource,
+            resource: resource.into(),
             condition: None,
+        }
+    }
+    fn deny(
+        sid: &'static str,
+        action: &[&'static str],
+        resource: impl Into<Resource>,
+    ) -> Statement {
+        Statement {
+            effect: "Deny",
+            ..Statement::allow(sid, action, resource)
         }
     }
     fn when(mut self, condition: serde_json::Value) -> Statement {
@@ -75,6 +117,136 @@ pub fn status_policy(parameter_arns: Vec<String>) -> Policy {
             parameter_arns,
         ));
     }
+    Policy {
+        version: "2012-10-17",
+        statement,
+    }
+}
+
+/// What the instance roles' policies are scoped to: ARN patterns made from the cluster's
+/// names and its SSM key.
+#[derive(Debug)]
+pub struct InstanceScope {
+    /// The cluster's parameters: `P` and `P/*`.
+    pub parameter_arns: Vec<String>,
+    /// `P/join/worker`.
+    pub worker_join_arn: String,
+    /// What a worker must never read: `P/join/control-plane`, and the paths that list it.
+    pub denied_arns: Vec<String>,
+    /// The SecureString key: its ARN, or every key when it is named by an alias.
+    pub kms_resource: String,
+    /// `alias/<name>` when the key is named by an alias.
+    pub kms_alias: Option<String>,
+    /// `ssm.<region>.amazonaws.com`: the key is used through SSM only.
+    pub ssm_service: String,
+    /// The role's own Auto Scaling groups (none for fixed masters).
+    pub group_arns: Vec<String>,
+}
+
+const OWN_LIFECYCLE_ACTIONS: [&str; 3] = [
+    "autoscaling:CompleteLifecycleAction",
+    "autoscaling:RecordLifecycleActionHeartbeat",
+    "autoscaling:SetInstanceHealth",
+];
+
+impl InstanceScope {
+    /// The key's use through SSM only, and only a key with the alias when it has one.
+    fn through_ssm(&self) -> serde_json::Value {
+        let mut c = serde_json::json!({"StringEquals": {"kms:ViaService": self.ssm_service}});
+        if let Some(alias) = &self.kms_alias {
+            c["ForAnyValue:StringEquals"] = serde_json::json!({"kms:ResourceAliases": alias});
+        }
+        c
+    }
+
+    /// Lifecycle actions, and marking itself Unhealthy when bootstrap gives up: only on
+    /// the role's own groups.
+    fn own_lifecycle(&self) -> Option<Statement> {
+        (!self.group_arns.is_empty()).then(|| {
+            Statement::allow(
+                "OwnLifecycleActions",
+                &OWN_LIFECYCLE_ACTIONS,
+                self.group_arns.clone(),
+            )
+        })
+    }
+}
+
+/// The control-plane instance role's policy (attach to `spec.controlPlane.instanceProfile`'s
+/// role):
+/// - SSM: masters init, publish, rotate and read everything under the cluster's prefix.
+/// - KMS: SecureString encryption through SSM only (`kms:ViaService`).
+/// - Describe calls (no resource-level permissions exist for them): reconcile finds dead
+///   instances; bootstrap looks up the NLB's DNS name.
+pub fn master_policy(o: &InstanceScope) -> Policy {
+    let mut statement = vec![
+        Statement::allow(
+            "ClusterParameters",
+            &[
+                "ssm:GetParameter",
+                "ssm:GetParameters",
+                "ssm:GetParametersByPath",
+                "ssm:PutParameter",
+                "ssm:DeleteParameter",
+                "ssm:DeleteParameters",
+                "ssm:AddTagsToResource",
+            ],
+            o.parameter_arns.clone(),
+        ),
+        Statement::allow(
+            "SecureStringKey",
+            &["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            o.kms_resource.clone(),
+        )
+        .when(o.through_ssm()),
+        Statement::allow(
+            "DiscoverInstancesGroupsAndEndpoint",
+            &[
+                "ec2:DescribeInstances",
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeAutoScalingInstances",
+                "elasticloadbalancing:DescribeLoadBalancers",
+            ],
+            "*",
+        ),
+    ];
+    statement.extend(o.own_lifecycle());
+    Policy {
+        version: "2012-10-17",
+        statement,
+    }
+}
+
+/// The worker instance roles' policy (attach to every worker pool's instance profile role):
+/// - SSM: read exactly one parameter, the worker join material. The control-plane join
+///   material holds the certificate key, which decrypts the cluster CA keys: an explicit
+///   Deny keeps it out of reach even if a broader policy is attached to the same role.
+/// - KMS: decrypt through SSM only.
+pub fn worker_policy(o: &InstanceScope) -> Policy {
+    let mut statement = vec![
+        Statement::allow(
+            "WorkerJoinMaterial",
+            &["ssm:GetParameter"],
+            o.worker_join_arn.clone(),
+        ),
+        Statement::deny(
+            "NeverControlPlaneJoinMaterial",
+            &[
+                "ssm:GetParameter",
+                "ssm:GetParameters",
+                "ssm:GetParametersByPath",
+                "ssm:GetParameterHistory",
+            ],
+            o.denied_arns.clone(),
+        ),
+        Statement::allow(
+            "DecryptJoinMaterial",
+            &["kms:Decrypt"],
+            o.kms_resource.clone(),
+        )
+        .when(o.through_ssm()),
+    ];
+    statement.extend(o.own_lifecycle());
     Policy {
         version: "2012-10-17",
         statement,

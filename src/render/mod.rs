@@ -25,8 +25,13 @@ mod userdata;
 mod vip;
 
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::contract::artifacts::{
+    AsgTag, Attribute, AutoScalingGroup, BlockDeviceMapping, Ebs, InstanceProfile, LaunchTemplate,
+    LaunchTemplateData, LaunchTemplateRef, LifecycleHook, Listener, ListenerAction, LoadBalancer,
+    Matcher, MetadataOptions, PrivateDnsNameOptions, Tag, TagSpecification, TargetGroup,
+    TargetGroupAttributes,
+};
 use crate::contract::layout;
 use crate::contract::node_config::{
     FixedIdentity, NodeAutoscaling, NodeConfig, NodeEndpoint, NodeKubernetes, NodeSsm, Role,
@@ -181,14 +186,6 @@ pub fn user_data(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<User
     userdata::render(spec, group, t)
 }
 
-/// A resource tag, as EC2, ELB and IAM take it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Tag {
-    key: String,
-    value: String,
-}
-
 /// Tags on everything haimg creates for a group: identity first, then the user's.
 fn tags(spec: &ClusterSpec, name: &str, role: &str, pool: &str) -> Vec<Tag> {
     let own = [
@@ -239,30 +236,23 @@ fn partition(spec: &ClusterSpec) -> &'static str {
 const ROOT_DEVICE: &str = "/dev/sda1";
 /// Masters: long enough for a replacement to wait for the dead member's removal
 /// (reconcile runs every minute) and join etcd before its status checks count.
-const MASTER_HEALTH_GRACE_SECONDS: u32 = 900;
+const MASTER_HEALTH_GRACE_SECONDS: i32 = 900;
 /// Workers: EC2 status checks only; the kubelet's own readiness is Kubernetes' business.
-const WORKER_HEALTH_GRACE_SECONDS: u32 = 300;
+const WORKER_HEALTH_GRACE_SECONDS: i32 = 300;
 /// Time the watcher has to drain (bounded at 5 minutes) and leave etcd before EC2
 /// terminates the instance anyway.
-const LIFECYCLE_HEARTBEAT_SECONDS: u32 = 600;
-/// Target group deregistration delay (see target-group-attributes.json.tera).
+const LIFECYCLE_HEARTBEAT_SECONDS: i32 = 600;
+/// Target group deregistration delay (see [`load_balancer`]).
 const DEREGISTRATION_DELAY_SECONDS: u32 = 30;
 
-#[derive(Serialize)]
-struct LaunchTemplateCtx<'a> {
-    name: String,
-    description: String,
-    image_id: String,
-    instance_type: &'a str,
-    instance_profile: &'a str,
-    security_group_ids: Vec<&'a str>,
-    root_device_name: &'static str,
-    root_volume_gib: u32,
-    tags: Vec<Tag>,
-    user_data: String,
-}
-
-fn launch_template(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Value> {
+/// `aws ec2 create-launch-template --cli-input-json file://…`:
+/// - MetadataOptions: IMDSv2 only, hop limit 1: a pod (one hop further) cannot read the
+///   instance role's credentials; a master's role can read the certificate key.
+/// - PrivateDnsNameOptions: IP-based host names, so the node name (= private DNS name) is
+///   the ip-… form kubeadm and the AWS tooling expect.
+/// - No KeyName: nodes have no SSH.
+/// - ImageId may be `resolve:ssm:<parameter>`: EC2 resolves it at every launch.
+fn launch_template(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<LaunchTemplate> {
     let name = group
         .asg_name(spec)
         .unwrap_or_else(|| format!("{}-{}", spec.name, group.stem()));
@@ -274,66 +264,69 @@ fn launch_template(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Va
         ),
         Group::Worker(p) => (&p.instance_type, &p.instance_profile, p.root_volume_gib),
     };
-    let ud = user_data(spec, group, t)?;
-    let ctx = LaunchTemplateCtx {
-        description: format!(
+    let tags = tags(spec, &name, group.role().as_str(), group.pool_tag());
+    let tagged = |resource_type: &str| TagSpecification {
+        resource_type: resource_type.into(),
+        tags: tags.clone(),
+    };
+    Ok(LaunchTemplate {
+        version_description: format!(
             "haimg {}: {} {}",
             env!("CARGO_PKG_VERSION"),
             spec.name,
             group.stem()
         ),
-        image_id: match &spec.image {
-            ImageSource::Ami(a) => a.to_string(),
-            ImageSource::SsmParameter(p) => format!("resolve:ssm:{p}"),
+        launch_template_data: LaunchTemplateData {
+            image_id: match &spec.image {
+                ImageSource::Ami(a) => a.to_string(),
+                ImageSource::SsmParameter(p) => format!("resolve:ssm:{p}"),
+            },
+            instance_type: instance_type.to_string(),
+            iam_instance_profile: InstanceProfile {
+                name: instance_profile.to_string(),
+            },
+            security_group_ids: spec
+                .network
+                .security_group_ids
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            metadata_options: MetadataOptions {
+                http_endpoint: "enabled".into(),
+                http_tokens: "required".into(),
+                http_put_response_hop_limit: 1,
+                instance_metadata_tags: "disabled".into(),
+            },
+            private_dns_name_options: PrivateDnsNameOptions {
+                hostname_type: "ip-name".into(),
+                enable_resource_name_dns_a_record: false,
+                enable_resource_name_dns_aaaa_record: false,
+            },
+            block_device_mappings: vec![BlockDeviceMapping {
+                device_name: ROOT_DEVICE.into(),
+                ebs: Ebs {
+                    volume_size: i32::try_from(root).expect("validated: at most 16 TiB"),
+                    volume_type: "gp3".into(),
+                    encrypted: true,
+                    delete_on_termination: true,
+                },
+            }],
+            tag_specifications: vec![tagged("instance"), tagged("volume")],
+            user_data: user_data(spec, group, t)?.base64(),
         },
-        instance_type: instance_type.as_str(),
-        instance_profile: instance_profile.as_str(),
-        security_group_ids: spec
-            .network
-            .security_group_ids
-            .iter()
-            .map(|s| s.as_str())
-            .collect(),
-        root_device_name: ROOT_DEVICE,
-        root_volume_gib: root,
-        tags: tags(spec, &name, group.role().as_str(), group.pool_tag()),
-        user_data: ud.base64(),
-        name,
-    };
-    t.render_json("launch-templates/launch-template.json.tera", &ctx)
+        tag_specifications: vec![tagged("launch-template")],
+        launch_template_name: name,
+    })
 }
 
-#[derive(Serialize)]
-struct AsgTag {
-    #[serde(rename = "ResourceId")]
-    resource_id: String,
-    #[serde(rename = "ResourceType")]
-    resource_type: &'static str,
-    #[serde(rename = "Key")]
-    key: String,
-    #[serde(rename = "Value")]
-    value: String,
-    #[serde(rename = "PropagateAtLaunch")]
-    propagate_at_launch: bool,
-}
-
-#[derive(Serialize)]
-struct AsgCtx {
-    name: String,
-    launch_template: String,
-    min_size: u32,
-    max_size: u32,
-    desired_capacity: u32,
-    subnets: String,
-    health_check_type: &'static str,
-    health_check_grace_period: u32,
-    target_group_arns: Vec<String>,
-    lifecycle_hook: &'static str,
-    lifecycle_heartbeat_timeout: u32,
-    tags: Vec<AsgTag>,
-}
-
-fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result<Value> {
+/// `aws autoscaling create-auto-scaling-group --cli-input-json file://…`:
+/// - LaunchTemplate Version `$Default`: `haimg up` makes each new launch template version
+///   the default, so instance refreshes and replacements pick it up.
+/// - The termination lifecycle hook gives `haimg node watch` time to drain the node (and,
+///   on a master, remove its etcd member) before EC2 terminates it. CONTINUE: a node that
+///   cannot finish still goes away when the timeout expires.
+/// - TargetGroupARNs (masters) holds a haimg-ref: `haimg up` fills in the ARN.
+fn auto_scaling_group(spec: &ClusterSpec, group: Group) -> AutoScalingGroup {
     let name = group.asg_name(spec).unwrap_or_default();
     let (min, max, desired) = match group {
         Group::Master | Group::FixedMaster { .. } => {
@@ -342,12 +335,16 @@ fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result
         }
         Group::Worker(p) => (p.min_size, p.max_size, p.desired_capacity),
     };
-    let ctx = AsgCtx {
-        launch_template: name.clone(),
-        min_size: min,
-        max_size: max,
-        desired_capacity: desired,
-        subnets: spec
+    let size = |n: u32| i32::try_from(n).expect("validated: group sizes fit an i32");
+    AutoScalingGroup {
+        launch_template: LaunchTemplateRef {
+            launch_template_name: name.clone(),
+            version: "$Default".into(),
+        },
+        min_size: size(min),
+        max_size: size(max),
+        desired_capacity: size(desired),
+        vpc_zone_identifier: spec
             .network
             .subnet_ids
             .iter()
@@ -359,7 +356,7 @@ fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result
         // unhealthy at once, the group replaces them all, and their etcd data goes with
         // the root volumes. `/readyz` still decides routing; replacement waits for a
         // failed instance.
-        health_check_type: "EC2",
+        health_check_type: "EC2".into(),
         health_check_grace_period: if matches!(group, Group::Master) {
             MASTER_HEALTH_GRACE_SECONDS
         } else {
@@ -372,49 +369,42 @@ fn auto_scaling_group(spec: &ClusterSpec, group: Group, t: &Templates) -> Result
             )],
             _ => vec![],
         },
-        lifecycle_hook: names::LIFECYCLE_HOOK,
-        lifecycle_heartbeat_timeout: LIFECYCLE_HEARTBEAT_SECONDS,
+        termination_policies: vec!["OldestLaunchTemplate".into(), "OldestInstance".into()],
+        lifecycle_hook_specification_list: vec![LifecycleHook {
+            lifecycle_hook_name: names::LIFECYCLE_HOOK.into(),
+            lifecycle_transition: "autoscaling:EC2_INSTANCE_TERMINATING".into(),
+            heartbeat_timeout: LIFECYCLE_HEARTBEAT_SECONDS,
+            default_result: "CONTINUE".into(),
+        }],
         tags: tags(spec, &name, group.role().as_str(), group.pool_tag())
             .into_iter()
             .map(|tag| AsgTag {
                 resource_id: name.clone(),
-                resource_type: "auto-scaling-group",
+                resource_type: "auto-scaling-group".into(),
                 key: tag.key,
                 value: tag.value,
                 // Instances and volumes get their tags from the launch template.
                 propagate_at_launch: false,
             })
             .collect(),
-        name,
-    };
-    t.render_json("launch-templates/auto-scaling-group.json.tera", &ctx)
+        auto_scaling_group_name: name,
+    }
 }
 
-/// One context for the four load balancer files.
-#[derive(Serialize)]
-struct LoadBalancerCtx {
-    load_balancer_name: String,
-    target_group_name: String,
-    subnets: Vec<String>,
-    scheme: &'static str,
-    vpc_id: String,
-    port: u16,
-    port_string: String,
-    load_balancer_arn: String,
-    target_group_arn: String,
-    deregistration_delay: String,
-    tags: Vec<Tag>,
-}
-
-fn load_balancer(spec: &ClusterSpec, t: &Templates) -> Result<Vec<(String, Value)>> {
+/// The API endpoint's four `aws elbv2` inputs (NLB mode), by path.
+fn load_balancer(spec: &ClusterSpec) -> Vec<Artifact> {
     let Endpoint::Nlb { internal } = spec.control_plane.endpoint else {
-        return Ok(vec![]);
+        return vec![];
     };
     let (lb, tg) = (
         names::load_balancer(&spec.name),
         names::target_group(&spec.name),
     );
-    let ctx = LoadBalancerCtx {
+    let port = i32::from(names::API_PORT);
+    let target_group_arn = names::reference("target-group", &tg);
+    // `create-load-balancer`: an NLB in every subnet (AZ).
+    let load_balancer = LoadBalancer {
+        name: lb.clone(),
         subnets: spec
             .network
             .subnet_ids
@@ -425,43 +415,80 @@ fn load_balancer(spec: &ClusterSpec, t: &Templates) -> Result<Vec<(String, Value
             "internal"
         } else {
             "internet-facing"
-        },
-        vpc_id: spec.network.vpc_id.to_string(),
-        port: names::API_PORT,
-        port_string: names::API_PORT.to_string(),
-        load_balancer_arn: names::reference("load-balancer", &lb),
-        target_group_arn: names::reference("target-group", &tg),
-        deregistration_delay: DEREGISTRATION_DELAY_SECONDS.to_string(),
+        }
+        .into(),
+        r#type: "network".into(),
+        ip_address_type: "ipv4".into(),
         tags: api_tags(spec),
-        load_balancer_name: lb,
-        target_group_name: tg,
     };
-    [
-        "load-balancer",
-        "target-group",
-        "target-group-attributes",
-        "listener",
+    // `create-target-group`. Health check: HTTPS GET /readyz on 6443 (anonymous access to
+    // /readyz is allowed by the system:public-info-viewer role), every 10 s, 2 to become
+    // healthy and 2 to become unhealthy: a failed API server leaves rotation in about 20 s.
+    let target_group = TargetGroup {
+        name: tg,
+        protocol: "TCP".into(),
+        port,
+        vpc_id: spec.network.vpc_id.to_string(),
+        target_type: "instance".into(),
+        health_check_enabled: true,
+        health_check_protocol: "HTTPS".into(),
+        health_check_port: names::API_PORT.to_string(),
+        health_check_path: "/readyz".into(),
+        health_check_interval_seconds: 10,
+        health_check_timeout_seconds: 5,
+        healthy_threshold_count: 2,
+        unhealthy_threshold_count: 2,
+        matcher: Matcher {
+            http_code: "200".into(),
+        },
+        tags: api_tags(spec),
+    };
+    // `modify-target-group-attributes`:
+    // - preserve_client_ip.enabled=false: with client IP preservation a master that reaches
+    //   its own API server through the NLB (kubeadm init does) gets its packets back with
+    //   its own source address and drops them: the "hairpinning" timeouts of seed 000.
+    // - deregistration_delay 30 s: API clients reconnect fast; long requests (watches) are
+    //   re-established by client-go anyway. connection_termination closes what is left.
+    // - cross-zone load balancing on: a zone whose master is down still serves the API.
+    let attribute = |key: &str, value: &str| Attribute {
+        key: key.into(),
+        value: value.into(),
+    };
+    let attributes = TargetGroupAttributes {
+        target_group_arn: target_group_arn.clone(),
+        attributes: vec![
+            attribute("preserve_client_ip.enabled", "false"),
+            attribute(
+                "deregistration_delay.timeout_seconds",
+                &DEREGISTRATION_DELAY_SECONDS.to_string(),
+            ),
+            attribute(
+                "deregistration_delay.connection_termination.enabled",
+                "true",
+            ),
+            attribute("load_balancing.cross_zone.enabled", "true"),
+        ],
+    };
+    // `create-listener`: TCP pass-through to the API servers (TLS ends at kube-apiserver).
+    let listener = Listener {
+        load_balancer_arn: names::reference("load-balancer", &lb),
+        protocol: "TCP".into(),
+        port,
+        default_actions: vec![ListenerAction {
+            r#type: "forward".into(),
+            target_group_arn,
+        }],
+        tags: api_tags(spec),
+    };
+    vec![
+        json_artifact("load-balancer/load-balancer.json".into(), &load_balancer),
+        json_artifact("load-balancer/target-group.json".into(), &target_group),
+        json_artifact(
+            "load-balancer/target-group-attributes.json".into(),
+            &attributes,
+        ),
+        json_artifact("load-balancer/listener.json".into(), &listener),
     ]
-    .iter()
-    .map(|f| {
-        Ok((
-            format!("load-balancer/{f}.json"),
-            t.render_json(&format!("launch-templates/{f}.json.tera"), &ctx)?,
-        ))
-    })
-    .collect()
-}
-
-#[derive(Serialize)]
-struct PolicyCtx {
-    prefix_arn: String,
-    prefix_children_arn: String,
-    worker_join_arn: String,
-    denied_arns: Vec<String>,
-    kms_resource: String,
-    kms_alias: Option<String>,
-    ssm_service: String,
-    group_arns: Vec<String>,
 }
 
 /// The least privilege of `haimg status` for this cluster.
@@ -536,7 +563,8 @@ pub fn operator_policy(spec: &ClusterSpec) -> iam::Policy {
     })
 }
 
-fn policies(spec: &ClusterSpec, t: &Templates) -> Result<(Value, Value)> {
+/// `iam/master-policy.json` and `iam/worker-policy.json` (see [`iam::master_policy`]).
+fn policies(spec: &ClusterSpec) -> (iam::Policy, iam::Policy) {
     let part = partition(spec);
     let region = &spec.region;
     let param = |path: &str| format!("arn:{part}:ssm:{region}:*:parameter{path}");
@@ -553,12 +581,11 @@ fn policies(spec: &ClusterSpec, t: &Templates) -> Result<(Value, Value)> {
     let group_arn = |name: &str| {
         format!("arn:{part}:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{name}")
     };
-    let base = |group_arns: Vec<String>| PolicyCtx {
-        prefix_arn: param(prefix),
-        prefix_children_arn: param(&format!("{prefix}/*")),
-        worker_join_arn: param(&format!("{prefix}/join/worker")),
+    let scope = |group_arns: Vec<String>| iam::InstanceScope {
+        parameter_arns: vec![param(prefix), param(&format!("{prefix}/*"))],
+        worker_join_arn: param(&format!("{prefix}/{}", layout::JOIN_WORKER)),
         denied_arns: vec![
-            param(&format!("{prefix}/join/control-plane")),
+            param(&format!("{prefix}/{}", layout::JOIN_CONTROL_PLANE)),
             param(prefix),
             param(&format!("{prefix}/join")),
         ],
@@ -572,21 +599,19 @@ fn policies(spec: &ClusterSpec, t: &Templates) -> Result<(Value, Value)> {
         .filter_map(|g| g.asg_name(spec))
         .map(|n| group_arn(&n))
         .collect();
-    let master = t.render_json(
-        "launch-templates/master-policy.json.tera",
-        &base(master_groups),
-    )?;
     let workers: Vec<String> = spec
         .worker_pools
         .iter()
         .map(|p| group_arn(&names::worker_group(&spec.name, &p.name)))
         .collect();
-    let worker = t.render_json("launch-templates/worker-policy.json.tera", &base(workers))?;
-    Ok((master, worker))
+    (
+        iam::master_policy(&scope(master_groups)),
+        iam::worker_policy(&scope(workers)),
+    )
 }
 
-fn json_artifact(path: String, v: &Value) -> Artifact {
-    let mut contents = serde_json::to_string_pretty(v).expect("JSON values serialize");
+fn json_artifact(path: String, v: &impl Serialize) -> Artifact {
+    let mut contents = serde_json::to_string_pretty(v).expect("plain data serializes");
     contents.push('\n');
     Artifact { path, contents }
 }
@@ -644,13 +669,11 @@ pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<A
     for g in selected.iter().filter(|g| g.asg_name(spec).is_some()) {
         out.push(json_artifact(
             format!("autoscaling/{}.json", g.stem()),
-            &auto_scaling_group(spec, *g, t)?,
+            &auto_scaling_group(spec, *g),
         ));
     }
     if want_master {
-        for (path, v) in load_balancer(spec, t)? {
-            out.push(json_artifact(path, &v));
-        }
+        out.extend(load_balancer(spec));
     }
     for g in &selected {
         if let Group::FixedMaster { node, .. } = g {
@@ -670,20 +693,20 @@ pub fn render(spec: &ClusterSpec, sel: Selection, t: &Templates) -> Result<Vec<A
     if matches!(sel, Selection::All) {
         out.push(json_artifact(
             "security-groups/cluster-ingress.json".into(),
-            &serde_json::to_value(security::ingress(spec)).expect("plain data"),
+            &security::ingress(spec),
         ));
     }
     if matches!(sel, Selection::All) {
         out.push(json_artifact(
             "iam/status-policy.json".into(),
-            &serde_json::to_value(status_policy(spec)).expect("plain data"),
+            &status_policy(spec),
         ));
         out.push(json_artifact(
             "iam/operator-policy.json".into(),
-            &serde_json::to_value(operator_policy(spec)).expect("plain data"),
+            &operator_policy(spec),
         ));
     }
-    let (master_policy, worker_policy) = policies(spec, t)?;
+    let (master_policy, worker_policy) = policies(spec);
     if want_master {
         out.push(json_artifact(
             "iam/master-policy.json".into(),

@@ -2,8 +2,11 @@
 //!
 //! * Every template is rendered from a typed context (a `Serialize` struct); an unknown
 //!   variable is an error, never an empty string.
-//! * Escaping is explicit and per format: in JSON templates every value goes through
-//!   `| json`; in YAML templates through `| yaml_str` (a double-quoted scalar) or
+//! * Templates are for text: user-data, the provisioning script, keepalived, haproxy and
+//!   nginx configs. The JSON files are serialised from typed values
+//!   ([`crate::contract::artifacts`], [`crate::render::iam`]), never templated.
+//! * Escaping is explicit and per format: in YAML templates every value goes through
+//!   `| yaml_str` (a double-quoted scalar), `| json` (a number or string, valid YAML too),
 //!   `| block(indent=N)` (the body of a literal block) or `| comment` (inside a `#`
 //!   line). A test checks that no template interpolates a value any other way.
 //! * `--templates DIR` replaces any embedded template with `DIR/<same relative path>`.
@@ -62,38 +65,6 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "vip/nginx.conf.tera",
         include_str!("../../vip/nginx.conf.tera"),
-    ),
-    (
-        "launch-templates/launch-template.json.tera",
-        include_str!("../../launch-templates/launch-template.json.tera"),
-    ),
-    (
-        "launch-templates/auto-scaling-group.json.tera",
-        include_str!("../../launch-templates/auto-scaling-group.json.tera"),
-    ),
-    (
-        "launch-templates/load-balancer.json.tera",
-        include_str!("../../launch-templates/load-balancer.json.tera"),
-    ),
-    (
-        "launch-templates/target-group.json.tera",
-        include_str!("../../launch-templates/target-group.json.tera"),
-    ),
-    (
-        "launch-templates/target-group-attributes.json.tera",
-        include_str!("../../launch-templates/target-group-attributes.json.tera"),
-    ),
-    (
-        "launch-templates/listener.json.tera",
-        include_str!("../../launch-templates/listener.json.tera"),
-    ),
-    (
-        "launch-templates/master-policy.json.tera",
-        include_str!("../../launch-templates/master-policy.json.tera"),
-    ),
-    (
-        "launch-templates/worker-policy.json.tera",
-        include_str!("../../launch-templates/worker-policy.json.tera"),
     ),
 ];
 
@@ -160,16 +131,6 @@ impl Templates {
         self.tera.render(name, &ctx).map_err(|e| Error::Template {
             name: name.into(),
             message: chain(&e),
-        })
-    }
-
-    /// Renders a JSON template and returns it parsed (so a template that produces invalid
-    /// JSON fails here, not at the AWS CLI).
-    pub fn render_json<C: Serialize>(&self, name: &str, ctx: &C) -> Result<Value> {
-        let text = self.render(name, ctx)?;
-        serde_json::from_str(&text).map_err(|e| Error::Template {
-            name: name.into(),
-            message: format!("rendered invalid JSON: {e}"),
         })
     }
 }
@@ -286,9 +247,7 @@ mod tests {
     #[test]
     fn every_interpolation_is_escaped_for_its_format() {
         for (name, text) in EMBEDDED {
-            let allowed: &[&str] = if name.ends_with(".json.tera") {
-                &["| json"]
-            } else if name.ends_with(".conf.tera") || name.ends_with(".cfg.tera") {
+            let allowed: &[&str] = if name.ends_with(".conf.tera") || name.ends_with(".cfg.tera") {
                 &["| conf", "| comment"]
             } else if name.ends_with(".sh.tera") {
                 &["| sh", "| comment", "| heredoc("]
@@ -353,20 +312,17 @@ mod tests {
     #[test]
     fn overrides_replace_embedded_templates() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("launch-templates")).unwrap();
+        std::fs::create_dir_all(dir.path().join("vip")).unwrap();
         std::fs::write(
-            dir.path().join("launch-templates/listener.json.tera"),
-            "{\"x\": {{ port | json }}}",
+            dir.path().join("vip/nginx.conf.tera"),
+            "listen {{ port | conf }};",
         )
         .unwrap();
         let t = Templates::with_overrides(dir.path()).unwrap();
         assert_eq!(
-            t.render_json(
-                "launch-templates/listener.json.tera",
-                &serde_json::json!({"port": 1})
-            )
-            .unwrap(),
-            serde_json::json!({"x": 1})
+            t.render("vip/nginx.conf.tera", &serde_json::json!({"port": 1}))
+                .unwrap(),
+            "listen 1;"
         );
     }
 }

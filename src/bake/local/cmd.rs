@@ -137,6 +137,7 @@ pub fn run(
         Output::Json => serde_json::to_string(&outcome).expect("plain data") + "\n",
         Output::Text => format!("{}\n", outcome.image.display()),
     };
+    crate::progress::finish();
     std::io::stdout()
         .lock()
         .write_all(text.as_bytes())

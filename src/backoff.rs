@@ -1,4 +1,5 @@
-//! Bounded waiting: exponential backoff with full jitter inside an overall deadline.
+//! Bounded waiting: exponential backoff with full jitter inside an overall deadline, for
+//! every retry haimg makes itself (the SDK retries throttling and 5xx on its own).
 //!
 //! Hundreds of nodes may wait for the same SSM parameter at once, and SSM's GetParameter
 //! throughput is limited per account (tens of calls per second by default). Full jitter
