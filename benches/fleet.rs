@@ -5,6 +5,7 @@
 //! - SSM calls per second over that period (moto's request recorder);
 //! - the agent's own overhead on the critical path: process start to `kubeadm join`
 //!   launch, for a node that finds material at once (10 runs).
+//!
 //! Run: `cargo bench --bench fleet --profile dev` (numbers are printed as Markdown).
 
 #[path = "../tests/common/mod.rs"]
@@ -84,7 +85,6 @@ async fn main() {
         humantime::format_rfc3339_seconds(t)
             .to_string()
             .replace(['-', ':'], "")
-            .replace("Z", "Z")
     };
     let (from, to) = (
         amz(published - Duration::from_secs(1)),

@@ -131,7 +131,7 @@ fn sdk_calls_and_types_live_in_the_aws_module() {
     )
     .unwrap();
     assert_eq!(
-        sdk_beyond_clients(&[f.clone()]),
+        sdk_beyond_clients(std::slice::from_ref(&f)),
         [format!(
             "{}:2: aws_sdk_ec2::types::Tag::builder",
             f.display()

@@ -14,17 +14,15 @@ use crate::error::{Error, Result};
 /// Group tags as Auto Scaling takes them: on the group only (instances and volumes get
 /// theirs from the launch template).
 fn tags_to(group: &str, tags: &[Tag]) -> Vec<sdk::Tag> {
-    tags.iter()
-        .map(|t| {
-            sdk::Tag::builder()
-                .resource_id(group)
-                .resource_type("auto-scaling-group")
-                .key(&t.key)
-                .value(&t.value)
-                .propagate_at_launch(false)
-                .build()
-        })
-        .collect()
+    super::tags_to(tags, |key, value| {
+        sdk::Tag::builder()
+            .resource_id(group)
+            .resource_type("auto-scaling-group")
+            .key(key)
+            .value(value)
+            .propagate_at_launch(false)
+            .build()
+    })
 }
 
 fn launch_template_spec(lt: &LaunchTemplateRef) -> sdk::LaunchTemplateSpecification {
@@ -68,14 +66,7 @@ fn observed(g: &sdk::AutoScalingGroup, hooks: &[sdk::LifecycleHook]) -> Observed
             .iter()
             .filter_map(|p| p.process_name().map(str::to_string))
             .collect(),
-        tags: g
-            .tags()
-            .iter()
-            .map(|t| Tag {
-                key: t.key().unwrap_or_default().into(),
-                value: t.value().unwrap_or_default().into(),
-            })
-            .collect(),
+        tags: super::tags_from(g.tags(), |t| (t.key(), t.value())),
         status: g.status().map(str::to_string),
     }
 }

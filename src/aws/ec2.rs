@@ -9,7 +9,7 @@ use aws_sdk_ec2::types as sdk;
 use aws_sdk_ec2::Client;
 
 use super::observed::{Ec2Instance, ObservedLaunchTemplate};
-use super::{settle, SETTLE};
+use super::{settle, text, SETTLE};
 use crate::contract::artifacts::{
     BlockDeviceMapping, Ebs, InstanceProfile, LaunchTemplate, LaunchTemplateData, MetadataOptions,
     PrivateDnsNameOptions, Tag, TagSpecification,
@@ -17,23 +17,11 @@ use crate::contract::artifacts::{
 use crate::error::{Error, Result};
 
 fn tags_to(tags: &[Tag]) -> Vec<sdk::Tag> {
-    tags.iter()
-        .map(|t| sdk::Tag::builder().key(&t.key).value(&t.value).build())
-        .collect()
+    super::tags_to(tags, |k, v| sdk::Tag::builder().key(k).value(v).build())
 }
 
 fn tags_from(tags: &[sdk::Tag]) -> Vec<Tag> {
-    tags.iter()
-        .map(|t| Tag {
-            key: t.key().unwrap_or_default().into(),
-            value: t.value().unwrap_or_default().into(),
-        })
-        .collect()
-}
-
-/// An enum's wire string, or "" when EC2 did not say.
-fn text<T: AsRef<str>>(v: Option<&T>) -> String {
-    v.map(|v| v.as_ref().to_string()).unwrap_or_default()
+    super::tags_from(tags, |t| (t.key(), t.value()))
 }
 
 /// haimg's launch template content as EC2 takes it.

@@ -8,30 +8,18 @@ use aws_sdk_elasticloadbalancingv2::types as sdk;
 use aws_sdk_elasticloadbalancingv2::Client;
 
 use super::observed::{ObservedListener, ObservedLoadBalancer, ObservedTargetGroup, Target};
-use super::{settle, SETTLE};
+use super::{settle, text, SETTLE};
 use crate::contract::artifacts::{
     Attribute, HealthCheck, Listener, LoadBalancer, Tag, TargetGroup, TargetGroupIdentity,
 };
 use crate::error::{Error, Result};
 
 fn tags_to(tags: &[Tag]) -> Vec<sdk::Tag> {
-    tags.iter()
-        .map(|t| sdk::Tag::builder().key(&t.key).value(&t.value).build())
-        .collect()
+    super::tags_to(tags, |k, v| sdk::Tag::builder().key(k).value(v).build())
 }
 
 fn tags_from(tags: &[sdk::Tag]) -> Vec<Tag> {
-    tags.iter()
-        .map(|t| Tag {
-            key: t.key().unwrap_or_default().into(),
-            value: t.value().unwrap_or_default().into(),
-        })
-        .collect()
-}
-
-/// An enum's wire string, or "" when AWS did not say.
-fn text<T: AsRef<str>>(v: Option<&T>) -> String {
-    v.map(|v| v.as_ref().to_string()).unwrap_or_default()
+    super::tags_from(tags, |t| (t.key(), t.value()))
 }
 
 /// The load balancer named `lb_name`, if it exists.

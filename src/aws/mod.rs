@@ -25,6 +25,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 
 use crate::backoff::Backoff;
+use crate::contract::artifacts::Tag;
 use crate::error::{Error, Result};
 
 pub mod autoscaling;
@@ -94,6 +95,29 @@ where
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// haimg's tags as one service's SDK type (`make` builds one from a key and a value).
+fn tags_to<T>(tags: &[Tag], make: impl Fn(&str, &str) -> T) -> Vec<T> {
+    tags.iter().map(|t| make(&t.key, &t.value)).collect()
+}
+
+/// One service's SDK tags as haimg's (`parts` gives a tag's key and value).
+fn tags_from<T>(tags: &[T], parts: impl Fn(&T) -> (Option<&str>, Option<&str>)) -> Vec<Tag> {
+    tags.iter()
+        .map(|t| {
+            let (key, value) = parts(t);
+            Tag {
+                key: key.unwrap_or_default().into(),
+                value: value.unwrap_or_default().into(),
+            }
+        })
+        .collect()
+}
+
+/// An SDK enum's wire string, or "" when AWS did not say.
+fn text<T: AsRef<str>>(v: Option<&T>) -> String {
+    v.map(|v| v.as_ref().to_string()).unwrap_or_default()
 }
 
 /// Whether an error is AWS's eventual consistency showing (a resource created a moment ago

@@ -1,12 +1,13 @@
 //! `haimg bake`: the command-line front of [`crate::bake`].
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::flow::{self, Options, Tracker};
 use super::plan;
 use crate::error::{Error, Result};
-use crate::recipe::{Arch, Base};
+use crate::recipe::{Arch, Base, Recipe};
 use crate::render::templates::Templates;
 
 pub use crate::cli::Output;
@@ -91,13 +92,24 @@ pub fn run(args: Args) -> Result<()> {
         crate::progress::warn(w);
     }
     let recipe = loaded.recipe;
+    check_target(&args, &recipe)?;
+    let (binary, haimg_sha256) = agent_binary(&args, &recipe)?;
+    let t = Templates::embedded();
+    if args.target == Target::Qemu {
+        return super::local::cmd::run(&args, &recipe, &binary, &haimg_sha256, &t);
+    }
+    on_aws(args, recipe, binary, haimg_sha256, t)
+}
+
+/// The options that only make sense for one target, and what a target needs of a recipe.
+fn check_target(args: &Args, recipe: &Recipe) -> Result<()> {
     if args.plain && args.target != Target::Qemu {
         return Err(Error::Usage(
             "--plain makes a local image: it needs --target qemu".into(),
         ));
     }
     if args.target == Target::Qemu {
-        if let Some(why) = super::local::refusal(&recipe) {
+        if let Some(why) = super::local::refusal(recipe) {
             return Err(Error::Usage(why));
         }
     }
@@ -105,6 +117,12 @@ pub fn run(args: Args) -> Result<()> {
         crate::contract::types::Region::try_from(r.as_str())
             .map_err(|e| Error::Usage(format!("--copy-to: {e}")))?;
     }
+    Ok(())
+}
+
+/// The binary the image gets as its agent (this one, or `--haimg-binary`) and its sha256,
+/// once it is known to start on the recipe's machine and glibc.
+fn agent_binary(args: &Args, recipe: &Recipe) -> Result<(PathBuf, String)> {
     let binary = match &args.haimg_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe()
@@ -142,10 +160,18 @@ pub fn run(args: Args) -> Result<()> {
     drop(bytes);
     let haimg_sha256 =
         crate::cache::file_sha256(&binary).map_err(|e| Error::Usage(format!("{what}: {e}")))?;
-    let t = Templates::embedded();
-    if args.target == Target::Qemu {
-        return super::local::cmd::run(&args, &recipe, &binary, &haimg_sha256, &t);
-    }
+    Ok((binary, haimg_sha256))
+}
+
+/// An AMI: the plan (a dry run ends there), a cached image, or a bake on an EC2 builder,
+/// with everything it made removed on every path but the image it publishes.
+fn on_aws(
+    args: Args,
+    recipe: Recipe,
+    binary: PathBuf,
+    haimg_sha256: String,
+    t: Templates,
+) -> Result<()> {
     let Some(recipe_base) = recipe.base.clone() else {
         return Err(Error::Usage(format!(
             "recipe {} has no spec.base (an AMI to start from): it bakes only locally, with --target qemu",

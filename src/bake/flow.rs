@@ -162,20 +162,7 @@ pub async fn run(
 
     let run_id = random_hex::<4>()?;
     created.lock().unwrap().run_id = Some(run_id.clone());
-    // Image names are unique per region: a forced rebake of a hash that has an image gets
-    // a suffix.
-    let mut ami_name = plan.ami_name.clone();
-    if opts.force && ec2::image_named(&ec2, &ami_name).await?.is_some() {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        ami_name = format!("{ami_name}-r{secs}");
-        progress(format!(
-            "--force: an image named {} exists; this one is {ami_name}",
-            plan.ami_name
-        ));
-    }
+    let ami_name = image_name(&ec2, plan, opts).await?;
 
     step("staging the haimg binary");
     let staged = stage(sdk, plan, opts, &created).await?;
@@ -197,21 +184,7 @@ pub async fn run(
     ec2::wait_stopped(&ec2, &instance, opts.wait_timeout).await?;
 
     step(&format!("creating image {ami_name}"));
-    {
-        let mut c = created.lock().unwrap();
-        c.image_name = Some(ami_name.clone());
-        c.image_regions = std::iter::once(region.clone())
-            .chain(opts.copy_to.iter().cloned())
-            .collect();
-    }
-    let description = format!("haimg recipe {} sha256 {}", plan.recipe, plan.recipe_hash);
-    let image = ec2::create_image(&ec2, &instance, &ami_name, &description).await?;
-    created
-        .lock()
-        .unwrap()
-        .unfinished_images
-        .push((region.clone(), image.clone()));
-    ec2::wait_image_available(&ec2, &image, opts.wait_timeout).await?;
+    let image = make_image(&ec2, plan, opts, &instance, &ami_name, &region, &created).await?;
 
     step("tagging the image and its snapshots");
     tag_image(&ec2, &image, &plan.tags).await?;
@@ -557,6 +530,53 @@ fn random_hex<const N: usize>() -> Result<String> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|e| Error::Runtime(format!("random: {e}")))?;
     Ok(hex::encode(b))
+}
+
+/// The image's name: the plan's, unless `--force` rebakes a hash that has an image (names
+/// are unique per region): then with a suffix.
+async fn image_name(c: &aws_sdk_ec2::Client, plan: &Plan, opts: &Options) -> Result<String> {
+    let name = &plan.ami_name;
+    if !(opts.force && ec2::image_named(c, name).await?.is_some()) {
+        return Ok(name.clone());
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let unique = format!("{name}-r{secs}");
+    progress(format!(
+        "--force: an image named {name} exists; this one is {unique}"
+    ));
+    Ok(unique)
+}
+
+/// Images the stopped builder and waits for the image; recorded (by name before the call,
+/// by id after) so cleanup removes an unfinished one.
+async fn make_image(
+    c: &aws_sdk_ec2::Client,
+    plan: &Plan,
+    opts: &Options,
+    instance: &str,
+    ami_name: &str,
+    region: &str,
+    created: &Tracker,
+) -> Result<String> {
+    {
+        let mut t = created.lock().unwrap();
+        t.image_name = Some(ami_name.to_string());
+        t.image_regions = std::iter::once(region.to_string())
+            .chain(opts.copy_to.iter().cloned())
+            .collect();
+    }
+    let description = format!("haimg recipe {} sha256 {}", plan.recipe, plan.recipe_hash);
+    let image = ec2::create_image(c, instance, ami_name, &description).await?;
+    created
+        .lock()
+        .unwrap()
+        .unfinished_images
+        .push((region.to_string(), image.clone()));
+    ec2::wait_image_available(c, &image, opts.wait_timeout).await?;
+    Ok(image)
 }
 
 /// Tags the image and its snapshots.

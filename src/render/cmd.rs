@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use super::templates::Templates;
 use super::{render, user_data, Group, Selection};
 use crate::error::{Error, Result};
-use crate::spec::ClusterSpec;
+use crate::spec::{ClusterSpec, WorkerPool};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RoleArg {
@@ -93,10 +93,25 @@ pub fn run(args: Args) -> Result<()> {
         _ => None,
     };
 
+    let masters = super::master_groups(spec);
+    let node_names = check_node(&args, &masters)?;
+    let Some(out) = &args.out else {
+        return print_user_data(&args, spec, &t, pool, &masters, &node_names);
+    };
+    let selection = match (args.all, args.role) {
+        (true, _) => Selection::All,
+        (false, Some(RoleArg::Master)) => Selection::Master(args.node.as_deref()),
+        (false, _) => Selection::Workers(pool.map(|p| &p.name)),
+    };
+    write_tree(&args, spec, &t, selection, out, secret_output)
+}
+
+/// `--node` goes with `--role master` of a cluster with fixed masters, and names one of
+/// them. Returns the names of the fixed masters (none in NLB mode).
+fn check_node(args: &Args, masters: &[Group]) -> Result<Vec<String>> {
     if args.node.is_some() && args.role != Some(RoleArg::Master) {
         return Err(Error::Usage("--node goes with --role master".into()));
     }
-    let masters = super::master_groups(spec);
     let node_names: Vec<String> = masters
         .iter()
         .filter_map(|g| {
@@ -121,8 +136,19 @@ pub fn run(args: Args) -> Result<()> {
             )));
         }
     }
-    let Some(out) = &args.out else {
-        let group = match (pool, &args.node) {
+    Ok(node_names)
+}
+
+/// Without `--out`: one group's user-data on stdout.
+fn print_user_data(
+    args: &Args,
+    spec: &ClusterSpec,
+    t: &Templates,
+    pool: Option<&WorkerPool>,
+    masters: &[Group],
+    node_names: &[String],
+) -> Result<()> {
+    let group = match (pool, &args.node) {
             (Some(p), _) => Group::Worker(p),
             (None, Some(n)) => *masters.iter().find(|g| matches!(g, Group::FixedMaster { node, .. } if node.name.as_str() == n.as_str())).expect("checked above"),
             (None, None) if !node_names.is_empty() => {
@@ -130,26 +156,31 @@ pub fn run(args: Args) -> Result<()> {
             }
             (None, None) => Group::Master,
         };
-        let ud = user_data(spec, group, &t)?;
-        let mut stdout = std::io::stdout().lock();
-        let written = match args.format {
-            Format::CloudConfig => {
-                if ud.is_compressed() {
-                    eprintln!("note: this user-data is over 16 KB; launch templates carry it gzipped (--format base64)");
-                }
-                stdout.write_all(ud.text.as_bytes())
+    let ud = user_data(spec, group, t)?;
+    let mut stdout = std::io::stdout().lock();
+    let written = match args.format {
+        Format::CloudConfig => {
+            if ud.is_compressed() {
+                eprintln!("note: this user-data is over 16 KB; launch templates carry it gzipped (--format base64)");
             }
-            Format::Base64 => writeln!(stdout, "{}", ud.base64()),
-        };
-        return written.map_err(Error::io("<stdout>"));
+            stdout.write_all(ud.text.as_bytes())
+        }
+        Format::Base64 => writeln!(stdout, "{}", ud.base64()),
     };
+    written.map_err(Error::io("<stdout>"))
+}
 
-    let selection = match (args.all, args.role) {
-        (true, _) => Selection::All,
-        (false, Some(RoleArg::Master)) => Selection::Master(args.node.as_deref()),
-        (false, _) => Selection::Workers(pool.map(|p| &p.name)),
-    };
-    let artifacts = render(spec, selection, &t)?;
+/// With `--out`: the selected files under `out` (the ones holding static credentials
+/// owner-only), listed on stdout as paths or as JSON.
+fn write_tree(
+    args: &Args,
+    spec: &ClusterSpec,
+    t: &Templates,
+    selection: Selection,
+    out: &Path,
+    secret_output: bool,
+) -> Result<()> {
+    let artifacts = render(spec, selection, t)?;
     let mut stdout = std::io::stdout().lock();
     let mut written = vec![];
     for a in &artifacts {

@@ -131,36 +131,8 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
     let s = &f.spec;
     let region: Option<Region> = cx.parse("/spec/region", &s.region);
 
-    let version: Option<KubernetesVersion> = cx
-        .parse("/spec/kubernetesVersion", &s.kubernetes_version)
-        .and_then(|v| {
-            if let Err(e) = crate::kubernetes::check_supported(&v) {
-                cx.error("/spec/kubernetesVersion", e);
-                return None;
-            }
-            if let Some(w) = crate::kubernetes::known_issues(&v) {
-                cx.warn("/spec/kubernetesVersion", w);
-            }
-            Some(v)
-        });
-
-    let image = match (&s.image.ami, &s.image.ssm_parameter) {
-        (Some(ami), None) => cx.parse("/spec/image/ami", ami).map(ImageSource::Ami),
-        (None, Some(p)) => cx
-            .parse("/spec/image/ssmParameter", p)
-            .map(ImageSource::SsmParameter),
-        (Some(_), Some(_)) => {
-            cx.error(
-                "/spec/image",
-                "give exactly one image source: `ami` or `ssmParameter`, not both",
-            );
-            None
-        }
-        (None, None) => {
-            cx.error("/spec/image", "give exactly one image source: `ami` (an AMI id) or `ssmParameter` (e.g. /haimg/images/ubuntu-20.04-k8s/latest)");
-            None
-        }
-    };
+    let version = resolve_version(&mut cx, &s.kubernetes_version);
+    let image = resolve_image(&mut cx, &s.image);
 
     let network = resolve_network(&mut cx, &s.network);
     let control_plane =
@@ -179,47 +151,9 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
 
     let tags = resolve_tags(&mut cx, &s.tags);
     if let (Some(cp), Some(n)) = (&control_plane, &network) {
-        if let Some((address, _)) = cp.endpoint.fixed_address() {
-            for (field, net) in [
-                ("podSubnet", n.pod_subnet),
-                ("serviceSubnet", n.service_subnet),
-            ] {
-                if net.contains(&address) {
-                    cx.error("/spec/controlPlane/endpoint/address", format!("the endpoint address {address} is inside the {field} {net}: it would collide with pod or service addresses"));
-                }
-            }
-        }
+        check_endpoint_outside_cluster_networks(&mut cx, cp, n);
     }
-    let credentials = match (s.credentials.source, &control_plane) {
-        (None | Some(wire::CredentialSourceFile::Ssm), _) => {
-            if s.credentials.file.is_some() {
-                cx.error(
-                    "/spec/credentials/file",
-                    "only `source: static` keeps credentials in a file",
-                );
-            }
-            Some(Credentials::Ssm)
-        }
-        (Some(wire::CredentialSourceFile::Static), cp) => {
-            if let Some(ControlPlane {
-                endpoint: Endpoint::Nlb { .. },
-                ..
-            }) = cp
-            {
-                cx.error("/spec/credentials/source", "static credentials are for offline VIP or external-endpoint clusters; an NLB cluster is on AWS, where Parameter Store (`source: ssm`) keeps join material fresh and out of the user-data");
-            }
-            let default = name.as_ref().map(|n| format!("{n}-credentials.yaml"));
-            let file = s.credentials.file.clone().or(default);
-            if file.as_deref() == Some("") {
-                cx.error("/spec/credentials/file", "must not be empty");
-            }
-            cx.warn("/spec/credentials/source", "static credentials: the bootstrap token and certificate key are written into every node's user-data, where anyone who can read instance user-data can join the cluster; masters must join within 2 h and workers within 24 h of the first master's init");
-            file.map(|file| Credentials::Static {
-                file,
-                material: None,
-            })
-        }
-    };
+    let credentials = resolve_credentials(&mut cx, &s.credentials, &control_plane, &name);
 
     let spec = (|| {
         Some(ClusterSpec {
@@ -242,6 +176,95 @@ pub fn resolve(f: &wire::ClusterFile, doc: &Document, file: &str) -> Outcome {
         spec: if cx.errors.is_empty() { spec } else { None },
         errors: cx.errors,
         warnings: cx.warnings,
+    }
+}
+
+/// Where join material comes from: Parameter Store, or a file of static credentials
+/// (offline VIP and external-endpoint clusters only).
+fn resolve_credentials(
+    cx: &mut Ctx,
+    c: &wire::CredentialsFile,
+    control_plane: &Option<ControlPlane>,
+    name: &Option<ClusterName>,
+) -> Option<Credentials> {
+    match (c.source, control_plane) {
+        (None | Some(wire::CredentialSourceFile::Ssm), _) => {
+            if c.file.is_some() {
+                cx.error(
+                    "/spec/credentials/file",
+                    "only `source: static` keeps credentials in a file",
+                );
+            }
+            Some(Credentials::Ssm)
+        }
+        (Some(wire::CredentialSourceFile::Static), cp) => {
+            if let Some(ControlPlane {
+                endpoint: Endpoint::Nlb { .. },
+                ..
+            }) = cp
+            {
+                cx.error("/spec/credentials/source", "static credentials are for offline VIP or external-endpoint clusters; an NLB cluster is on AWS, where Parameter Store (`source: ssm`) keeps join material fresh and out of the user-data");
+            }
+            let default = name.as_ref().map(|n| format!("{n}-credentials.yaml"));
+            let file = c.file.clone().or(default);
+            if file.as_deref() == Some("") {
+                cx.error("/spec/credentials/file", "must not be empty");
+            }
+            cx.warn("/spec/credentials/source", "static credentials: the bootstrap token and certificate key are written into every node's user-data, where anyone who can read instance user-data can join the cluster; masters must join within 2 h and workers within 24 h of the first master's init");
+            file.map(|file| Credentials::Static {
+                file,
+                material: None,
+            })
+        }
+    }
+}
+
+/// The Kubernetes version: supported, with its known issues as warnings.
+fn resolve_version(cx: &mut Ctx, v: &str) -> Option<KubernetesVersion> {
+    let v: KubernetesVersion = cx.parse("/spec/kubernetesVersion", v)?;
+    if let Err(e) = crate::kubernetes::check_supported(&v) {
+        cx.error("/spec/kubernetesVersion", e);
+        return None;
+    }
+    if let Some(w) = crate::kubernetes::known_issues(&v) {
+        cx.warn("/spec/kubernetesVersion", w);
+    }
+    Some(v)
+}
+
+/// Exactly one image source: an AMI id or an SSM parameter.
+fn resolve_image(cx: &mut Ctx, i: &wire::ImageFile) -> Option<ImageSource> {
+    match (&i.ami, &i.ssm_parameter) {
+        (Some(ami), None) => cx.parse("/spec/image/ami", ami).map(ImageSource::Ami),
+        (None, Some(p)) => cx
+            .parse("/spec/image/ssmParameter", p)
+            .map(ImageSource::SsmParameter),
+        (Some(_), Some(_)) => {
+            cx.error(
+                "/spec/image",
+                "give exactly one image source: `ami` or `ssmParameter`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            cx.error("/spec/image", "give exactly one image source: `ami` (an AMI id) or `ssmParameter` (e.g. /haimg/images/ubuntu-20.04-k8s/latest)");
+            None
+        }
+    }
+}
+
+/// A fixed endpoint address (VIP, external) must not fall in the pod or service network.
+fn check_endpoint_outside_cluster_networks(cx: &mut Ctx, cp: &ControlPlane, n: &Network) {
+    let Some((address, _)) = cp.endpoint.fixed_address() else {
+        return;
+    };
+    for (field, net) in [
+        ("podSubnet", n.pod_subnet),
+        ("serviceSubnet", n.service_subnet),
+    ] {
+        if net.contains(&address) {
+            cx.error("/spec/controlPlane/endpoint/address", format!("the endpoint address {address} is inside the {field} {net}: it would collide with pod or service addresses"));
+        }
     }
 }
 

@@ -115,63 +115,23 @@ fn handle(
     acc: &mut Acc,
 ) {
     let at = err.instance_path.as_str().to_string();
-    let diag = |pointer: &str, pos, message: String| Diagnostic {
-        file: file.to_string(),
-        pos,
-        path: crate::yaml::dotted(pointer),
-        message,
+    let mut report = |message: String, blocking: bool| {
+        push(out, file, doc, &at, message, blocking);
     };
     match &err.kind {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let known = known_keys(schema(), &at, doc.value.pointer(&at));
-            for key in unexpected {
-                let pointer = format!("{at}/{}", yaml::escape(key));
-                let mut message = format!("unknown field `{key}`");
-                let mut meant = None;
-                if let Some(best) = did_you_mean(key, &known) {
-                    message.push_str(&format!(", did you mean `{best}`?"));
-                    let target = format!("{at}/{}", yaml::escape(&best));
-                    acc.suggested.push(target.clone());
-                    meant = Some(target);
-                } else if !known.is_empty() {
-                    message.push_str(&format!(" (expected one of: {})", known.join(", ")));
-                }
-                out.diagnostics.push((
-                    pointer.clone(),
-                    diag(&pointer, doc.key_pos(&pointer), message),
-                ));
-                out.unknown.push((pointer, meant));
-            }
+            unknown_fields(unexpected, &at, doc, file, out, acc)
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default().to_string();
             acc.required.push((at, name));
         }
-        ValidationErrorKind::Type { kind } => {
-            let types: Vec<JsonType> = match kind {
-                TypeKind::Single(t) => vec![*t],
-                TypeKind::Multiple(ts) => ts.iter().filter(|t| *t != JsonType::Null).collect(),
-            };
-            let expected = types
-                .iter()
-                .map(|t| type_word(*t))
-                .collect::<Vec<_>>()
-                .join(" or ");
-            let found = describe(&err.instance, doc.raw_scalar(&at));
-            let mut message = format!("expected {expected}, found {found}");
-            if expected.starts_with("a string") && doc.raw_scalar(&at).is_some() {
-                message.push_str(": quote it to keep it a string");
-            }
-            out.diagnostics
-                .push((at.clone(), diag(&at, doc.value_pos(&at), message)));
-            out.blocking = true;
-        }
+        ValidationErrorKind::Type { kind } => report(type_message(kind, err, doc, &at), true),
         ValidationErrorKind::Pattern { pattern } => {
             let value = err.instance.as_str().unwrap_or_default();
             let message = explain_pattern(pattern, value)
                 .unwrap_or_else(|| format!("`{value}` does not match `{pattern}`"));
-            out.diagnostics
-                .push((at.clone(), diag(&at, doc.value_pos(&at), message)));
+            report(message, false)
         }
         ValidationErrorKind::Constant { expected_value } => {
             let message = format!(
@@ -179,9 +139,7 @@ fn handle(
                 plain(expected_value),
                 describe(&err.instance, None)
             );
-            out.diagnostics
-                .push((at.clone(), diag(&at, doc.value_pos(&at), message)));
-            out.blocking = true;
+            report(message, true)
         }
         ValidationErrorKind::Enum { options } => {
             let choices: Vec<String> = options
@@ -195,69 +153,155 @@ fn handle(
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| describe(&err.instance, None));
-            let mut message = format!("`{found}` is not one of: {}", choices.join(", "));
-            if let Some(best) = did_you_mean(&found, &choices) {
-                message.push_str(&format!(" (did you mean `{best}`?)"));
-            }
-            out.diagnostics
-                .push((at.clone(), diag(&at, doc.value_pos(&at), message)));
-            out.blocking = true;
+            report(not_one_of(&found, &choices), true)
         }
         ValidationErrorKind::OneOfNotValid { context } | ValidationErrorKind::AnyOf { context } => {
-            let tag = format!("{at}/type");
-            let on_tag = |errs: &Vec<jsonschema::ValidationError>| {
-                errs.iter().any(|e| e.instance_path.as_str() == tag)
-            };
-            if let Some(branch) = context.iter().find(|errs| !on_tag(errs)) {
-                for e in branch {
-                    handle(e, doc, file, out, acc);
-                }
-                return;
-            }
-            let tags: Vec<String> = context
-                .iter()
-                .flatten()
-                .filter(|e| e.instance_path.as_str() == tag)
-                .filter_map(|e| match &e.kind {
-                    ValidationErrorKind::Constant { expected_value } => Some(plain(expected_value)),
-                    ValidationErrorKind::Enum { options } => {
-                        options.as_array().and_then(|o| o.first()).map(plain)
-                    }
-                    _ => None,
-                })
-                .collect();
-            if !tags.is_empty() && err.instance.get("type").is_some() {
-                let found = err.instance["type"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| describe(&err.instance["type"], None));
-                let mut message = format!("`{found}` is not one of: {}", tags.join(", "));
-                if let Some(best) = did_you_mean(&found, &tags) {
-                    message.push_str(&format!(" (did you mean `{best}`?)"));
-                }
-                out.diagnostics
-                    .push((tag.clone(), diag(&tag, doc.value_pos(&tag), message)));
-                out.blocking = true;
-                return;
-            }
-            let found = describe(&err.instance, doc.raw_scalar(&at));
-            out.diagnostics.push((
-                at.clone(),
-                diag(
-                    &at,
-                    doc.value_pos(&at),
-                    format!("{found} matches none of the allowed forms"),
-                ),
-            ));
-            out.blocking = true;
+            one_of(err, context, doc, file, out, acc)
         }
-        _ => {
-            // Ranges and lengths: the typed rules re-check these with a better message,
-            // but keep the schema's word in case they do not.
-            out.diagnostics
-                .push((at.clone(), diag(&at, doc.value_pos(&at), err.to_string())));
-        }
+        // Ranges and lengths: the typed rules re-check these with a better message, but
+        // keep the schema's word in case they do not.
+        _ => report(err.to_string(), false),
     }
+}
+
+/// One diagnostic at the value of `at`; `blocking` when the typed pass cannot run on it.
+fn push(
+    out: &mut Structural,
+    file: &str,
+    doc: &Document,
+    at: &str,
+    message: String,
+    blocking: bool,
+) {
+    out.diagnostics.push((
+        at.to_string(),
+        Diagnostic {
+            file: file.to_string(),
+            pos: doc.value_pos(at),
+            path: crate::yaml::dotted(at),
+            message,
+        },
+    ));
+    out.blocking |= blocking;
+}
+
+/// `` `found` is not one of: a, b`` with the nearest one suggested.
+fn not_one_of(found: &str, choices: &[String]) -> String {
+    let mut message = format!("`{found}` is not one of: {}", choices.join(", "));
+    if let Some(best) = did_you_mean(found, choices) {
+        message.push_str(&format!(" (did you mean `{best}`?)"));
+    }
+    message
+}
+
+/// Unknown keys, each at its key, with the nearest known one suggested.
+fn unknown_fields(
+    unexpected: &[String],
+    at: &str,
+    doc: &Document,
+    file: &str,
+    out: &mut Structural,
+    acc: &mut Acc,
+) {
+    let known = known_keys(schema(), at, doc.value.pointer(at));
+    for key in unexpected {
+        let pointer = format!("{at}/{}", yaml::escape(key));
+        let mut message = format!("unknown field `{key}`");
+        let mut meant = None;
+        if let Some(best) = did_you_mean(key, &known) {
+            message.push_str(&format!(", did you mean `{best}`?"));
+            let target = format!("{at}/{}", yaml::escape(&best));
+            acc.suggested.push(target.clone());
+            meant = Some(target);
+        } else if !known.is_empty() {
+            message.push_str(&format!(" (expected one of: {})", known.join(", ")));
+        }
+        out.diagnostics.push((
+            pointer.clone(),
+            Diagnostic {
+                file: file.to_string(),
+                pos: doc.key_pos(&pointer),
+                path: crate::yaml::dotted(&pointer),
+                message,
+            },
+        ));
+        out.unknown.push((pointer, meant));
+    }
+}
+
+fn type_message(
+    kind: &TypeKind,
+    err: &jsonschema::ValidationError,
+    doc: &Document,
+    at: &str,
+) -> String {
+    let types: Vec<JsonType> = match kind {
+        TypeKind::Single(t) => vec![*t],
+        TypeKind::Multiple(ts) => ts.iter().filter(|t| *t != JsonType::Null).collect(),
+    };
+    let expected = types
+        .iter()
+        .map(|t| type_word(*t))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let found = describe(&err.instance, doc.raw_scalar(at));
+    let mut message = format!("expected {expected}, found {found}");
+    if expected.starts_with("a string") && doc.raw_scalar(at).is_some() {
+        message.push_str(": quote it to keep it a string");
+    }
+    message
+}
+
+/// A `oneOf` (or `anyOf`) that failed: the errors of the branch the document's `type` tag
+/// names, or an unknown tag on the tag, or no form at all.
+fn one_of(
+    err: &jsonschema::ValidationError,
+    context: &[Vec<jsonschema::ValidationError>],
+    doc: &Document,
+    file: &str,
+    out: &mut Structural,
+    acc: &mut Acc,
+) {
+    let at = err.instance_path.as_str();
+    let tag = format!("{at}/type");
+    let on_tag = |errs: &Vec<jsonschema::ValidationError>| {
+        errs.iter().any(|e| e.instance_path.as_str() == tag)
+    };
+    if let Some(branch) = context.iter().find(|errs| !on_tag(errs)) {
+        for e in branch {
+            handle(e, doc, file, out, acc);
+        }
+        return;
+    }
+    let tags: Vec<String> = context
+        .iter()
+        .flatten()
+        .filter(|e| e.instance_path.as_str() == tag)
+        .filter_map(|e| match &e.kind {
+            ValidationErrorKind::Constant { expected_value } => Some(plain(expected_value)),
+            ValidationErrorKind::Enum { options } => {
+                options.as_array().and_then(|o| o.first()).map(plain)
+            }
+            _ => None,
+        })
+        .collect();
+    if !tags.is_empty() && err.instance.get("type").is_some() {
+        let found = err.instance["type"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| describe(&err.instance["type"], None));
+        push(out, file, doc, &tag, not_one_of(&found, &tags), true);
+        return;
+    }
+    let found = describe(&err.instance, doc.raw_scalar(at));
+    push(
+        out,
+        file,
+        doc,
+        at,
+        format!("{found} matches none of the allowed forms"),
+        true,
+    );
 }
 
 fn type_word(t: JsonType) -> &'static str {

@@ -11,7 +11,7 @@ use super::run::{self, Children};
 use super::{Plan, Store, BAKE_RECORD, MANIFEST, STAGE_IN_ROOT};
 use crate::bake::cmd::{Args, Output};
 use crate::error::{Error, Result};
-use crate::recipe::Recipe;
+use crate::recipe::{AptMirror, Recipe};
 use crate::render::templates::Templates;
 
 /// What a local bake reports (`--output json`), and what `bake.json` in the store holds.
@@ -194,35 +194,7 @@ async fn bake(
         }
     ));
 
-    // The base: cached by what makes it, outside the store (a fresh store reuses it).
-    let bases = super::cache_dir()?.join("bases");
-    tokio::fs::create_dir_all(&bases)
-        .await
-        .map_err(Error::io(&bases))?;
-    let tar = bases.join(format!(
-        "{}-{}.tar",
-        recipe.os.codename(),
-        &plan.base_key[..16]
-    ));
-    // One bake makes a base at a time; the others wait for it and reuse it.
-    {
-        let _lock = run::lock(&bases.join(".lock")).await?;
-        if tar.is_file() {
-            progress(&format!("base: cached {}", tar.display()));
-        } else {
-            progress(&format!(
-                "base: mmdebstrap {} from {} (about a minute)",
-                recipe.os.codename(),
-                mirror.url
-            ));
-            let part = work.join("base.tar");
-            run::make_base(children, recipe.os, &sources, &key, &part, work).await?;
-            tokio::fs::rename(&part, &tar)
-                .await
-                .or_else(|_| std::fs::copy(&part, &tar).map(drop))
-                .map_err(Error::io(&tar))?;
-        }
-    }
+    let tar = base(recipe, &plan, &sources, &key, work, children).await?;
     let root = work.join("root");
     run::unpack(children, &tar, &root).await?;
     let base_s = t0.elapsed().as_secs_f64();
@@ -233,60 +205,21 @@ async fn bake(
         .map_err(Error::io(&out_dir))?;
     let t1 = Instant::now();
     let plain = if plan.plain {
-        // Nothing runs now: the stage goes into the entry, for each node's boot.
-        let stage = out_dir.join(super::PLAIN_STAGE);
-        let inputs = stage_inputs(&plan, binary, &stage).await?;
-        for (name, text) in [
-            ("provision.sh", plan.script.clone()),
-            (
-                super::PLAIN_INSTALL,
-                super::install_script(&plan.recipe, &inputs.env()),
-            ),
-        ] {
-            let p = stage.join(name);
-            std::fs::write(&p, text).map_err(Error::io(&p))?;
-        }
-        run::clean_plain(&root)?;
-        Some(PlainEntry {
-            stage: store.entry(&plan.image_name).join(super::PLAIN_STAGE),
-            mirror: mirror.local_dir().map(Path::to_path_buf),
-        })
+        Some(stage_plain(&plan, binary, &root, &out_dir, store, mirror).await?)
     } else {
         provision_root(&plan, binary, &root, work, mirror.local_dir(), children).await?;
         None
     };
     let provision_s = t1.elapsed().as_secs_f64();
 
-    // Seal, then the disk.
     let t2 = Instant::now();
-    progress("sealing the root and assembling the disk");
-    run::seal(&root)?;
     let (name, format) = if args.raw {
         ("disk.raw", "raw")
     } else {
         ("disk.qcow2", "qcow2")
     };
     let disk_path = out_dir.join(name);
-    if plain.is_none() {
-        let manifest_src = root.join("etc/haimg/image-manifest.json");
-        let manifest = out_dir.join(MANIFEST);
-        tokio::fs::copy(&manifest_src, &manifest)
-            .await
-            .map_err(Error::io(&manifest_src))?;
-    }
-    let (r, d, w, raw) = (
-        root.clone(),
-        disk_path.clone(),
-        work.to_path_buf(),
-        args.raw,
-    );
-    // mkfs and qemu-img take seconds and cannot be cancelled halfway: the task is awaited
-    // even when the bake is being stopped (its files are in the work directory).
-    let disk = tokio::task::spawn_blocking(move || {
-        crate::bake::disk::assemble(&r, &d, &w, super::CMDLINE, raw)
-    })
-    .await
-    .map_err(|e| Error::Runtime(format!("assembling the disk: {e}")))??;
+    let disk = seal_and_assemble(&root, &disk_path, work, args.raw, plain.is_none()).await?;
     let seal_s = t2.elapsed().as_secs_f64();
 
     let entry = store.entry(&plan.image_name);
@@ -310,10 +243,122 @@ async fn bake(
             total: t0.elapsed().as_secs_f64(),
         },
     };
+    publish(&outcome, &out_dir, &entry, work).await?;
+    progress(&format!(
+        "done in {:.0} s: {} ({} MiB)",
+        outcome.seconds.total,
+        outcome.image.display(),
+        size >> 20
+    ));
+    Ok(Some(outcome))
+}
+
+/// The plan's base root as a tar: cached by what makes it, outside the store (a fresh
+/// store reuses it); one bake makes a base at a time, the others wait for it and reuse it.
+async fn base(
+    recipe: &Recipe,
+    plan: &Plan,
+    sources: &[(String, String)],
+    key: &Path,
+    work: &Path,
+    children: &Children,
+) -> Result<PathBuf> {
+    let bases = super::cache_dir()?.join("bases");
+    tokio::fs::create_dir_all(&bases)
+        .await
+        .map_err(Error::io(&bases))?;
+    let tar = bases.join(format!(
+        "{}-{}.tar",
+        recipe.os.codename(),
+        &plan.base_key[..16]
+    ));
+    let _lock = run::lock(&bases.join(".lock")).await?;
+    if tar.is_file() {
+        progress(&format!("base: cached {}", tar.display()));
+        return Ok(tar);
+    }
+    let mirror = recipe.apt_mirror.as_ref().expect("refusal() checked");
+    progress(&format!(
+        "base: mmdebstrap {} from {} (about a minute)",
+        recipe.os.codename(),
+        mirror.url
+    ));
+    let part = work.join("base.tar");
+    run::make_base(children, recipe.os, sources, key, &part, work).await?;
+    tokio::fs::rename(&part, &tar)
+        .await
+        .or_else(|_| std::fs::copy(&part, &tar).map(drop))
+        .map_err(Error::io(&tar))?;
+    Ok(tar)
+}
+
+/// A plain base: nothing is installed now; the stage goes into the entry, for each node's
+/// boot, and the root gets only what every boot needs.
+async fn stage_plain(
+    plan: &Plan,
+    binary: &Path,
+    root: &Path,
+    out_dir: &Path,
+    store: &Store,
+    mirror: &AptMirror,
+) -> Result<PlainEntry> {
+    let stage = out_dir.join(super::PLAIN_STAGE);
+    let inputs = stage_inputs(plan, binary, &stage).await?;
+    for (name, text) in [
+        ("provision.sh", plan.script.clone()),
+        (
+            super::PLAIN_INSTALL,
+            super::install_script(&plan.recipe, &inputs.env()),
+        ),
+    ] {
+        let p = stage.join(name);
+        std::fs::write(&p, text).map_err(Error::io(&p))?;
+    }
+    run::clean_plain(root)?;
+    Ok(PlainEntry {
+        stage: store.entry(&plan.image_name).join(super::PLAIN_STAGE),
+        mirror: mirror.local_dir().map(Path::to_path_buf),
+    })
+}
+
+/// Seals the root and makes the disk `disk_path` from it, with the image's manifest beside
+/// it when `manifest` (a baked image; a plain base has none).
+async fn seal_and_assemble(
+    root: &Path,
+    disk_path: &Path,
+    work: &Path,
+    raw: bool,
+    manifest: bool,
+) -> Result<crate::bake::disk::Disk> {
+    progress("sealing the root and assembling the disk");
+    run::seal(root)?;
+    if manifest {
+        let manifest_src = root.join("etc/haimg/image-manifest.json");
+        let to = disk_path.with_file_name(MANIFEST);
+        tokio::fs::copy(&manifest_src, &to)
+            .await
+            .map_err(Error::io(&manifest_src))?;
+    }
+    let (r, d, w) = (
+        root.to_path_buf(),
+        disk_path.to_path_buf(),
+        work.to_path_buf(),
+    );
+    // mkfs and qemu-img take seconds and cannot be cancelled halfway: the task is awaited
+    // even when the bake is being stopped (its files are in the work directory).
+    tokio::task::spawn_blocking(move || {
+        crate::bake::disk::assemble(&r, &d, &w, super::CMDLINE, raw)
+    })
+    .await
+    .map_err(|e| Error::Runtime(format!("assembling the disk: {e}")))?
+}
+
+/// Moves the finished bake into its store entry, whole: an entry is complete or absent.
+async fn publish(outcome: &Outcome, out_dir: &Path, entry: &Path, work: &Path) -> Result<()> {
     let record = out_dir.join(BAKE_RECORD);
     std::fs::write(
         &record,
-        serde_json::to_string_pretty(&outcome).expect("plain data") + "\n",
+        serde_json::to_string_pretty(outcome).expect("plain data") + "\n",
     )
     .map_err(Error::io(&record))?;
     let log = work.join("provision.log");
@@ -322,18 +367,11 @@ async fn bake(
             .await
             .map_err(Error::io(&log))?;
     }
-    // Published whole: a store entry is complete or absent.
     if entry.exists() {
-        run::remove_work(&entry)?;
+        run::remove_work(entry)?;
     }
-    std::fs::rename(&out_dir, &entry).map_err(Error::io(&entry))?;
-    progress(&format!(
-        "done in {:.0} s: {} ({} MiB)",
-        outcome.seconds.total,
-        outcome.image.display(),
-        size >> 20
-    ));
-    Ok(Some(outcome))
+    std::fs::rename(out_dir, entry).map_err(Error::io(entry))?;
+    Ok(())
 }
 
 /// The recipe's script in the chroot of `root`, with its stage at file:// URLs.
