@@ -73,7 +73,8 @@ pub struct Args {
     pub region: Option<String>,
     #[arg(long)]
     pub profile: Option<String>,
-    /// Poll interval of every wait (tests shorten it).
+    /// Poll interval of the SSM waits (the builder's agent, the script; tests shorten it).
+    /// EC2's generated waiters pace the stopped-builder and available-image waits.
     #[arg(long, hide = true, default_value = "5s", value_parser = humantime::parse_duration)]
     pub poll: Duration,
 }

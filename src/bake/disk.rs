@@ -195,7 +195,35 @@ pub fn assemble(root: &Path, out: &Path, work: &Path, cmdline: &str, raw: bool) 
     )
     .map_err(Error::io(&fstab))?;
     let l = layout(du_bytes(root)?);
+    let root_img = root_filesystem(root, work, &uuid, &l)?;
+    let entry = format!(
+        "title haimg ({kernel_version})\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=UUID={uuid} ro {cmdline}\n"
+    );
+    let esp_img = esp(work, &l, &kernel, &initrd, &entry)?;
+    let disk_raw = if raw {
+        out.to_path_buf()
+    } else {
+        work.join("disk.raw")
+    };
+    partitioned(&disk_raw, &l, &esp_img, &root_img)?;
+    if !raw {
+        run(Command::new("qemu-img")
+            .args(["convert", "-q", "-O", "qcow2"])
+            .arg(&disk_raw)
+            .arg(out))?;
+        std::fs::remove_file(&disk_raw).map_err(Error::io(&disk_raw))?;
+    }
+    Ok(Disk {
+        path: out.to_path_buf(),
+        layout: l,
+        root_uuid: uuid,
+        kernel: kernel_version,
+    })
+}
 
+/// The root filesystem image (ext4, labelled and with the given UUID), made from `root`
+/// with no mount (`mkfs.ext4 -d`).
+fn root_filesystem(root: &Path, work: &Path, uuid: &str, l: &Layout) -> Result<PathBuf> {
     let root_img = work.join("root.ext4");
     run(Command::new("mkfs.ext4")
         .args([
@@ -204,7 +232,7 @@ pub fn assemble(root: &Path, out: &Path, work: &Path, cmdline: &str, raw: bool) 
             "-L",
             "root",
             "-U",
-            &uuid,
+            uuid,
             "-E",
             "root_owner=0:0",
             "-d",
@@ -212,7 +240,12 @@ pub fn assemble(root: &Path, out: &Path, work: &Path, cmdline: &str, raw: bool) 
         .arg(root)
         .arg(&root_img)
         .arg(format!("{}", l.root_size / 1024)))?;
+    Ok(root_img)
+}
 
+/// The EFI system partition's image (FAT32, filled with mtools, no mount): systemd-boot,
+/// the kernel and initrd, and one loader entry (`entry`) chosen at once.
+fn esp(work: &Path, l: &Layout, kernel: &Path, initrd: &Path, entry: &str) -> Result<PathBuf> {
     let esp_img = work.join("esp.fat");
     run(Command::new("mkfs.vfat")
         .args(["-F", "32", "-n", "ESP", "-C"])
@@ -234,38 +267,32 @@ pub fn assemble(root: &Path, out: &Path, work: &Path, cmdline: &str, raw: bool) 
         &os("::/loader/entries"),
     ])?;
     let loader_conf = work.join("loader.conf");
-    let entry = work.join("haimg.conf");
+    let entry_file = work.join("haimg.conf");
     std::fs::write(&loader_conf, "default haimg.conf\ntimeout 0\n")
         .map_err(Error::io(&loader_conf))?;
-    std::fs::write(
-        &entry,
-        format!(
-            "title haimg ({kernel_version})\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=UUID={uuid} ro {cmdline}\n"
-        ),
-    )
-    .map_err(Error::io(&entry))?;
+    std::fs::write(&entry_file, entry).map_err(Error::io(&entry_file))?;
     for (src, dst) in [
-        (PathBuf::from(SYSTEMD_BOOT_EFI), "::/EFI/BOOT/BOOTX64.EFI"),
+        (Path::new(SYSTEMD_BOOT_EFI), "::/EFI/BOOT/BOOTX64.EFI"),
         (kernel, "::/vmlinuz"),
         (initrd, "::/initrd.img"),
-        (loader_conf, "::/loader/loader.conf"),
-        (entry, "::/loader/entries/haimg.conf"),
+        (loader_conf.as_path(), "::/loader/loader.conf"),
+        (entry_file.as_path(), "::/loader/entries/haimg.conf"),
     ] {
         mtools(&[&os("mcopy"), src.as_os_str(), &os(dst)])?;
     }
+    Ok(esp_img)
+}
 
-    let disk_raw = if raw {
-        out.to_path_buf()
-    } else {
-        work.join("disk.raw")
-    };
+/// The raw disk: a GPT (sfdisk) with the ESP and the root partition, each image copied in
+/// at its offset and then removed.
+fn partitioned(disk_raw: &Path, l: &Layout, esp_img: &Path, root_img: &Path) -> Result<()> {
     {
-        let f = std::fs::File::create(&disk_raw).map_err(Error::io(&disk_raw))?;
-        f.set_len(l.disk_size).map_err(Error::io(&disk_raw))?;
+        let f = std::fs::File::create(disk_raw).map_err(Error::io(disk_raw))?;
+        f.set_len(l.disk_size).map_err(Error::io(disk_raw))?;
     }
     let mut sf = Command::new("sfdisk")
         .arg("-q")
-        .arg(&disk_raw)
+        .arg(disk_raw)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -274,8 +301,8 @@ pub fn assemble(root: &Path, out: &Path, work: &Path, cmdline: &str, raw: bool) 
     sf.stdin
         .take()
         .expect("piped")
-        .write_all(sfdisk_script(&l).as_bytes())
-        .map_err(Error::io(&disk_raw))?;
+        .write_all(sfdisk_script(l).as_bytes())
+        .map_err(Error::io(disk_raw))?;
     let o = sf
         .wait_with_output()
         .map_err(|e| Error::Runtime(format!("sfdisk: {e}")))?;
@@ -286,23 +313,11 @@ pub fn assemble(root: &Path, out: &Path, work: &Path, cmdline: &str, raw: bool) 
             String::from_utf8_lossy(&o.stderr).trim()
         )));
     }
-    place(&disk_raw, &esp_img, l.esp_start)?;
-    place(&disk_raw, &root_img, l.root_start)?;
-    std::fs::remove_file(&esp_img).map_err(Error::io(&esp_img))?;
-    std::fs::remove_file(&root_img).map_err(Error::io(&root_img))?;
-    if !raw {
-        run(Command::new("qemu-img")
-            .args(["convert", "-q", "-O", "qcow2"])
-            .arg(&disk_raw)
-            .arg(out))?;
-        std::fs::remove_file(&disk_raw).map_err(Error::io(&disk_raw))?;
-    }
-    Ok(Disk {
-        path: out.to_path_buf(),
-        layout: l,
-        root_uuid: uuid,
-        kernel: kernel_version,
-    })
+    place(disk_raw, esp_img, l.esp_start)?;
+    place(disk_raw, root_img, l.root_start)?;
+    std::fs::remove_file(esp_img).map_err(Error::io(esp_img))?;
+    std::fs::remove_file(root_img).map_err(Error::io(root_img))?;
+    Ok(())
 }
 
 /// Copies a filesystem image into the disk at `offset`, leaving the rest as it is.

@@ -610,10 +610,7 @@ async fn copy(
 ) -> Result<BTreeMap<String, String>> {
     let mut set = tokio::task::JoinSet::new();
     for r in &opts.copy_to {
-        let cfg = sdk
-            .to_builder()
-            .region(aws_config::Region::new(r.clone()))
-            .build();
+        let cfg = in_region(sdk, r);
         let (name, r, plan, src, image, opts, created) = (
             ami_name.to_string(),
             r.clone(),
@@ -690,11 +687,7 @@ async fn publish_all(sdk: &SdkConfig, plan: &Plan, images: &[(String, String)]) 
 }
 
 fn ssm_in(sdk: &SdkConfig, region: &str) -> aws_sdk_ssm::Client {
-    let cfg = sdk
-        .to_builder()
-        .region(aws_config::Region::new(region.to_string()))
-        .build();
-    aws_sdk_ssm::Client::new(&cfg)
+    aws_sdk_ssm::Client::new(&in_region(sdk, region))
 }
 
 async fn put_image_parameter(
@@ -715,9 +708,34 @@ async fn put_image_parameter(
 /// resource attempted; returns what could not be removed.
 pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> Vec<String> {
     let mut left = Vec::new();
+    remove_builders(sdk, created, keep_builder, &mut left).await;
+    remove_unfinished_images(sdk, created, &mut left).await;
+    if let Some(b) = &created.bucket {
+        let keys: Vec<String> = created
+            .object
+            .iter()
+            .chain(created.log_object.iter())
+            .chain(created.archive_objects.iter())
+            .cloned()
+            .collect();
+        let (not_removed, removed) = s3::delete_bucket_with(&s3::client(sdk), b, &keys).await;
+        if removed {
+            progress(format!("removed staging bucket {b}"));
+        }
+        left.extend(not_removed);
+    }
+    left
+}
+
+/// The recorded builder, and any other instance tagged with this run (one launched by a
+/// RunInstances that an interrupt cut short), terminated unless `keep_builder`.
+async fn remove_builders(
+    sdk: &SdkConfig,
+    created: &Created,
+    keep_builder: bool,
+    left: &mut Vec<String>,
+) {
     let client = aws_sdk_ec2::Client::new(sdk);
-    // The recorded builder, and any other instance tagged with this run (one launched by a
-    // RunInstances that an interrupt cut short).
     let mut builders: Vec<String> = created.instance.iter().cloned().collect();
     if let Some(run) = &created.run_id {
         match ec2::live_instances_tagged(&client, "haimg:bake-run", run).await {
@@ -741,16 +759,25 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
             Err(e) => left.push(format!("builder instance {i}: {e}")),
         }
     }
-    // Unfinished images: the recorded ids, and any image this run named (a CreateImage or
-    // CopyImage that an interrupt cut short).
+}
+
+/// The SDK configuration for another region.
+fn in_region(sdk: &SdkConfig, region: &str) -> SdkConfig {
+    sdk.to_builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build()
+}
+
+/// Unfinished images (the recorded ids, and any image this run named: a CreateImage or
+/// CopyImage that an interrupt cut short) deregistered with their snapshots; never one a
+/// parameter points at (a rollback that failed, a parameter set by hand): nodes launch
+/// from it.
+async fn remove_unfinished_images(sdk: &SdkConfig, created: &Created, left: &mut Vec<String>) {
     let mut images = created.unfinished_images.clone();
     if let Some(name) = &created.image_name {
         for region in &created.image_regions {
-            let cfg = sdk
-                .to_builder()
-                .region(aws_config::Region::new(region.clone()))
-                .build();
-            match ec2::image_named(&aws_sdk_ec2::Client::new(&cfg), name).await {
+            let client = aws_sdk_ec2::Client::new(&in_region(sdk, region));
+            match ec2::image_named(&client, name).await {
                 Ok(Some(id)) => images.push((region.clone(), id)),
                 Ok(None) => {}
                 Err(e) => left.push(format!("looking up image {region}/{name}: {e}")),
@@ -760,13 +787,8 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
     images.sort();
     images.dedup();
     for (region, image) in &images {
-        let cfg = sdk
-            .to_builder()
-            .region(aws_config::Region::new(region.clone()))
-            .build();
+        let cfg = in_region(sdk, region);
         let client = aws_sdk_ec2::Client::new(&cfg);
-        // Never an image a parameter points at (a rollback that failed, a parameter set by
-        // hand): nodes launch from it.
         let parameters = aws_sdk_ssm::Client::new(&cfg);
         let mut pointed = None;
         for name in &created.parameters {
@@ -798,21 +820,6 @@ pub async fn cleanup(sdk: &SdkConfig, created: &Created, keep_builder: bool) -> 
             }
         }
     }
-    if let Some(b) = &created.bucket {
-        let keys: Vec<String> = created
-            .object
-            .iter()
-            .chain(created.log_object.iter())
-            .chain(created.archive_objects.iter())
-            .cloned()
-            .collect();
-        let (not_removed, removed) = s3::delete_bucket_with(&s3::client(sdk), b, &keys).await;
-        if removed {
-            progress(format!("removed staging bucket {b}"));
-        }
-        left.extend(not_removed);
-    }
-    left
 }
 
 #[cfg(test)]

@@ -262,6 +262,20 @@ pub fn text(s: &Snapshot, now: SystemTime) -> String {
         s.region,
         if s.healthy { "healthy" } else { "DEGRADED" }
     );
+    state_text(&mut o, s, now);
+    groups_text(&mut o, s);
+    if let Some(tg) = &s.target_group {
+        target_group_text(&mut o, tg);
+    }
+    for p in &s.problems {
+        let _ = writeln!(o, "problem: {p}");
+    }
+    o
+}
+
+/// The phase, etcd's health and the join material's ages (or that it is static).
+fn state_text(o: &mut String, s: &Snapshot, now: SystemTime) {
+    use std::fmt::Write;
     if s.ssm {
         match &s.state {
             None => {
@@ -302,6 +316,11 @@ pub fn text(s: &Snapshot, now: SystemTime) -> String {
     } else {
         let _ = writeln!(o, "join material: static credentials (not in SSM)");
     }
+}
+
+/// Each group's instances in service, and each instance.
+fn groups_text(o: &mut String, s: &Snapshot) {
+    use std::fmt::Write;
     for g in &s.groups {
         if !g.exists {
             let _ = writeln!(o, "auto scaling group {}: missing", g.name);
@@ -324,35 +343,34 @@ pub fn text(s: &Snapshot, now: SystemTime) -> String {
             );
         }
     }
-    if let Some(tg) = &s.target_group {
-        if tg.exists {
+}
+
+/// The API's targets and their health.
+fn target_group_text(o: &mut String, tg: &TargetGroup) {
+    use std::fmt::Write;
+    if tg.exists {
+        let _ = writeln!(
+            o,
+            "target group {}: {}/{} healthy",
+            tg.name,
+            tg.healthy(),
+            tg.targets.len()
+        );
+        for t in &tg.targets {
             let _ = writeln!(
                 o,
-                "target group {}: {}/{} healthy",
-                tg.name,
-                tg.healthy(),
-                tg.targets.len()
+                "  {}  {}{}",
+                t.id,
+                t.state,
+                t.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
             );
-            for t in &tg.targets {
-                let _ = writeln!(
-                    o,
-                    "  {}  {}{}",
-                    t.id,
-                    t.state,
-                    t.reason
-                        .as_deref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
-                );
-            }
-        } else {
-            let _ = writeln!(o, "target group {}: missing", tg.name);
         }
+    } else {
+        let _ = writeln!(o, "target group {}: missing", tg.name);
     }
-    for p in &s.problems {
-        let _ = writeln!(o, "problem: {p}");
-    }
-    o
 }
 
 #[cfg(test)]

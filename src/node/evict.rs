@@ -27,6 +27,7 @@ use base64::Engine;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 
 /// The API server and the credentials of one kubeconfig (its current context's).
@@ -344,7 +345,13 @@ where
         }
     }
     // Evict; a pod a budget protects is tried again, every other one is not held up by it.
-    let mut delay = Duration::from_millis(500);
+    // From half a second (a budget frees up as soon as a replacement is Ready elsewhere)
+    // to 5 s between rounds, jittered, within the drain's one deadline.
+    let mut backoff = Backoff::new(
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+        deadline.saturating_duration_since(Instant::now()),
+    );
     let mut evicted: Vec<Pod> = vec![];
     while !pending.is_empty() {
         let mut blocked = vec![];
@@ -373,16 +380,15 @@ where
             .iter()
             .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
             .collect();
-        if Instant::now() + delay > deadline {
+        let Some(delay) = backoff.next_delay() else {
             return Err(Error::Timeout(format!(
                 "drain: a PodDisruptionBudget still blocks evicting {names:?} after {}s",
                 bound.as_secs()
             )));
-        }
+        };
         tracing::info!(pods = ?names, "a PodDisruptionBudget blocks eviction; retrying");
         beat(&mut last_beat, heartbeat, &mut on_wait).await;
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
     // Wait until the evicted pods are gone from this node (their grace periods run). A node
     // may list its own pods; it may not read one that is no longer bound to it.

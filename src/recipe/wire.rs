@@ -301,50 +301,7 @@ fn image_archives(
 /// The pod network: Calico (downloaded by its release, or a local manifest) or kindnet (a
 /// local manifest, for networks with no route to Calico's images).
 fn cni(cx: &mut Ctx, cni: &CniFile, dir: Files) -> Option<Cni> {
-    let release_ok = |v: &str| {
-        let parts: Vec<&str> = v.split('.').collect();
-        parts.len() == 3
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    match cni.name.as_str() {
-        "calico" => {
-            if !cni.version.strip_prefix('v').is_some_and(release_ok) {
-                cx.error(
-                    "/spec/cni/version",
-                    format!(
-                        "`{}` is not a calico release: vMAJOR.MINOR.PATCH (e.g. v3.28.1)",
-                        cni.version
-                    ),
-                );
-            }
-        }
-        "kindnet" => {
-            // kindnetd's image tag (v20240513-cd2ac642): letters, digits, '.', '-', '_'.
-            let ok = !cni.version.is_empty()
-                && cni.version.len() <= 128
-                && cni
-                    .version
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-            if !ok {
-                cx.error(
-                    "/spec/cni/version",
-                    format!(
-                        "`{}` is not an image tag (e.g. v20240513-cd2ac642)",
-                        cni.version
-                    ),
-                );
-            }
-            if cni.manifest.is_none() {
-                cx.error("/spec/cni/manifest", "kindnet has no published manifest to download: give the manifest as a local file (with manifestSha256)");
-            }
-        }
-        other => {
-            cx.error("/spec/cni/name", format!("`{other}` is not supported: calico (its IP autodetection is set so it never picks a VIP) or kindnet"));
-        }
-    }
+    cni_version(cx, cni);
     if cni.manifest.is_some() && cni.manifest_url.is_some() {
         cx.error(
             "/spec/cni",
@@ -401,6 +358,55 @@ fn cni(cx: &mut Ctx, cni: &CniFile, dir: Files) -> Option<Cni> {
         manifest_sha256: cni.manifest_sha256.clone().map(|h| h.to_lowercase()),
         manifest_data,
     })
+}
+
+/// The CNI's name and its version's form: a calico release, or kindnet's image tag (which
+/// has no published manifest, so a local one is required).
+fn cni_version(cx: &mut Ctx, cni: &CniFile) {
+    let release_ok = |v: &str| {
+        let parts: Vec<&str> = v.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match cni.name.as_str() {
+        "calico" => {
+            if !cni.version.strip_prefix('v').is_some_and(release_ok) {
+                cx.error(
+                    "/spec/cni/version",
+                    format!(
+                        "`{}` is not a calico release: vMAJOR.MINOR.PATCH (e.g. v3.28.1)",
+                        cni.version
+                    ),
+                );
+            }
+        }
+        "kindnet" => {
+            // kindnetd's image tag (v20240513-cd2ac642): letters, digits, '.', '-', '_'.
+            let ok = !cni.version.is_empty()
+                && cni.version.len() <= 128
+                && cni
+                    .version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !ok {
+                cx.error(
+                    "/spec/cni/version",
+                    format!(
+                        "`{}` is not an image tag (e.g. v20240513-cd2ac642)",
+                        cni.version
+                    ),
+                );
+            }
+            if cni.manifest.is_none() {
+                cx.error("/spec/cni/manifest", "kindnet has no published manifest to download: give the manifest as a local file (with manifestSha256)");
+            }
+        }
+        other => {
+            cx.error("/spec/cni/name", format!("`{other}` is not supported: calico (its IP autodetection is set so it never picks a VIP) or kindnet"));
+        }
+    }
 }
 
 /// The release: `os`, or the legacy `ubuntu`, or what Canonical's base parameter names.
