@@ -92,6 +92,26 @@ impl Templates {
                 dir.display()
             )));
         }
+        // A template file haimg no longer has (the JSON files are typed values now) or
+        // never had would be silently ignored: refuse it, by name.
+        let unknown: Vec<String> = tera_files(dir)
+            .into_iter()
+            .filter(|rel| !EMBEDDED.iter().any(|(n, _)| n == rel))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::Usage(format!(
+                "--templates {}: {} {} not a haimg template (the templates are {}; launch templates, groups, the load balancer and IAM policies are typed values, no longer templates: change them through the spec, or edit the rendered JSON)",
+                dir.display(),
+                unknown.join(", "),
+                if unknown.len() == 1 { "is" } else { "are" },
+                EMBEDDED
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .filter(|n| n.ends_with(".tera"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let mut sources = Vec::new();
         for (name, text) in EMBEDDED {
             let p = dir.join(name);
@@ -133,6 +153,29 @@ impl Templates {
             message: chain(&e),
         })
     }
+}
+
+/// Every `*.tera` file under `dir`, by its path relative to `dir` (`/`-separated).
+fn tera_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "tera") {
+                if let Ok(rel) = p.strip_prefix(dir) {
+                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// tera's errors keep the useful part in their source chain.
@@ -307,6 +350,28 @@ mod tests {
             t.render("s", &serde_json::json!({"v": "it's"})).unwrap(),
             "'it'\\''s'"
         );
+    }
+
+    #[test]
+    fn an_override_haimg_does_not_have_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("launch-templates")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("launch-templates/launch-template.json.tera"),
+            "{}",
+        )
+        .unwrap();
+        let err = Templates::with_overrides(dir.path())
+            .err()
+            .expect("refused");
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("launch-templates/launch-template.json.tera is not a haimg template"),
+            "{msg}"
+        );
+        assert!(msg.contains("cloud-init/master.yaml.tera"), "{msg}");
     }
 
     #[test]
